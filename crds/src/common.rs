@@ -1,0 +1,71 @@
+//! Types shared by more than one kind.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A status condition, as the Kubernetes API conventions define it (`metav1.Condition`).
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// The largest VNI a 24-bit VXLAN header can carry.
+pub const VNI_MAX: u32 = 16_777_215;
+
+/// The OVN-Kubernetes network kinds an EVPN can extend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum NetworkKind {
+    /// A cluster-scoped `ClusterUserDefinedNetwork` (k8s.ovn.org/v1).
+    ClusterUserDefinedNetwork,
+    /// A namespaced `UserDefinedNetwork` (k8s.ovn.org/v1).
+    UserDefinedNetwork,
+}
+
+/// A reference to the OVN-Kubernetes primary network an EVPN extends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'UserDefinedNetwork' ? has(self.__namespace__) : !has(self.__namespace__)")
+    .message("namespace is required for a UserDefinedNetwork and not allowed for a ClusterUserDefinedNetwork")
+    .reason(Reason::FieldValueInvalid))]
+pub struct NetworkRef {
+    /// Kind of the network object.
+    pub kind: NetworkKind,
+    /// Name of the network object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of a UserDefinedNetwork; must be empty for a ClusterUserDefinedNetwork.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+impl std::fmt::Display for NetworkRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{:?} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{:?} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// BGP extended-community route targets of a VRF.
+///
+/// Each entry is `ASN:NN` with a 2-byte ASN and a 4-byte number, `ASN:NN` with a 4-byte ASN and a
+/// 2-byte number, or `A.B.C.D:NN` with a 2-byte number. Left empty, the operator derives
+/// `ASN:VNI` from the VTEP's BGP ASN for both directions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTargets {
+    /// Route targets whose routes are imported into this VRF.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = ROUTE_TARGET_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub import: Vec<String>,
+    /// Route targets attached to the routes this VRF exports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = ROUTE_TARGET_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub export: Vec<String>,
+}
+
+/// Shape of a route target; [`crate::validation::parse_route_target`] also checks the ranges.
+pub const ROUTE_TARGET_PATTERN: &str = r"^([0-9]{1,10}|[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}):[0-9]{1,10}$";

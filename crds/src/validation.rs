@@ -1,0 +1,456 @@
+//! Per-object rules as plain functions: everything that can be decided from one object (and, on
+//! update, its previous version) without looking at the cluster.
+//!
+//! These mirror the CEL rules and schema bounds of the CRDs. Apiservers older than v1.25 drop
+//! CEL, so the admission webhook calls these on every request; they also report every problem of
+//! an object at once, so a user fixes everything in one round.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::common::{NetworkKind, NetworkRef, RouteTargets, VNI_MAX};
+use crate::evpn::{EthernetSegment, EvpnSpec, Vrf};
+use crate::vtep::{Bgp, VtepSpec};
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.macVRF.vni`.
+    pub field: String,
+    /// What is wrong and what to do instead.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins errors into one message, as admission responses carry a single string.
+pub fn join(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// A BGP route target (extended community), parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteTarget {
+    /// 2-byte AS number, 4-byte assigned number.
+    As2 { asn: u16, number: u32 },
+    /// 4-byte AS number, 2-byte assigned number.
+    As4 { asn: u32, number: u16 },
+    /// IPv4 address, 2-byte assigned number.
+    Ipv4 { addr: Ipv4Addr, number: u16 },
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::As2 { asn, number } => write!(f, "{asn}:{number}"),
+            Self::As4 { asn, number } => write!(f, "{asn}:{number}"),
+            Self::Ipv4 { addr, number } => write!(f, "{addr}:{number}"),
+        }
+    }
+}
+
+/// Parses `ASN:NN` (2- or 4-byte ASN) or `A.B.C.D:NN`, checking every range.
+pub fn parse_route_target(s: &str) -> Result<RouteTarget, String> {
+    let (admin, number) =
+        s.rsplit_once(':').ok_or_else(|| format!("route target {s:?} is not ASN:NN or A.B.C.D:NN"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("route target {s:?}: {number:?} after ':' is not a number"))?;
+    if admin.contains('.') {
+        let addr: Ipv4Addr =
+            admin.parse().map_err(|_| format!("route target {s:?}: {admin:?} is not an IPv4 address"))?;
+        let number = u16::try_from(number)
+            .map_err(|_| format!("route target {s:?}: with an IPv4 address the number must be at most 65535"))?;
+        return Ok(RouteTarget::Ipv4 { addr, number });
+    }
+    let asn: u64 =
+        admin.parse().map_err(|_| format!("route target {s:?}: {admin:?} is not an AS number or IPv4 address"))?;
+    if asn == 0 {
+        return Err(format!("route target {s:?}: AS number 0 is reserved"));
+    }
+    match (u16::try_from(asn), u32::try_from(asn)) {
+        (Ok(asn), _) => {
+            let number = u32::try_from(number).map_err(|_| {
+                format!("route target {s:?}: with a 2-byte AS number the number must be at most 4294967295")
+            })?;
+            Ok(RouteTarget::As2 { asn, number })
+        }
+        (Err(_), Ok(asn)) => {
+            let number = u16::try_from(number)
+                .map_err(|_| format!("route target {s:?}: with a 4-byte AS number the number must be at most 65535"))?;
+            Ok(RouteTarget::As4 { asn, number })
+        }
+        _ => Err(format!("route target {s:?}: AS number {asn} is larger than 4294967295")),
+    }
+}
+
+/// An Ethernet segment identifier as written in a spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EsiSpec {
+    /// Derived by the operator (type 3).
+    Auto,
+    /// Given by the admin (type 0).
+    Explicit([u8; 10]),
+}
+
+/// Parses `auto` or ten colon-separated hex bytes of a type-0 ESI.
+pub fn parse_esi(s: &str) -> Result<EsiSpec, String> {
+    if s == "auto" {
+        return Ok(EsiSpec::Auto);
+    }
+    let mut bytes = [0u8; 10];
+    let mut parts = s.split(':');
+    for byte in &mut bytes {
+        let part = parts.next().filter(|p| p.len() == 2);
+        *byte = part.and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(|| {
+            format!("ESI {s:?} is not ten colon-separated hex bytes (00:11:22:33:44:55:66:77:88:99) or auto")
+        })?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("ESI {s:?} has more than ten bytes"));
+    }
+    if bytes[0] != 0 {
+        return Err(format!(
+            "ESI {s:?} is type {:#04x}; only type 0 may be given explicitly, use auto for a derived type-3 ESI",
+            bytes[0]
+        ));
+    }
+    if bytes[1..].iter().all(|b| *b == 0) || bytes[1..].iter().all(|b| *b == 0xff) {
+        return Err(format!("ESI {s:?} is reserved (all zeros or all ones)"));
+    }
+    Ok(EsiSpec::Explicit(bytes))
+}
+
+/// An IP prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address (host bits are zero).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// Parses `ADDR/LEN`, rejecting host bits, so `10.0.0.1/24` is an error that names `10.0.0.0/24`.
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX-LENGTH"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 =
+        prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?;
+    let network = mask(addr, prefix);
+    if network != addr {
+        return Err(format!("{s:?} has host bits set; did you mean {network}/{prefix}?"));
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4(bits.into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+fn check_vni(field: &str, vni: u32, errors: &mut Vec<FieldError>) {
+    if !(1..=VNI_MAX).contains(&vni) {
+        errors.push(FieldError::new(field, format!("VNI {vni} is out of range 1..={VNI_MAX}")));
+    }
+}
+
+fn check_route_targets(field: &str, rts: &RouteTargets, errors: &mut Vec<FieldError>) {
+    for (dir, list) in [("import", &rts.import), ("export", &rts.export)] {
+        for (i, rt) in list.iter().enumerate() {
+            if let Err(e) = parse_route_target(rt) {
+                errors.push(FieldError::new(format!("{field}.{dir}[{i}]"), e));
+            }
+        }
+    }
+}
+
+fn check_network(field: &str, network: &NetworkRef, errors: &mut Vec<FieldError>) {
+    if network.name.is_empty() {
+        errors.push(FieldError::new(format!("{field}.name"), "must not be empty"));
+    }
+    match (network.kind, &network.namespace) {
+        (NetworkKind::UserDefinedNetwork, None) => errors.push(FieldError::new(
+            format!("{field}.namespace"),
+            "is required for a UserDefinedNetwork: name the namespace the network lives in",
+        )),
+        (NetworkKind::ClusterUserDefinedNetwork, Some(_)) => errors.push(FieldError::new(
+            format!("{field}.namespace"),
+            "must be empty for a ClusterUserDefinedNetwork, which is cluster-scoped",
+        )),
+        _ => {}
+    }
+}
+
+fn check_vrf(field: &str, vrf: &Vrf, errors: &mut Vec<FieldError>) {
+    if let Some(vni) = vrf.vni {
+        check_vni(&format!("{field}.vni"), vni, errors);
+    }
+    if let Some(rts) = &vrf.route_targets {
+        check_route_targets(&format!("{field}.routeTargets"), rts, errors);
+    }
+}
+
+fn check_segments(segments: &[EthernetSegment], errors: &mut Vec<FieldError>) {
+    let mut explicit: Vec<([u8; 10], &str)> = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let field = format!("spec.multiHoming.ethernetSegments[{i}]");
+        if segments[..i].iter().any(|s| s.name == seg.name) {
+            errors.push(FieldError::new(format!("{field}.name"), format!("segment name {:?} is used twice", seg.name)));
+        }
+        if seg.interface.is_empty() || seg.interface.len() > 15 {
+            errors.push(FieldError::new(
+                format!("{field}.interface"),
+                "must be a Linux interface name (1-15 characters)",
+            ));
+        }
+        match parse_esi(&seg.esi) {
+            Ok(EsiSpec::Explicit(esi)) => {
+                if let Some((_, other)) = explicit.iter().find(|(e, _)| *e == esi) {
+                    errors.push(FieldError::new(
+                        format!("{field}.esi"),
+                        format!("ESI {} is also used by segment {other:?}; each segment needs its own", seg.esi),
+                    ));
+                }
+                explicit.push((esi, &seg.name));
+            }
+            Ok(EsiSpec::Auto) => {}
+            Err(e) => errors.push(FieldError::new(format!("{field}.esi"), e)),
+        }
+        if seg.df_preference == Some(0) || seg.df_preference.is_some_and(|p| p > 65535) {
+            errors.push(FieldError::new(format!("{field}.dfPreference"), "must be 1..=65535"));
+        }
+    }
+}
+
+impl EvpnSpec {
+    /// Every per-object problem of a new or updated EVPN spec.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_network("spec.network", &self.network, &mut errors);
+        if self.vtep.is_empty() {
+            errors.push(FieldError::new("spec.vtep", "must name a VTEP"));
+        }
+        if self.mac_vrf.is_none() && self.ip_vrf.is_none() {
+            errors.push(FieldError::new(
+                "spec",
+                "set macVRF (Layer2 network), ipVRF (Layer3 network), or both (Layer2 with IRB)",
+            ));
+        }
+        if let Some(vrf) = &self.mac_vrf {
+            check_vrf("spec.macVRF", vrf, &mut errors);
+        }
+        if let Some(vrf) = &self.ip_vrf {
+            check_vrf("spec.ipVRF", vrf, &mut errors);
+        }
+        if let (Some(Some(mac)), Some(Some(ip))) =
+            (self.mac_vrf.as_ref().map(|v| v.vni), self.ip_vrf.as_ref().map(|v| v.vni))
+            && mac == ip
+        {
+            errors.push(FieldError::new(
+                "spec.ipVRF.vni",
+                format!("VNI {ip} is also the macVRF VNI; MAC-VRFs and IP-VRFs share one VNI space, pick another"),
+            ));
+        }
+        if let Some(mh) = &self.multi_homing {
+            check_segments(&mh.ethernet_segments, &mut errors);
+        }
+        errors
+    }
+
+    /// The problems of an update: those of the new spec plus the immutable fields that changed.
+    pub fn validate_update(&self, old: &EvpnSpec) -> Vec<FieldError> {
+        let mut errors = self.validate();
+        if self.network != old.network {
+            errors.push(FieldError::new(
+                "spec.network",
+                format!("is immutable (was {}): delete and recreate the EVPN to move it", old.network),
+            ));
+        }
+        if self.vtep != old.vtep {
+            errors.push(FieldError::new(
+                "spec.vtep",
+                format!("is immutable (was {:?}): delete and recreate the EVPN to move it", old.vtep),
+            ));
+        }
+        for (field, new, old) in
+            [("spec.macVRF.vni", &self.mac_vrf, &old.mac_vrf), ("spec.ipVRF.vni", &self.ip_vrf, &old.ip_vrf)]
+        {
+            let (new, old) = (new.as_ref().and_then(|v| v.vni), old.as_ref().and_then(|v| v.vni));
+            if let Some(old) = old
+                && new != Some(old)
+            {
+                errors.push(FieldError::new(
+                    field,
+                    format!("is immutable once set (was {old}): FRR cannot change a VRF's VNI in place; delete and recreate the EVPN"),
+                ));
+            }
+        }
+        errors
+    }
+}
+
+fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
+    if bgp.asn == 0 {
+        errors.push(FieldError::new("spec.bgp.asn", "AS number 0 is reserved"));
+    }
+    if bgp.neighbors.is_empty() {
+        errors.push(FieldError::new("spec.bgp.neighbors", "needs at least one fabric peer"));
+    }
+    for (i, p) in bgp.bfd_profiles.iter().enumerate() {
+        if bgp.bfd_profiles[..i].iter().any(|q| q.name == p.name) {
+            errors.push(FieldError::new(
+                format!("spec.bgp.bfdProfiles[{i}].name"),
+                format!("{:?} is defined twice", p.name),
+            ));
+        }
+    }
+    for (i, n) in bgp.neighbors.iter().enumerate() {
+        let field = format!("spec.bgp.neighbors[{i}]");
+        match (&n.address, &n.interface) {
+            (Some(addr), None) => {
+                if addr.parse::<IpAddr>().is_err() {
+                    errors.push(FieldError::new(format!("{field}.address"), format!("{addr:?} is not an IP address")));
+                }
+            }
+            (None, Some(_)) => {}
+            _ => errors.push(FieldError::new(field.clone(), "set exactly one of address and interface")),
+        }
+        if n.asn.is_some() == n.dynamic_asn.is_some() {
+            errors.push(FieldError::new(field.clone(), "set exactly one of asn and dynamicASN"));
+        }
+        if n.asn == Some(0) {
+            errors.push(FieldError::new(format!("{field}.asn"), "AS number 0 is reserved"));
+        }
+        if let Some(profile) = &n.bfd_profile
+            && !bgp.bfd_profiles.iter().any(|p| &p.name == profile)
+        {
+            errors.push(FieldError::new(
+                format!("{field}.bfdProfile"),
+                format!("no BFD profile named {profile:?} in spec.bgp.bfdProfiles"),
+            ));
+        }
+    }
+}
+
+impl VtepSpec {
+    /// Every per-object problem of a new or updated VTEP spec.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self.cidrs.is_empty() {
+            errors.push(FieldError::new("spec.cidrs", "needs at least one prefix for the VTEP IPs"));
+        }
+        for (i, c) in self.cidrs.iter().enumerate() {
+            if let Err(e) = parse_cidr(c) {
+                errors.push(FieldError::new(format!("spec.cidrs[{i}]"), e));
+            }
+        }
+        for (i, r) in self.vni_ranges.iter().enumerate() {
+            let field = format!("spec.vniRanges[{i}]");
+            check_vni(&format!("{field}.start"), r.start, &mut errors);
+            check_vni(&format!("{field}.end"), r.end, &mut errors);
+            if r.start > r.end {
+                errors.push(FieldError::new(field.clone(), format!("start {} is greater than end {}", r.start, r.end)));
+            }
+            if let Some(j) = self.vni_ranges[..i].iter().position(|o| o.start <= r.end && r.start <= o.end) {
+                errors.push(FieldError::new(field, format!("overlaps spec.vniRanges[{j}]")));
+            }
+        }
+        if self.udp_port == 0 {
+            errors.push(FieldError::new("spec.udpPort", "must be 1..=65535"));
+        }
+        if let Some(mtu) = self.mtu
+            && !(1280..=9216).contains(&mtu)
+        {
+            errors.push(FieldError::new("spec.mtu", format!("{mtu} is outside 1280..=9216")));
+        }
+        match (&self.bgp, &self.frr_configuration_selector) {
+            (Some(bgp), None) => check_bgp(bgp, &mut errors),
+            (None, Some(_)) => {}
+            _ => errors.push(FieldError::new(
+                "spec",
+                "set exactly one of bgp (FRR driven by the agent) and frrConfigurationSelector (frr-k8s)",
+            )),
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_target_forms() {
+        assert_eq!(parse_route_target("65000:100"), Ok(RouteTarget::As2 { asn: 65000, number: 100 }));
+        assert_eq!(parse_route_target("65000:4294967295"), Ok(RouteTarget::As2 { asn: 65000, number: u32::MAX }));
+        assert_eq!(parse_route_target("4200000000:7"), Ok(RouteTarget::As4 { asn: 4_200_000_000, number: 7 }));
+        assert_eq!(
+            parse_route_target("192.0.2.1:65535"),
+            Ok(RouteTarget::Ipv4 { addr: Ipv4Addr::new(192, 0, 2, 1), number: 65535 })
+        );
+        assert_eq!(parse_route_target("4200000000:7").map(|rt| rt.to_string()), Ok("4200000000:7".into()));
+    }
+
+    #[test]
+    fn route_target_ranges_are_checked() {
+        for bad in [
+            "65000",
+            "65000:",
+            ":1",
+            "0:1",
+            "65000:4294967296",
+            "4200000000:65536",
+            "4294967296:1",
+            "192.0.2.1:65536",
+            "300.0.2.1:1",
+            "a:b",
+        ] {
+            assert!(parse_route_target(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn esi_forms() {
+        assert_eq!(parse_esi("auto"), Ok(EsiSpec::Auto));
+        assert_eq!(
+            parse_esi("00:11:22:33:44:55:66:77:88:99"),
+            Ok(EsiSpec::Explicit([0, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99]))
+        );
+        let type3 = parse_esi("03:11:22:33:44:55:66:77:88:99").unwrap_err();
+        assert!(type3.contains("type 0x03"), "{type3}");
+        assert!(parse_esi("00:00:00:00:00:00:00:00:00:00").unwrap_err().contains("reserved"));
+        assert!(parse_esi("00:ff:ff:ff:ff:ff:ff:ff:ff:ff").unwrap_err().contains("reserved"));
+        assert!(parse_esi("00:11:22:33:44:55:66:77:88").is_err());
+        assert!(parse_esi("00:11:22:33:44:55:66:77:88:99:aa").is_err());
+        assert!(parse_esi("00:11:22:33:44:55:66:77:88:9").is_err());
+    }
+
+    #[test]
+    fn cidr_host_bits_name_the_network() {
+        assert!(parse_cidr("198.18.0.0/24").is_ok());
+        assert!(parse_cidr("2001:db8::/64").is_ok());
+        assert!(parse_cidr("0.0.0.0/0").is_ok());
+        let e = parse_cidr("198.18.0.1/24").unwrap_err();
+        assert!(e.contains("198.18.0.0/24"), "{e}");
+        assert!(parse_cidr("198.18.0.0/33").is_err());
+        assert!(parse_cidr("198.18.0.0").is_err());
+    }
+}

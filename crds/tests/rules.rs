@@ -1,0 +1,187 @@
+//! The CEL rules in the generated schemas and the Rust rules in `validation` must agree.
+//!
+//! Each case is judged three ways: what we expect, what CEL says (evaluated locally on the real
+//! generated schema, as a v1.25+ apiserver would), and what the Rust functions say (what the
+//! webhook enforces on every apiserver). Cases that only Rust can judge (number ranges inside
+//! strings) say so with `cel: Accepts`.
+
+#![allow(clippy::unwrap_used, reason = "a test that cannot build its input should panic")]
+
+use evpn_crds::{Evpn, Vtep};
+use kube::CustomResourceExt;
+use kube::core::cel::Validator;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Verdict {
+    Accepts,
+    Rejects,
+}
+use Verdict::*;
+
+fn cel_verdict<K: CustomResourceExt>(object: &Value, old: Option<&Value>) -> (Verdict, String) {
+    let crd = K::crd();
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+    match Validator::new().validate(&schema, object, old) {
+        Ok(()) => (Accepts, String::new()),
+        Err(e) => (Rejects, e.to_string()),
+    }
+}
+
+fn verdict(errors: Vec<evpn_crds::validation::FieldError>) -> (Verdict, String) {
+    if errors.is_empty() { (Accepts, String::new()) } else { (Rejects, evpn_crds::validation::join(&errors)) }
+}
+
+fn evpn(spec: Value) -> Value {
+    json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": "blue"}, "spec": spec})
+}
+
+fn vtep(spec: Value) -> Value {
+    json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": "fabric"}, "spec": spec})
+}
+
+fn l2(vni: Option<u32>) -> Value {
+    let mut spec =
+        json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": "blue"}, "vtep": "fabric", "macVRF": {}});
+    if let Some(vni) = vni {
+        spec["macVRF"]["vni"] = json!(vni);
+    }
+    spec
+}
+
+fn check_evpn(name: &str, spec: Value, old: Option<Value>, rust: Verdict, cel: Verdict) {
+    let object = evpn(spec);
+    let old = old.map(evpn);
+    let (got_cel, cel_msg) = cel_verdict::<Evpn>(&object, old.as_ref());
+    let new: Evpn = serde_json::from_value(object).expect("case deserializes");
+    let errors = match &old {
+        Some(old) => new.spec.validate_update(&serde_json::from_value::<Evpn>(old.clone()).unwrap().spec),
+        None => new.spec.validate(),
+    };
+    let (got_rust, rust_msg) = verdict(errors);
+    assert_eq!(got_rust, rust, "{name}: Rust rules say {got_rust:?} ({rust_msg})");
+    assert_eq!(got_cel, cel, "{name}: CEL says {got_cel:?} ({cel_msg})");
+}
+
+fn check_vtep(name: &str, spec: Value, rust: Verdict, cel: Verdict) {
+    let object = vtep(spec);
+    let (got_cel, cel_msg) = cel_verdict::<Vtep>(&object, None);
+    let new: Vtep = serde_json::from_value(object).expect("case deserializes");
+    let (got_rust, rust_msg) = verdict(new.spec.validate());
+    assert_eq!(got_rust, rust, "{name}: Rust rules say {got_rust:?} ({rust_msg})");
+    assert_eq!(got_cel, cel, "{name}: CEL says {got_cel:?} ({cel_msg})");
+}
+
+#[test]
+fn evpn_create_rules() {
+    check_evpn("layer2 with auto VNI", l2(None), None, Accepts, Accepts);
+    check_evpn("layer2 with VNI", l2(Some(10100)), None, Accepts, Accepts);
+    check_evpn(
+        "neither VRF",
+        json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": "blue"}, "vtep": "fabric"}),
+        None,
+        Rejects,
+        Rejects,
+    );
+    let mut same = l2(Some(100));
+    same["ipVRF"] = json!({"vni": 100});
+    check_evpn("MAC-VNI equals IP-VNI", same, None, Rejects, Rejects);
+    let mut irb = l2(Some(100));
+    irb["ipVRF"] =
+        json!({"vni": 101, "routeTargets": {"import": ["65000:101", "192.0.2.1:7"], "export": ["4200000000:9"]}});
+    check_evpn("layer2 with IRB", irb, None, Accepts, Accepts);
+    let mut udn = l2(None);
+    udn["network"] = json!({"kind": "UserDefinedNetwork", "name": "blue"});
+    check_evpn("UDN without namespace", udn.clone(), None, Rejects, Rejects);
+    udn["network"]["namespace"] = json!("tenant-a");
+    check_evpn("UDN with namespace", udn, None, Accepts, Accepts);
+    let mut cudn_ns = l2(None);
+    cudn_ns["network"]["namespace"] = json!("tenant-a");
+    check_evpn("CUDN with namespace", cudn_ns, None, Rejects, Rejects);
+    let mut rt = l2(None);
+    rt["macVRF"]["routeTargets"] = json!({"import": ["4200000000:65536"]});
+    check_evpn("4-byte ASN route target with a 4-byte number", rt, None, Rejects, Accepts);
+}
+
+#[test]
+fn evpn_segment_rules() {
+    let with_segments = |segments: Value| {
+        let mut spec = l2(None);
+        spec["multiHoming"] = json!({"ethernetSegments": segments});
+        spec
+    };
+    let seg = |name: &str, esi: &str| json!({"name": name, "interface": "eth1", "nodeSelector": {}, "esi": esi});
+    check_evpn("auto ESI", with_segments(json!([seg("a", "auto")])), None, Accepts, Accepts);
+    check_evpn("type-0 ESI", with_segments(json!([seg("a", "00:11:22:33:44:55:66:77:88:99")])), None, Accepts, Accepts);
+    check_evpn(
+        "type-3 ESI given explicitly",
+        with_segments(json!([seg("a", "03:11:22:33:44:55:66:77:88:99")])),
+        None,
+        Rejects,
+        Rejects,
+    );
+    check_evpn(
+        "one ESI on two segments",
+        with_segments(json!([seg("a", "00:11:22:33:44:55:66:77:88:99"), seg("b", "00:11:22:33:44:55:66:77:88:99")])),
+        None,
+        Rejects,
+        Accepts,
+    );
+}
+
+#[test]
+fn evpn_update_rules() {
+    check_evpn("VNI unchanged", l2(Some(100)), Some(l2(Some(100))), Accepts, Accepts);
+    check_evpn("VNI set after allocation", l2(Some(100)), Some(l2(None)), Accepts, Accepts);
+    check_evpn("VNI changed", l2(Some(101)), Some(l2(Some(100))), Rejects, Rejects);
+    check_evpn("VNI removed", l2(None), Some(l2(Some(100))), Rejects, Rejects);
+    let mut moved = l2(Some(100));
+    moved["network"]["name"] = json!("red");
+    check_evpn("network changed", moved, Some(l2(Some(100))), Rejects, Rejects);
+    let mut retargeted = l2(Some(100));
+    retargeted["vtep"] = json!("other");
+    check_evpn("vtep changed", retargeted, Some(l2(Some(100))), Rejects, Rejects);
+    let mut rts = l2(Some(100));
+    rts["macVRF"]["routeTargets"] = json!({"import": ["65000:5"]});
+    check_evpn("route targets changed", rts, Some(l2(Some(100))), Accepts, Accepts);
+}
+
+fn direct_vtep() -> Value {
+    json!({
+        "cidrs": ["198.18.0.0/24"],
+        "vniRanges": [{"start": 10000, "end": 10999}],
+        "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.1.1", "asn": 65000}]}
+    })
+}
+
+#[test]
+fn vtep_rules() {
+    check_vtep("direct BGP", direct_vtep(), Accepts, Accepts);
+    let mut frrk8s = direct_vtep();
+    frrk8s.as_object_mut().unwrap().remove("bgp");
+    frrk8s["frrConfigurationSelector"] = json!({"matchLabels": {"evpn": "underlay"}});
+    check_vtep("frr-k8s", frrk8s.clone(), Accepts, Accepts);
+    frrk8s["bgp"] = direct_vtep()["bgp"].clone();
+    check_vtep("both BGP modes", frrk8s.clone(), Rejects, Rejects);
+    frrk8s.as_object_mut().unwrap().remove("bgp");
+    frrk8s.as_object_mut().unwrap().remove("frrConfigurationSelector");
+    check_vtep("no BGP mode", frrk8s, Rejects, Rejects);
+    let mut range = direct_vtep();
+    range["vniRanges"] = json!([{"start": 20, "end": 10}]);
+    check_vtep("inverted VNI range", range, Rejects, Rejects);
+    let mut overlap = direct_vtep();
+    overlap["vniRanges"] = json!([{"start": 10, "end": 20}, {"start": 15, "end": 30}]);
+    check_vtep("overlapping VNI ranges", overlap, Rejects, Accepts);
+    let mut neighbor = direct_vtep();
+    neighbor["bgp"]["neighbors"] = json!([{"address": "198.18.1.1", "interface": "eth0", "asn": 65000}]);
+    check_vtep("neighbor by address and interface", neighbor.clone(), Rejects, Rejects);
+    neighbor["bgp"]["neighbors"] = json!([{"interface": "eth0", "asn": 65000, "dynamicASN": "external"}]);
+    check_vtep("neighbor with asn and dynamicASN", neighbor.clone(), Rejects, Rejects);
+    neighbor["bgp"]["neighbors"] = json!([{"interface": "eth0", "dynamicASN": "external", "bfdProfile": "fast"}]);
+    check_vtep("unknown BFD profile", neighbor.clone(), Rejects, Accepts);
+    neighbor["bgp"]["bfdProfiles"] = json!([{"name": "fast"}]);
+    check_vtep("unnumbered neighbor with BFD", neighbor, Accepts, Accepts);
+    let mut host_bits = direct_vtep();
+    host_bits["cidrs"] = json!(["198.18.0.1/24"]);
+    check_vtep("CIDR with host bits", host_bits, Rejects, Accepts);
+}
