@@ -12,6 +12,9 @@
 #   user.kubeconfig    user "evpn-user", no groups: RBAC decides everything it may do
 #   agent-<node>.kubeconfig, for node agents, are written by whoever needs them (tests, demo).
 #
+# With OWNER_PID set, start also arranges for everything to be stopped and removed once that
+# process exits (the test harness uses this for control planes it starts itself).
+#
 # The kube-apiserver build takes about 5 minutes on 2 cores and 1.3 GiB of memory; the binaries are
 # reused from $EVPN_CACHE (default ~/.cache/evpn-operator) whenever they are present.
 set -euo pipefail
@@ -212,6 +215,11 @@ export KUBECONFIG=$EVPN_RUN/admin.kubeconfig
 export EVPN_KUBECONFIG_ADMIN=$EVPN_RUN/admin.kubeconfig
 export EVPN_KUBECONFIG_USER=$EVPN_RUN/user.kubeconfig
 EOF
+  if [ -n "${OWNER_PID:-}" ]; then
+    # Tests that start their own control plane pass their PID: tear it down once they exit,
+    # however they exit.
+    setsid bash -c "tail --pid=$OWNER_PID -f /dev/null; EVPN_RUN=$EVPN_RUN '$0' clean" </dev/null >/dev/null 2>&1 &
+  fi
   say "etcd healthy in $(( (t1 - t0) / 1000000 )) ms, kube-apiserver ready $(( (t2 - t1) / 1000000 )) ms later"
   say "use it: source $EVPN_RUN/env"
 }
