@@ -10,7 +10,8 @@
 # Identities written by start (kubeconfigs under $EVPN_RUN):
 #   admin.kubeconfig   user "evpn-admin", group system:masters (cluster admin)
 #   user.kubeconfig    user "evpn-user", no groups: RBAC decides everything it may do
-#   agent-<node>.kubeconfig, for node agents, are written by whoever needs them (tests, demo).
+#   operator.kubeconfig  the operator's service account name (system:serviceaccount:evpn-system:evpn-operator)
+#   node-<name>.kubeconfig  system:node:<name> in group system:nodes, for agents ($NODE_IDENTITIES)
 #
 # With OWNER_PID set, start also arranges for everything to be stopped and removed once that
 # process exits (the test harness uses this for control planes it starts itself).
@@ -26,6 +27,8 @@ EVPN_RUN=${EVPN_RUN:-/tmp/evpn-operator/control-plane}
 ETCD_PORT=${ETCD_PORT:-23790}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-23800}
 API_PORT=${API_PORT:-16443}
+# Node identities (system:node:NAME, group system:nodes) for agents in tests and the demo.
+NODE_IDENTITIES=${NODE_IDENTITIES:-worker-1 worker-2 worker-3}
 # Debian bookworm ships 1.20.2 under this version string; its vendor/ tree makes an offline build possible.
 K8S_DEB_VERSION=${K8S_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}
 K8S_TREE=$SRC_DIR/kubernetes-1.20.5+really1.20.2
@@ -56,7 +59,7 @@ apt_install() {
 }
 
 enable_deb_src() {
-  apt-cache showsrc "kubernetes=$K8S_DEB_VERSION" 2>/dev/null | grep -q "^Version: $K8S_DEB_VERSION" && return 0
+  apt-cache showsrc kubernetes 2>/dev/null | grep -qxF "Version: $K8S_DEB_VERSION" && return 0
   say "enabling source packages for the configured Debian mirror"
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then
     sed -e 's/^Types: .*/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
@@ -134,12 +137,21 @@ make_pki() {
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     # Static bearer tokens; the file format is token,user,uid,"group1,group2".
-    printf '%s,evpn-admin,uid-evpn-admin,"system:masters"\n%s,evpn-user,uid-evpn-user\n' \
-      "$(openssl rand -hex 16)" "$(openssl rand -hex 16)" > tokens.csv
+    {
+      printf '%s,evpn-admin,uid-evpn-admin,"system:masters"\n' "$(openssl rand -hex 16)"
+      printf '%s,evpn-user,uid-evpn-user\n' "$(openssl rand -hex 16)"
+      printf '%s,system:serviceaccount:evpn-system:evpn-operator,uid-evpn-operator,"system:serviceaccounts,system:serviceaccounts:evpn-system"\n' \
+        "$(openssl rand -hex 16)"
+      for node in $NODE_IDENTITIES; do
+        printf '%s,system:node:%s,uid-node-%s,"system:nodes"\n' "$(openssl rand -hex 16)" "$node" "$node"
+      done
+    } > tokens.csv
     chmod 600 ./*.key tokens.csv
     touch done
   )
 }
+
+token_of() { awk -F, -v u="$1" '$2==u{print $1}' "$EVPN_RUN/pki/tokens.csv"; }
 
 # kubeconfig FILE USER TOKEN
 kubeconfig() {
@@ -174,8 +186,8 @@ cmd_start() {
   mkdir -p "$EVPN_RUN"
   make_pki
   local admin_token user_token
-  admin_token=$(awk -F, '$2=="evpn-admin"{print $1}' "$EVPN_RUN/pki/tokens.csv")
-  user_token=$(awk -F, '$2=="evpn-user"{print $1}' "$EVPN_RUN/pki/tokens.csv")
+  admin_token=$(token_of evpn-admin)
+  user_token=$(token_of evpn-user)
   if [ -f "$EVPN_RUN/kube-apiserver.pid" ] && apiserver_ready "$admin_token" >/dev/null 2>&1; then
     say "already running; source $EVPN_RUN/env"
     return 0
@@ -210,6 +222,11 @@ cmd_start() {
   local t2; t2=$(date +%s%N)
   kubeconfig "$EVPN_RUN/admin.kubeconfig" evpn-admin "$admin_token"
   kubeconfig "$EVPN_RUN/user.kubeconfig" evpn-user "$user_token"
+  kubeconfig "$EVPN_RUN/operator.kubeconfig" evpn-operator "$(token_of system:serviceaccount:evpn-system:evpn-operator)"
+  local node
+  for node in $NODE_IDENTITIES; do
+    kubeconfig "$EVPN_RUN/node-$node.kubeconfig" "node-$node" "$(token_of "system:node:$node")"
+  done
   cat > "$EVPN_RUN/env" <<EOF
 export KUBECONFIG=$EVPN_RUN/admin.kubeconfig
 export EVPN_KUBECONFIG_ADMIN=$EVPN_RUN/admin.kubeconfig
@@ -239,7 +256,7 @@ cmd_stop() {
 
 cmd_status() {
   local token
-  token=$(awk -F, '$2=="evpn-admin"{print $1}' "$EVPN_RUN/pki/tokens.csv" 2>/dev/null) || exit 1
+  token=$(token_of evpn-admin 2>/dev/null) || exit 1
   apiserver_ready "$token" >/dev/null
 }
 

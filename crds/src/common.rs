@@ -69,3 +69,54 @@ pub struct RouteTargets {
 
 /// Shape of a route target; [`crate::validation::parse_route_target`] also checks the ranges.
 pub const ROUTE_TARGET_PATTERN: &str = r"^([0-9]{1,10}|[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}):[0-9]{1,10}$";
+
+/// Whether a label set matches a selector (`matchLabels` and `matchExpressions` ANDed). A
+/// selector with an unknown operator matches nothing, so a typo never selects every node.
+pub fn selector_matches(selector: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    let labels_match = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    labels_match
+        && selector.match_expressions.iter().flatten().all(|req| {
+            let values = req.values.as_deref().unwrap_or_default();
+            match req.operator.as_str() {
+                "In" => labels.get(&req.key).is_some_and(|v| values.contains(v)),
+                "NotIn" => labels.get(&req.key).is_none_or(|v| !values.contains(v)),
+                "Exists" => labels.contains_key(&req.key),
+                "DoesNotExist" => !labels.contains_key(&req.key),
+                _ => false,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn requirement(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        let node = labels(&[("rack", "r1"), ("role", "worker")]);
+        assert!(selector_matches(&LabelSelector::default(), &node), "the empty selector selects everything");
+        let by_label = LabelSelector { match_labels: Some(labels(&[("rack", "r1")])), ..Default::default() };
+        assert!(selector_matches(&by_label, &node));
+        assert!(!selector_matches(&by_label, &labels(&[("rack", "r2")])));
+        let expr = |reqs| LabelSelector { match_expressions: Some(reqs), ..Default::default() };
+        assert!(selector_matches(&expr(vec![requirement("rack", "In", &["r1", "r2"])]), &node));
+        assert!(!selector_matches(&expr(vec![requirement("rack", "NotIn", &["r1"])]), &node));
+        assert!(selector_matches(&expr(vec![requirement("zone", "NotIn", &["a"])]), &node));
+        assert!(selector_matches(&expr(vec![requirement("role", "Exists", &[])]), &node));
+        assert!(!selector_matches(&expr(vec![requirement("role", "DoesNotExist", &[])]), &node));
+        assert!(!selector_matches(&expr(vec![requirement("role", "Equals", &["worker"])]), &node));
+    }
+}
