@@ -5,6 +5,172 @@
 //! [`evpn_crds::validation`]. Requests are judged against an in-memory [`index::Index`] fed by
 //! watches, never by API calls of their own, so a decision takes microseconds and does not
 //! depend on the apiserver answering while it waits for us.
+//!
+//! Admin-only writes are decided by group membership ([`rules::Policy::admin_groups`]), not by a
+//! SubjectAccessReview: a review per request would put an apiserver round trip (and its
+//! availability) inside every admission call the apiserver is itself waiting on, and RBAC has
+//! already authorized the write by the time we see it. The groups are configuration, visible
+//! and auditable; the default covers upstream, kubeadm and OpenShift cluster admins.
 
 pub mod index;
+pub mod metrics;
+pub mod review;
 pub mod rules;
+pub mod server;
+pub mod tls;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::metrics::ReloadLabels;
+use crate::rules::{Policy, UnknownGatewayMode};
+use crate::server::State;
+
+/// Command-line settings of the webhook.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Address of the HTTPS listener (admission, /healthz, /readyz, /metrics).
+    #[arg(long = "webhook-listen", env = "EVPN_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain served to the apiserver; reloaded when it changes.
+    #[arg(long, env = "EVPN_WEBHOOK_TLS_CERT", default_value = "/var/run/evpn-operator/tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of the certificate; reloaded when it changes.
+    #[arg(long, env = "EVPN_WEBHOOK_TLS_KEY", default_value = "/var/run/evpn-operator/tls/tls.key")]
+    pub tls_key_file: PathBuf,
+    /// How often to check the certificate files for rotation, in seconds.
+    #[arg(long, default_value_t = 2)]
+    pub tls_reload_seconds: u64,
+    /// Group whose members may write EVPNs and VTEPs (repeat for several).
+    #[arg(long = "admin-group", default_values_t = rules::DEFAULT_ADMIN_GROUPS.map(String::from))]
+    pub admin_groups: Vec<String>,
+    /// User name of the operator, the only writer of EVPNNodeState specs.
+    #[arg(long, default_value = rules::DEFAULT_OPERATOR_USER)]
+    pub operator_user: String,
+    /// What to do with an EVPN when nothing tells OVN-Kubernetes' gateway mode.
+    #[arg(long, value_enum, default_value_t = UnknownGatewayMode::Warn)]
+    pub unknown_gateway_mode: UnknownGatewayMode,
+    /// Namespace of OVN-Kubernetes' ovnkube-config ConfigMap.
+    #[arg(long, default_value = "ovn-kubernetes")]
+    pub ovnkube_config_namespace: String,
+}
+
+impl WebhookArgs {
+    /// The rules' policy from these settings.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            admin_groups: self.admin_groups.clone(),
+            operator_user: self.operator_user.clone(),
+            unknown_gateway_mode: self.unknown_gateway_mode,
+        }
+    }
+}
+
+/// A webhook bound to its port, ready to run.
+pub struct Webhook {
+    listener: tokio::net::TcpListener,
+    certificates: tls::Certificates,
+    reload_every: Duration,
+    state: Arc<State>,
+}
+
+impl Webhook {
+    /// Loads the certificate and binds the listener; fails early on either.
+    pub async fn bind(args: &WebhookArgs, state: Arc<State>) -> anyhow::Result<Self> {
+        let certificates = tls::Certificates::load(&args.tls_cert_file, &args.tls_key_file)?;
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        Ok(Self { listener, certificates, reload_every: Duration::from_secs(args.tls_reload_seconds.max(1)), state })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the future is dropped, reloading the certificate as it rotates.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let config = self.certificates.server_config()?;
+        let state = self.state.clone();
+        let reloads = self.certificates.watch(self.reload_every, move |outcome| {
+            let result = match outcome {
+                Ok(true) => "reloaded",
+                Ok(false) => return,
+                Err(_) => "failed",
+            };
+            state.metrics.tls_reloads.get_or_create(&ReloadLabels { result }).inc();
+        });
+        tracing::info!(addr = %self.listener.local_addr()?, "admission webhook listening");
+        tokio::join!(reloads, server::serve_tls(self.listener, config, server::router(self.state)));
+        Ok(())
+    }
+}
+
+/// Runs the webhook with its watches until the process ends.
+pub async fn run(args: &WebhookArgs, client: kube::Client) -> anyhow::Result<()> {
+    let state = Arc::new(State::new(args.policy()));
+    let webhook = Webhook::bind(args, state.clone()).await?;
+    let watches = watch::run(client, state, args.ovnkube_config_namespace.clone());
+    tokio::select! {
+        result = webhook.serve() => result,
+        () = watches => anyhow::bail!("the webhook's watches ended"),
+    }
+}
+
+/// The ValidatingWebhookConfiguration that routes our kinds to this webhook. `client` says how
+/// the apiserver reaches it (a Service in a cluster, a URL in tests); `object_selector` narrows
+/// which objects it judges.
+pub fn configuration(
+    name: &str,
+    client: WebhookClientConfig,
+    object_selector: Option<LabelSelector>,
+) -> ValidatingWebhookConfiguration {
+    let hook = |hook_name: &str, path: &str, resources: &[&str], operations: &[&str]| {
+        let mut client = client.clone();
+        match (&mut client.service, &mut client.url) {
+            (Some(service), _) => service.path = Some(path.into()),
+            (None, Some(url)) => *url = format!("{}{path}", url.trim_end_matches('/')),
+            (None, None) => {}
+        }
+        ValidatingWebhook {
+            name: format!("{hook_name}.{}", evpn_crds::GROUP),
+            client_config: client,
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![evpn_crds::GROUP.into()]),
+                api_versions: Some(vec![evpn_crds::VERSION.into()]),
+                resources: Some(resources.iter().map(|r| (*r).into()).collect()),
+                operations: Some(operations.iter().map(|o| (*o).into()).collect()),
+                scope: Some("Cluster".into()),
+            }]),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            match_policy: Some("Equivalent".into()),
+            timeout_seconds: Some(5),
+            object_selector: object_selector.clone(),
+            ..Default::default()
+        }
+    };
+    ValidatingWebhookConfiguration {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        webhooks: Some(vec![
+            hook("evpns", "/validate/evpns", &["evpns"], &["CREATE", "UPDATE", "DELETE"]),
+            hook("vteps", "/validate/vteps", &["vteps"], &["CREATE", "UPDATE", "DELETE"]),
+            hook(
+                "evpnnodestates",
+                "/validate/evpnnodestates",
+                &["evpnnodestates", "evpnnodestates/status"],
+                &["CREATE", "UPDATE"],
+            ),
+        ]),
+    }
+}
