@@ -57,6 +57,17 @@ impl ControlPlane {
     pub async fn user(&self) -> anyhow::Result<Client> {
         client_from(&self.user_kubeconfig()).await
     }
+
+    /// A client acting as the operator's service account.
+    pub async fn operator(&self) -> anyhow::Result<Client> {
+        client_from(&self.run_dir.join("operator.kubeconfig")).await
+    }
+
+    /// A client acting as `system:node:NAME` (group `system:nodes`), as a node's agent may;
+    /// `hack/control-plane.sh` makes worker-1, worker-2 and worker-3.
+    pub async fn node(&self, name: &str) -> anyhow::Result<Client> {
+        client_from(&self.run_dir.join(format!("node-{name}.kubeconfig"))).await
+    }
 }
 
 async fn client_from(kubeconfig: &Path) -> anyhow::Result<Client> {
@@ -275,5 +286,34 @@ where
         if tokio::time::Instant::now() >= deadline {
             bail!("condition not met within {DEADLINE:?}");
         }
+    }
+}
+
+/// A throwaway certificate authority for serving certificates on loopback.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM: what a client (the apiserver's caBundle) trusts.
+    pub cert_pem: String,
+}
+
+impl TestCa {
+    /// A new CA with a fresh key.
+    pub fn new() -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "evpn-operator test CA");
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(Self { issuer: rcgen::Issuer::new(params, key), cert_pem })
+    }
+
+    /// A new serving certificate and key (PEM) for 127.0.0.1 and localhost.
+    pub fn serving_pair(&self) -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
     }
 }

@@ -88,15 +88,8 @@ pub fn decode<K: for<'de> Deserialize<'de>>(body: &[u8], group: &str, kind: &str
         Ok(review) => {
             check_envelope(&review.api_version, &review.kind)?;
             let req = review.request.ok_or_else(|| DecodeError::BadRequest("AdmissionReview has no request".into()))?;
-            if req.kind.group != group || req.kind.kind != kind {
-                return Err(DecodeError::Unreadable {
-                    api_version: review.api_version,
-                    uid: req.uid,
-                    message: format!(
-                        "this endpoint validates {kind}.{group}, not {}.{}: check the webhook configuration's rules",
-                        req.kind.kind, req.kind.group
-                    ),
-                });
+            if let Some(message) = kind_mismatch(group, kind, &req.kind.group, &req.kind.kind) {
+                return Err(DecodeError::Unreadable { api_version: review.api_version, uid: req.uid, message });
             }
             Ok(Decoded {
                 api_version: review.api_version,
@@ -108,8 +101,14 @@ pub fn decode<K: for<'de> Deserialize<'de>>(body: &[u8], group: &str, kind: &str
                 old_object: req.old_object,
             })
         }
-        Err(typed_error) => Err(explain(body, kind, &typed_error)),
+        Err(typed_error) => Err(explain(body, group, kind, &typed_error)),
     }
+}
+
+fn kind_mismatch(group: &str, kind: &str, got_group: &str, got_kind: &str) -> Option<String> {
+    (got_group != group || got_kind != kind).then(|| {
+        format!("this endpoint validates {kind}.{group}, not {got_kind}.{got_group}: check the webhook configuration's rules")
+    })
 }
 
 fn check_envelope(api_version: &str, kind: &str) -> Result<(), DecodeError> {
@@ -122,7 +121,7 @@ fn check_envelope(api_version: &str, kind: &str) -> Result<(), DecodeError> {
 }
 
 /// The slow path: says what is wrong with a body the typed decoder refused.
-fn explain(body: &[u8], kind: &str, typed_error: &serde_json::Error) -> DecodeError {
+fn explain(body: &[u8], group: &str, kind: &str, typed_error: &serde_json::Error) -> DecodeError {
     let value: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return DecodeError::BadRequest(format!("body is not JSON: {e}")),
@@ -135,11 +134,12 @@ fn explain(body: &[u8], kind: &str, typed_error: &serde_json::Error) -> DecodeEr
     let Some(uid) = value["request"]["uid"].as_str().filter(|u| !u.is_empty()) else {
         return DecodeError::BadRequest("AdmissionReview has no request.uid".into());
     };
-    DecodeError::Unreadable {
-        api_version,
-        uid: uid.to_owned(),
-        message: format!("the request's {kind} does not match the evpn.k8s.ovn.org/v1alpha1 schema: {typed_error}"),
-    }
+    let request_kind = &value["request"]["kind"];
+    let message = kind_mismatch(group, kind, &text(&request_kind["group"]), &text(&request_kind["kind"]))
+        .unwrap_or_else(|| {
+            format!("the request's {kind} does not match the evpn.k8s.ovn.org/v1alpha1 schema: {typed_error}")
+        });
+    DecodeError::Unreadable { api_version, uid: uid.to_owned(), message }
 }
 
 #[derive(Serialize)]
