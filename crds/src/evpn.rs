@@ -183,10 +183,9 @@ pub struct ResolvedVrf {
     pub vni: u32,
     /// The effective route targets.
     pub route_targets: RouteTargets,
-    /// The route distinguisher, when it is the same on every node; per-node values are in
-    /// each EVPNNodeState.
+    /// Every node's route distinguisher for this VRF is `<its VTEP IP>:<this index>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_distinguisher: Option<String>,
+    pub route_distinguisher_index: Option<u32>,
 }
 
 /// An Ethernet segment with its resolved identifier.

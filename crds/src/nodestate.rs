@@ -100,8 +100,9 @@ pub struct NodeVrf {
     pub vni: u32,
     /// Effective route targets.
     pub route_targets: RouteTargets,
-    /// This node's route distinguisher for the VRF.
-    pub route_distinguisher: String,
+    /// The VRF's route distinguisher on this node is `<this node's VTEP IP>:<index>`: unique
+    /// per VRF on the node, and distinct across nodes through the VTEP IP.
+    pub route_distinguisher_index: u32,
 }
 
 /// An Ethernet segment on this node.

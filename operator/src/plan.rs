@@ -1,0 +1,838 @@
+//! The operator's decisions, as one pure function of what the cluster holds.
+//!
+//! Every round, [`Planner::plan`] takes a snapshot of the objects (EVPNs, VTEPs, Nodes, networks,
+//! and what each node's agent reported) and returns everything the operator wants written: EVPN
+//! statuses (allocations first), one spec per node, VTEP statuses, finalizer changes. The
+//! controller only diffs that against what it observed and writes the difference.
+//!
+//! Allocation is race-free because one leader plans everything in one place, in a fixed order,
+//! and restart-safe because every allocation is persisted in an object before anything depends
+//! on it: VNIs, route-distinguisher indexes and ESIs live in the EVPN's status, and a node's
+//! spec carries only allocations that its EVPN's status already shows; VTEP IPs live in the
+//! node's own EVPNNodeState spec. A new leader rebuilds its pools from those objects before
+//! its first decision (see docs/architecture.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, selector_matches};
+use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
+use evpn_crds::nodestate::{NetworkPhase, NodeNetwork, NodeSegment, NodeVrf, NodeVtep};
+use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
+use evpn_crds::vtep::VtepMode;
+use evpn_crds::{Evpn, EvpnNodeStateSpec, EvpnStatus, Vtep, VtepStatus};
+use evpn_webhook::index::{NetworkFacts, NetworkKey, VrfSide};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::allocator::{Pool, host_address, host_index};
+
+/// Finalizer that holds an EVPN until every node has removed it.
+pub const FINALIZER: &str = "evpn.k8s.ovn.org/node-cleanup";
+
+/// Route-distinguisher indexes handed out (the 2-byte number of an IPv4-address RD).
+const RD_INDEXES: (u32, u32) = (1, 65535);
+/// Discriminators of type-3 ESIs (3 bytes).
+const ESI_DISCRIMINATORS: (u32, u32) = (1, 0x00ff_ffff);
+/// Addresses per CIDR the IP pool can address; larger prefixes are used up to this many.
+const HOSTS_PER_CIDR: u32 = 1 << 24;
+/// Failing nodes listed in an EVPN's status.
+const MAX_FAILED_NODES: usize = 10;
+
+/// What the planner needs of a Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What an agent reported for one network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedNetwork {
+    pub phase: NetworkPhase,
+    pub applied_generation: Option<i64>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// What the planner keeps of an observed EVPNNodeState: a fingerprint of its spec (comparing
+/// whole specs of every node would hold them all in memory), the VTEP IPs in it, and the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedNodeState {
+    pub spec_fingerprint: u64,
+    pub vtep_ips: Vec<(String, String)>,
+    pub reported: HashMap<Arc<str>, ReportedNetwork>,
+}
+
+impl ObservedNodeState {
+    /// Reduces a node state to what the planner needs.
+    pub fn of(state: &evpn_crds::EvpnNodeState) -> Self {
+        let reported = state
+            .status
+            .iter()
+            .flat_map(|s| &s.networks)
+            .map(|n| {
+                let report = ReportedNetwork {
+                    phase: n.phase,
+                    applied_generation: n.applied_generation,
+                    reason: n.reason.clone(),
+                    message: n.message.clone(),
+                };
+                (Arc::from(n.evpn.as_str()), report)
+            })
+            .collect();
+        Self {
+            spec_fingerprint: fingerprint(&state.spec),
+            vtep_ips: state.spec.vteps.iter().filter_map(|v| Some((v.name.clone(), v.ip.clone()?))).collect(),
+            reported,
+        }
+    }
+}
+
+/// A spec's identity for change detection: equal specs, equal fingerprints. The network list
+/// is hashed on its own so nodes sharing one list share its hash.
+pub fn fingerprint(spec: &EvpnNodeStateSpec) -> u64 {
+    combine(json_hash(&spec.vteps), json_hash(&spec.networks))
+}
+
+fn json_hash<T: serde::Serialize>(value: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(value).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn combine(a: u64, b: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (a, b).hash(&mut h);
+    h.finish()
+}
+
+/// Everything the planner looks at in one round.
+pub struct Snapshot<'a> {
+    pub evpns: &'a [Arc<Evpn>],
+    pub vteps: &'a [Arc<Vtep>],
+    pub nodes: &'a [NodeInfo],
+    pub networks: &'a HashMap<NetworkKey, NetworkFacts>,
+    pub node_states: &'a BTreeMap<String, ObservedNodeState>,
+    pub now: Time,
+}
+
+/// A node's desired spec, with the network list shared between nodes that carry the same.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub uid: String,
+    pub vteps: Vec<NodeVtep>,
+    pub networks: Arc<Vec<NodeNetwork>>,
+    networks_hash: u64,
+}
+
+impl NodeSpec {
+    /// The fingerprint the written object will have.
+    pub fn fingerprint(&self) -> u64 {
+        combine(json_hash(&self.vteps), self.networks_hash)
+    }
+
+    /// The full spec, for writing.
+    pub fn to_spec(&self) -> EvpnNodeStateSpec {
+        EvpnNodeStateSpec { vteps: self.vteps.clone(), networks: self.networks.as_ref().clone() }
+    }
+}
+
+/// What the operator wants the cluster to hold.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub evpn_statuses: BTreeMap<String, EvpnStatus>,
+    pub node_specs: BTreeMap<String, NodeSpec>,
+    pub vtep_statuses: BTreeMap<String, VtepStatus>,
+    pub add_finalizer: Vec<String>,
+    pub remove_finalizer: Vec<String>,
+}
+
+type VrfOwner = (String, VrfSide);
+
+/// The allocation pools, kept between rounds by the leader and rebuilt from the objects by a new one.
+#[derive(Debug, Default)]
+pub struct Planner {
+    vnis: Pool<VrfOwner>,
+    rd_indexes: Pool<VrfOwner>,
+    esis: Pool<(String, String)>,
+    ips: HashMap<String, Pool<String>>,
+    owned_vni: HashMap<VrfOwner, u32>,
+    owned_rd: HashMap<VrfOwner, u32>,
+    /// Cluster-wide system MAC of type-3 ESIs.
+    pub system_mac: [u8; 6],
+}
+
+/// Why an EVPN is not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Rejection {
+    InvalidSpec(String),
+    VtepNotFound,
+    Conflict(String),
+    Exhausted(String),
+}
+
+impl Planner {
+    /// A planner with empty pools and the given ESI system MAC.
+    pub fn new(system_mac: [u8; 6]) -> Self {
+        Self { system_mac, ..Default::default() }
+    }
+
+    /// VNIs held, for metrics.
+    pub fn vnis_in_use(&self) -> usize {
+        self.vnis.len()
+    }
+
+    /// VTEP IPs held, for metrics.
+    pub fn ips_in_use(&self) -> usize {
+        self.ips.values().map(Pool::len).sum()
+    }
+
+    /// Every VNI with its holder.
+    pub fn vni_holders(&self) -> impl Iterator<Item = (u32, &VrfOwner)> {
+        self.vnis.iter()
+    }
+
+    /// Decides everything for one round.
+    pub fn plan(&mut self, snap: &Snapshot<'_>) -> Plan {
+        let mut evpns: Vec<&Evpn> = snap.evpns.iter().map(AsRef::as_ref).collect();
+        // Oldest first: on a tie for a VNI nobody holds yet, the EVPN created first wins.
+        evpns.sort_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref(), &a.metadata.name)
+                .cmp(&(b.metadata.creation_timestamp.as_ref(), &b.metadata.name))
+        });
+        let vteps: BTreeMap<&str, &Vtep> = snap.vteps.iter().map(|v| (name(&v.metadata), v.as_ref())).collect();
+
+        let rejections = self.allocate(&evpns, &vteps);
+        self.allocate_ips(&vteps, snap);
+
+        let mut plan = Plan::default();
+        let mut persisted: BTreeMap<&str, bool> = BTreeMap::new();
+        for evpn in &evpns {
+            let n = name(&evpn.metadata);
+            let status = self.evpn_status(evpn, &vteps, rejections.get(n), snap);
+            persisted.insert(n, self.is_persisted(evpn, &status));
+            plan.evpn_statuses.insert(n.to_owned(), status);
+            let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
+            if evpn.metadata.deletion_timestamp.is_none() && !has_finalizer {
+                plan.add_finalizer.push(n.to_owned());
+            }
+        }
+        plan.node_specs = self.node_specs(&evpns, &vteps, &rejections, &persisted, snap);
+        for evpn in &evpns {
+            let n = name(&evpn.metadata);
+            let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
+            if evpn.metadata.deletion_timestamp.is_some() && has_finalizer && released_everywhere(n, &plan, snap) {
+                plan.remove_finalizer.push(n.to_owned());
+            }
+        }
+        for (vtep_name, vtep) in &vteps {
+            plan.vtep_statuses.insert((*vtep_name).to_owned(), self.vtep_status(vtep_name, vtep, snap));
+        }
+        plan
+    }
+
+    fn allocate(&mut self, evpns: &[&Evpn], vteps: &BTreeMap<&str, &Vtep>) -> HashMap<String, Rejection> {
+        let alive: BTreeSet<&str> = evpns.iter().map(|e| name(&e.metadata)).collect();
+        let wanted = |owner: &VrfOwner, evpns: &[&Evpn]| {
+            alive.contains(owner.0.as_str())
+                && evpns.iter().any(|e| name(&e.metadata) == owner.0 && vrf(e, owner.1).is_some())
+        };
+        self.vnis.retain(|o| wanted(o, evpns));
+        self.rd_indexes.retain(|o| wanted(o, evpns));
+        self.owned_vni.retain(|o, _| wanted(o, evpns));
+        self.owned_rd.retain(|o, _| wanted(o, evpns));
+        self.esis.retain(|(e, seg)| {
+            evpns.iter().any(|x| {
+                name(&x.metadata) == e
+                    && x.spec
+                        .multi_homing
+                        .iter()
+                        .flat_map(|m| &m.ethernet_segments)
+                        .any(|s| &s.name == seg && s.esi == "auto")
+            })
+        });
+
+        // 1. What the objects already record: a restarted leader learns its pools from these.
+        for evpn in evpns {
+            let n = name(&evpn.metadata);
+            for side in [VrfSide::Mac, VrfSide::Ip] {
+                let (Some(_), Some(resolved)) = (vrf(evpn, side), resolved(evpn, side)) else { continue };
+                let owner = (n.to_owned(), side);
+                if !self.owned_vni.contains_key(&owner) && self.vnis.claim(resolved.vni, &owner).is_ok() {
+                    self.owned_vni.insert(owner.clone(), resolved.vni);
+                }
+                if let Some(rd) = resolved.route_distinguisher_index
+                    && !self.owned_rd.contains_key(&owner)
+                    && self.rd_indexes.claim(rd, &owner).is_ok()
+                {
+                    self.owned_rd.insert(owner, rd);
+                }
+            }
+            for seg in evpn.status.iter().flat_map(|s| &s.ethernet_segments) {
+                if let Some(d) = self.discriminator_of(&seg.esi) {
+                    let _ = self.esis.claim(d, &(n.to_owned(), seg.name.clone()));
+                }
+            }
+        }
+
+        let mut rejections = HashMap::new();
+        // 2. Explicit VNIs: a VNI somebody holds stays theirs; the loser is told who holds it.
+        for evpn in evpns {
+            let n = name(&evpn.metadata);
+            let errors = evpn.spec.validate();
+            if !errors.is_empty() {
+                rejections.insert(n.to_owned(), Rejection::InvalidSpec(evpn_crds::validation::join(&errors)));
+                continue;
+            }
+            for side in [VrfSide::Mac, VrfSide::Ip] {
+                let Some(want) = vrf(evpn, side).and_then(|v| v.vni) else { continue };
+                let owner = (n.to_owned(), side);
+                if let Some(&held) = self.owned_vni.get(&owner)
+                    && held != want
+                {
+                    self.vnis.retain(|o| o != &owner);
+                    self.owned_vni.remove(&owner);
+                }
+                match self.vnis.claim(want, &owner) {
+                    Ok(()) => {
+                        self.owned_vni.insert(owner, want);
+                    }
+                    Err((holder, holder_side)) => {
+                        rejections.entry(n.to_owned()).or_insert_with(|| {
+                            Rejection::Conflict(format!(
+                                "spec.{}.vni {want} is held by EVPN {holder:?} ({}); choose another VNI or leave it empty",
+                                side.field(),
+                                holder_side.field()
+                            ))
+                        });
+                    }
+                }
+            }
+        }
+        // 3. Everything left out: VNIs from the VTEP's ranges, RD indexes, ESI discriminators.
+        for evpn in evpns {
+            let n = name(&evpn.metadata);
+            if rejections.contains_key(n) {
+                continue;
+            }
+            let Some(vtep) = vteps.get(evpn.spec.vtep.as_str()) else {
+                rejections.insert(n.to_owned(), Rejection::VtepNotFound);
+                continue;
+            };
+            let ranges: Vec<(u32, u32)> = vtep.spec.vni_ranges.iter().map(|r| (r.start, r.end)).collect();
+            for side in [VrfSide::Mac, VrfSide::Ip] {
+                if vrf(evpn, side).is_none() {
+                    continue;
+                }
+                let owner = (n.to_owned(), side);
+                if !self.owned_vni.contains_key(&owner) {
+                    match self.vnis.allocate(&ranges, &owner) {
+                        Some(v) => {
+                            self.owned_vni.insert(owner.clone(), v);
+                        }
+                        None => {
+                            let why = if ranges.is_empty() {
+                                format!(
+                                    "VTEP {:?} has no vniRanges: set spec.{}.vni or add ranges",
+                                    evpn.spec.vtep,
+                                    side.field()
+                                )
+                            } else {
+                                format!("every VNI in VTEP {:?}'s vniRanges is in use", evpn.spec.vtep)
+                            };
+                            rejections.insert(n.to_owned(), Rejection::Exhausted(why));
+                            break;
+                        }
+                    }
+                }
+                if !self.owned_rd.contains_key(&owner)
+                    && let Some(rd) = self.rd_indexes.allocate(&[RD_INDEXES], &owner)
+                {
+                    self.owned_rd.insert(owner, rd);
+                }
+            }
+            for seg in evpn.spec.multi_homing.iter().flat_map(|m| &m.ethernet_segments) {
+                let owner = (n.to_owned(), seg.name.clone());
+                if seg.esi == "auto" && !self.esis.iter().any(|(_, o)| o == &owner) {
+                    let _ = self.esis.allocate(&[ESI_DISCRIMINATORS], &owner);
+                }
+            }
+        }
+        rejections
+    }
+
+    fn discriminator_of(&self, esi: &str) -> Option<u32> {
+        let bytes: Vec<u8> = esi.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
+        (bytes.len() == 10 && bytes[0] == 0x03 && bytes[1..7] == self.system_mac)
+            .then(|| u32::from_be_bytes([0, bytes[7], bytes[8], bytes[9]]))
+    }
+
+    fn type3_esi(&self, discriminator: u32) -> String {
+        let d = discriminator.to_be_bytes();
+        let bytes = [
+            0x03,
+            self.system_mac[0],
+            self.system_mac[1],
+            self.system_mac[2],
+            self.system_mac[3],
+            self.system_mac[4],
+            self.system_mac[5],
+            d[1],
+            d[2],
+            d[3],
+        ];
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
+    fn allocate_ips(&mut self, vteps: &BTreeMap<&str, &Vtep>, snap: &Snapshot<'_>) {
+        self.ips.retain(|v, _| vteps.get(v.as_str()).is_some_and(|v| v.spec.mode == VtepMode::Managed));
+        for (vtep_name, vtep) in vteps {
+            if vtep.spec.mode != VtepMode::Managed {
+                continue;
+            }
+            let cidrs: Vec<_> = vtep.spec.cidrs.iter().filter_map(|c| parse_cidr(c).ok()).collect();
+            let selected: BTreeSet<&str> = selected_nodes(vtep, snap.nodes).map(|n| n.name.as_str()).collect();
+            let pool = self.ips.entry((*vtep_name).to_owned()).or_default();
+            pool.retain(|node| selected.contains(node.as_str()));
+            // Addresses already written into node states are the record: keep them.
+            for (node, state) in snap.node_states {
+                for (v, ip) in &state.vtep_ips {
+                    if v == vtep_name
+                        && selected.contains(node.as_str())
+                        && pool.iter().all(|(_, o)| o != node)
+                        && let Ok(ip) = ip.parse::<IpAddr>()
+                        && let Some(key) = cidrs
+                            .iter()
+                            .enumerate()
+                            .find_map(|(i, c)| Some(i as u32 * HOSTS_PER_CIDR + host_index(c, ip)?))
+                    {
+                        let _ = pool.claim(key, node);
+                    }
+                }
+            }
+            let ranges: Vec<(u32, u32)> = cidrs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let count = host_count(c);
+                    (count > 0).then(|| (i as u32 * HOSTS_PER_CIDR, i as u32 * HOSTS_PER_CIDR + count - 1))
+                })
+                .collect();
+            for node in &selected {
+                if pool.iter().all(|(_, o)| o != node) {
+                    let _ = pool.allocate(&ranges, &(*node).to_owned());
+                }
+            }
+        }
+    }
+
+    fn vtep_ip(&self, vtep: &str, node: &str, spec: &evpn_crds::VtepSpec) -> Option<String> {
+        let (key, _) = self.ips.get(vtep)?.iter().find(|(_, o)| o.as_str() == node)?;
+        let cidr = parse_cidr(spec.cidrs.get((key / HOSTS_PER_CIDR) as usize)?).ok()?;
+        host_address(&cidr, key % HOSTS_PER_CIDR).map(|ip| ip.to_string())
+    }
+
+    fn resolved_vrf(&self, evpn: &Evpn, side: VrfSide, asn: Option<u32>) -> Option<ResolvedVrf> {
+        let owner = (name(&evpn.metadata).to_owned(), side);
+        let vni = *self.owned_vni.get(&owner)?;
+        let explicit = vrf(evpn, side)?.route_targets.clone().unwrap_or_default();
+        let auto = || asn.map(|a| vec![format!("{}:{vni}", auto_rt_asn(a))]).unwrap_or_default();
+        let route_targets = RouteTargets {
+            import: if explicit.import.is_empty() { auto() } else { explicit.import },
+            export: if explicit.export.is_empty() { auto() } else { explicit.export },
+        };
+        Some(ResolvedVrf { vni, route_targets, route_distinguisher_index: self.owned_rd.get(&owner).copied() })
+    }
+
+    fn evpn_status(
+        &self,
+        evpn: &Evpn,
+        vteps: &BTreeMap<&str, &Vtep>,
+        rejection: Option<&Rejection>,
+        snap: &Snapshot<'_>,
+    ) -> EvpnStatus {
+        let n = name(&evpn.metadata);
+        let generation = evpn.metadata.generation.unwrap_or_default();
+        let vtep = vteps.get(evpn.spec.vtep.as_str());
+        let asn = vtep.and_then(|v| v.spec.bgp.as_ref()).map(|b| b.asn);
+        let accepted = rejection.is_none();
+        let mut status = EvpnStatus {
+            observed_generation: Some(generation),
+            mac_vrf: accepted.then(|| self.resolved_vrf(evpn, VrfSide::Mac, asn)).flatten(),
+            ip_vrf: accepted.then(|| self.resolved_vrf(evpn, VrfSide::Ip, asn)).flatten(),
+            vrf_name: Some(vrf_name(&evpn.spec.network)),
+            ethernet_segments: if accepted { self.segments(evpn) } else { Vec::new() },
+            ..Default::default()
+        };
+        let network = network_problem(&evpn.spec.network, evpn, snap.networks);
+        let desired: Vec<&NodeInfo> = vtep.map(|v| selected_nodes(v, snap.nodes).collect()).unwrap_or_default();
+        let (mut ready, mut failed) = (0u32, Vec::new());
+        for node in &desired {
+            match snap.node_states.get(&node.name).and_then(|s| s.reported.get(n)) {
+                Some(r) if r.phase == NetworkPhase::Applied && r.applied_generation == Some(generation) => ready += 1,
+                Some(r) if r.phase == NetworkPhase::Failed => failed.push(NodeFailure {
+                    node: node.name.clone(),
+                    reason: r.reason.clone().unwrap_or_else(|| "Failed".into()),
+                    message: r.message.clone().unwrap_or_default(),
+                }),
+                _ => {}
+            }
+        }
+        let desired_count = desired.len() as u32;
+        status.nodes = Some(NodeCounts { desired: desired_count, ready, failed: failed.len() as u32 });
+        status.ready_nodes = Some(format!("{ready}/{desired_count}"));
+        let failed_count = failed.len();
+        failed.truncate(MAX_FAILED_NODES);
+
+        let old = evpn.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        let cond = |type_: &str, ok: bool, reason: &str, message: String| {
+            make_condition(old, type_, ok, reason, message, generation, &snap.now)
+        };
+        let accepted_cond = match rejection {
+            None => cond(condition::ACCEPTED, true, "Allocated", "VNIs, route targets and ESIs are allocated".into()),
+            Some(Rejection::InvalidSpec(m)) => cond(condition::ACCEPTED, false, "InvalidSpec", m.clone()),
+            Some(Rejection::VtepNotFound) => {
+                cond(condition::ACCEPTED, false, "VtepNotFound", format!("VTEP {:?} does not exist", evpn.spec.vtep))
+            }
+            Some(Rejection::Conflict(m)) => cond(condition::ACCEPTED, false, "Conflict", m.clone()),
+            Some(Rejection::Exhausted(m)) => cond(condition::ACCEPTED, false, "VniPoolExhausted", m.clone()),
+        };
+        let ready_cond = if evpn.metadata.deletion_timestamp.is_some() {
+            cond(condition::READY, false, "Deleting", "being removed from the nodes".into())
+        } else if !accepted {
+            cond(condition::READY, false, "NotAccepted", "see the Accepted condition".into())
+        } else if let Some((reason, message)) = network {
+            cond(condition::READY, false, reason, message)
+        } else if desired_count == 0 {
+            cond(condition::READY, false, "NoNodes", format!("VTEP {:?} selects no node", evpn.spec.vtep))
+        } else if ready == desired_count {
+            cond(
+                condition::READY,
+                true,
+                "AllNodesReady",
+                format!("all {desired_count} nodes applied generation {generation}"),
+            )
+        } else {
+            cond(
+                condition::READY,
+                false,
+                "NodesPending",
+                format!("{ready} of {desired_count} nodes applied generation {generation}"),
+            )
+        };
+        let degraded_cond = if failed_count > 0 {
+            let names: Vec<&str> = failed.iter().map(|f| f.node.as_str()).collect();
+            cond(condition::DEGRADED, true, "NodesFailed", format!("{failed_count} node(s) failed, first: {names:?}"))
+        } else {
+            cond(condition::DEGRADED, false, "NoFailures", "no node reported a failure".into())
+        };
+        status.failed_nodes = failed;
+        status.conditions = vec![accepted_cond, ready_cond, degraded_cond];
+        status
+    }
+
+    fn segments(&self, evpn: &Evpn) -> Vec<ResolvedSegment> {
+        let n = name(&evpn.metadata);
+        evpn.spec
+            .multi_homing
+            .iter()
+            .flat_map(|m| &m.ethernet_segments)
+            .filter_map(|seg| {
+                let esi = match parse_esi(&seg.esi).ok()? {
+                    EsiSpec::Explicit(_) => seg.esi.to_lowercase(),
+                    EsiSpec::Auto => {
+                        let (d, _) = self.esis.iter().find(|(_, o)| o.0 == n && o.1 == seg.name)?;
+                        self.type3_esi(d)
+                    }
+                };
+                Some(ResolvedSegment { name: seg.name.clone(), esi })
+            })
+            .collect()
+    }
+
+    /// Whether the EVPN's observed status already records what this round allocated, so nodes
+    /// may be told: a crash can then lose nothing a node relies on.
+    fn is_persisted(&self, evpn: &Evpn, desired: &EvpnStatus) -> bool {
+        let observed = evpn.status.as_ref();
+        observed.map(|s| &s.mac_vrf) == Some(&desired.mac_vrf)
+            && observed.map(|s| &s.ip_vrf) == Some(&desired.ip_vrf)
+            && observed.map(|s| &s.ethernet_segments) == Some(&desired.ethernet_segments)
+    }
+
+    fn node_specs(
+        &self,
+        evpns: &[&Evpn],
+        vteps: &BTreeMap<&str, &Vtep>,
+        rejections: &HashMap<String, Rejection>,
+        persisted: &BTreeMap<&str, bool>,
+        snap: &Snapshot<'_>,
+    ) -> BTreeMap<String, NodeSpec> {
+        // Networks per VTEP, built once and shared by every node of that VTEP.
+        let mut per_vtep: BTreeMap<&str, Vec<(&Evpn, NodeNetwork)>> = BTreeMap::new();
+        for evpn in evpns {
+            let n = name(&evpn.metadata);
+            if evpn.metadata.deletion_timestamp.is_some()
+                || rejections.contains_key(n)
+                || !persisted.get(n).copied().unwrap_or(false)
+                || network_problem(&evpn.spec.network, evpn, snap.networks).is_some()
+            {
+                continue;
+            }
+            let Some(vtep) = vteps.get(evpn.spec.vtep.as_str()) else { continue };
+            let asn = vtep.spec.bgp.as_ref().map(|b| b.asn);
+            let node_vrf = |side| {
+                let r = self.resolved_vrf(evpn, side, asn)?;
+                Some(NodeVrf {
+                    vni: r.vni,
+                    route_targets: r.route_targets,
+                    route_distinguisher_index: r.route_distinguisher_index?,
+                })
+            };
+            let network = NodeNetwork {
+                evpn: n.to_owned(),
+                generation: evpn.metadata.generation.unwrap_or_default(),
+                network: evpn.spec.network.clone(),
+                vtep: evpn.spec.vtep.clone(),
+                vrf: vrf_name(&evpn.spec.network),
+                mac_vrf: evpn.spec.mac_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Mac)),
+                ip_vrf: evpn.spec.ip_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Ip)),
+                ethernet_segments: Vec::new(),
+            };
+            per_vtep.entry(evpn.spec.vtep.as_str()).or_default().push((evpn, network));
+        }
+        let has_segments = |list: &[(&Evpn, NodeNetwork)]| {
+            list.iter().any(|(e, _)| e.spec.multi_homing.iter().any(|m| !m.ethernet_segments.is_empty()))
+        };
+        let segments: HashMap<&str, Vec<ResolvedSegment>> =
+            evpns.iter().map(|e| (name(&e.metadata), self.segments(e))).collect();
+
+        let mut shared: HashMap<Vec<&str>, (Arc<Vec<NodeNetwork>>, u64)> = HashMap::new();
+        let mut specs = BTreeMap::new();
+        for node in snap.nodes {
+            let node_vteps: Vec<(&str, &Vtep)> = vteps
+                .iter()
+                .filter(|(_, v)| selected_nodes(v, std::slice::from_ref(node)).next().is_some())
+                .map(|(n, v)| (*n, *v))
+                .collect();
+            if node_vteps.is_empty() && !snap.node_states.contains_key(&node.name) {
+                continue;
+            }
+            let vtep_specs = node_vteps
+                .iter()
+                .map(|(vn, v)| NodeVtep {
+                    name: (*vn).to_owned(),
+                    mode: v.spec.mode,
+                    ip: self.vtep_ip(vn, &node.name, &v.spec),
+                    cidrs: v.spec.cidrs.clone(),
+                    udp_port: v.spec.udp_port,
+                    mtu: v.spec.mtu,
+                    bgp: v.spec.bgp.clone(),
+                })
+                .collect();
+            let key: Vec<&str> = node_vteps.iter().map(|(n, _)| *n).collect();
+            let needs_own_list = node_vteps.iter().any(|(vn, _)| per_vtep.get(vn).is_some_and(|l| has_segments(l)));
+            let (networks, networks_hash) = if needs_own_list {
+                // Ethernet segments differ per node: this node gets a list of its own.
+                let list: Vec<NodeNetwork> = key
+                    .iter()
+                    .flat_map(|vn| per_vtep.get(vn).into_iter().flatten())
+                    .map(|(evpn, net)| {
+                        let mut net = net.clone();
+                        net.ethernet_segments = node_segments(evpn, node, segments.get(name(&evpn.metadata)));
+                        net
+                    })
+                    .collect();
+                let hash = json_hash(&list);
+                (Arc::new(list), hash)
+            } else {
+                shared
+                    .entry(key.clone())
+                    .or_insert_with(|| {
+                        let list: Vec<NodeNetwork> = key
+                            .iter()
+                            .flat_map(|vn| per_vtep.get(vn).into_iter().flatten())
+                            .map(|(_, n)| n.clone())
+                            .collect();
+                        let hash = json_hash(&list);
+                        (Arc::new(list), hash)
+                    })
+                    .clone()
+            };
+            specs.insert(
+                node.name.clone(),
+                NodeSpec { uid: node.uid.clone(), vteps: vtep_specs, networks, networks_hash },
+            );
+        }
+        specs
+    }
+
+    fn vtep_status(&self, vtep_name: &str, vtep: &Vtep, snap: &Snapshot<'_>) -> VtepStatus {
+        let nodes = selected_nodes(vtep, snap.nodes).count() as u32;
+        let allocated = self.ips.get(vtep_name).map(Pool::len).unwrap_or_default() as u32;
+        let generation = vtep.metadata.generation.unwrap_or_default();
+        let old = vtep.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        let ready = match vtep.spec.mode {
+            VtepMode::Managed if allocated < nodes => make_condition(
+                old,
+                condition::READY,
+                false,
+                "AddressesExhausted",
+                format!("{allocated} of {nodes} nodes have a VTEP IP: the cidrs are too small"),
+                generation,
+                &snap.now,
+            ),
+            VtepMode::Managed => make_condition(
+                old,
+                condition::READY,
+                true,
+                "AddressesAllocated",
+                format!("{nodes} nodes have a VTEP IP"),
+                generation,
+                &snap.now,
+            ),
+            VtepMode::Unmanaged => make_condition(
+                old,
+                condition::READY,
+                true,
+                "Unmanaged",
+                "agents discover the nodes' VTEP IPs".into(),
+                generation,
+                &snap.now,
+            ),
+        };
+        VtepStatus { observed_generation: Some(generation), nodes, allocated_ips: allocated, conditions: vec![ready] }
+    }
+}
+
+fn host_count(cidr: &evpn_crds::validation::Cidr) -> u32 {
+    let bits = if cidr.addr.is_ipv4() { 32 } else { 128 } - u32::from(cidr.prefix);
+    let size: u64 = if bits >= 25 { u64::from(HOSTS_PER_CIDR) + 2 } else { 1 << bits };
+    let usable = if cidr.addr.is_ipv4() && size > 2 {
+        size - 2
+    } else if cidr.addr.is_ipv4() {
+        size
+    } else {
+        size - 1
+    };
+    usable.min(u64::from(HOSTS_PER_CIDR)) as u32
+}
+
+fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: Option<&Vec<ResolvedSegment>>) -> Vec<NodeSegment> {
+    evpn.spec
+        .multi_homing
+        .iter()
+        .flat_map(|m| &m.ethernet_segments)
+        .filter(|seg| selector_matches(&seg.node_selector, &node.labels))
+        .filter_map(|seg| {
+            let esi = resolved?.iter().find(|r| r.name == seg.name)?.esi.clone();
+            Some(NodeSegment {
+                name: seg.name.clone(),
+                interface: seg.interface.clone(),
+                esi,
+                mode: seg.mode,
+                df_preference: seg.df_preference,
+            })
+        })
+        .collect()
+}
+
+/// The EVPN is gone from every node: no desired or observed spec lists it (every observed spec
+/// matches its desired one) and no agent still reports it.
+fn released_everywhere(evpn: &str, plan: &Plan, snap: &Snapshot<'_>) -> bool {
+    snap.node_states.iter().all(|(node, observed)| {
+        let written = plan.node_specs.get(node).is_none_or(|d| d.fingerprint() == observed.spec_fingerprint);
+        written && !observed.reported.contains_key(evpn)
+    })
+}
+
+/// The 2-byte AS number of an auto-derived route target (RFC 8365: the low 16 bits of a 4-byte ASN).
+fn auto_rt_asn(asn: u32) -> u32 {
+    if asn > 65535 { asn & 0xffff } else { asn }
+}
+
+/// Name of the network's VRF on the nodes. Provisional rule (the network name, cut to the 15
+/// characters of a Linux interface name) until OVN-Kubernetes' own naming is adopted.
+pub fn vrf_name(network: &NetworkRef) -> String {
+    network.name.chars().take(15).collect()
+}
+
+fn network_problem(
+    net: &NetworkRef,
+    evpn: &Evpn,
+    networks: &HashMap<NetworkKey, NetworkFacts>,
+) -> Option<(&'static str, String)> {
+    let key = (
+        net.kind,
+        if net.kind == NetworkKind::UserDefinedNetwork { net.namespace.clone() } else { None },
+        net.name.clone(),
+    );
+    let Some(facts) = networks.get(&key) else {
+        return Some(("NetworkNotFound", format!("{net} does not exist")));
+    };
+    let fits = match facts.topology.as_str() {
+        "Layer2" => evpn.spec.mac_vrf.is_some(),
+        "Layer3" => evpn.spec.ip_vrf.is_some() && evpn.spec.mac_vrf.is_none(),
+        _ => false,
+    };
+    if facts.role.as_deref() != Some("Primary") || !fits || facts.transport.as_deref() == Some("EVPN") {
+        return Some(("NetworkMismatch", format!("{net} is not a primary Layer2/Layer3 network this EVPN's VRFs fit")));
+    }
+    None
+}
+
+fn selected_nodes<'a>(vtep: &'a Vtep, nodes: &'a [NodeInfo]) -> impl Iterator<Item = &'a NodeInfo> + 'a {
+    let everything = Default::default();
+    let selector = vtep.spec.node_selector.clone().unwrap_or(everything);
+    nodes.iter().filter(move |n| selector_matches(&selector, &n.labels))
+}
+
+fn name(meta: &kube::api::ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+fn vrf(evpn: &Evpn, side: VrfSide) -> Option<&evpn_crds::evpn::Vrf> {
+    match side {
+        VrfSide::Mac => evpn.spec.mac_vrf.as_ref(),
+        VrfSide::Ip => evpn.spec.ip_vrf.as_ref(),
+    }
+}
+
+fn resolved(evpn: &Evpn, side: VrfSide) -> Option<&ResolvedVrf> {
+    let status = evpn.status.as_ref()?;
+    match side {
+        VrfSide::Mac => status.mac_vrf.as_ref(),
+        VrfSide::Ip => status.ip_vrf.as_ref(),
+    }
+}
+
+/// A condition that keeps its lastTransitionTime unless its status flips.
+fn make_condition(
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: last,
+        observed_generation: Some(generation),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! The planner on hand-built clusters: one scenario per test, then random histories.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use evpn_crds::nodestate::{NetworkPhase, NetworkState};
+use evpn_crds::{Evpn, EvpnNodeState, Vtep};
+use evpn_webhook::index::NetworkFacts;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::{Value, json};
+
+use super::*;
+
+fn at(seconds: i64) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap())
+}
+
+fn evpn(name: &str, created: i64, spec: Value) -> Arc<Evpn> {
+    let mut e: Evpn = serde_json::from_value(json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN",
+        "metadata": {"name": name, "generation": 1, "finalizers": [FINALIZER]}, "spec": spec}))
+    .unwrap();
+    e.metadata.creation_timestamp = Some(at(created));
+    Arc::new(e)
+}
+
+fn l2(network: &str, vni: Option<u32>) -> Value {
+    let mut spec =
+        json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": network}, "vtep": "fabric", "macVRF": {}});
+    if let Some(v) = vni {
+        spec["macVRF"]["vni"] = json!(v);
+    }
+    spec
+}
+
+fn vtep(ranges: Value, mode: &str) -> Arc<Vtep> {
+    Arc::new(
+        serde_json::from_value(json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": "fabric", "generation": 1},
+            "spec": {"cidrs": ["198.18.0.0/29"], "mode": mode, "vniRanges": ranges, "nodeSelector": {"matchLabels": {"evpn": "on"}},
+                     "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}}}))
+        .unwrap(),
+    )
+}
+
+fn node(name: &str) -> NodeInfo {
+    NodeInfo { name: name.into(), uid: format!("uid-{name}"), labels: [("evpn".to_owned(), "on".to_owned())].into() }
+}
+
+fn networks(names: &[&str]) -> HashMap<NetworkKey, NetworkFacts> {
+    names
+        .iter()
+        .map(|n| {
+            let facts = NetworkFacts { topology: "Layer2".into(), role: Some("Primary".into()), transport: None };
+            ((NetworkKind::ClusterUserDefinedNetwork, None, (*n).to_owned()), facts)
+        })
+        .collect()
+}
+
+struct Cluster {
+    evpns: Vec<Arc<Evpn>>,
+    vteps: Vec<Arc<Vtep>>,
+    nodes: Vec<NodeInfo>,
+    networks: HashMap<NetworkKey, NetworkFacts>,
+    node_states: BTreeMap<String, ObservedNodeState>,
+}
+
+impl Cluster {
+    fn new(evpns: Vec<Arc<Evpn>>) -> Self {
+        Self {
+            evpns,
+            vteps: vec![vtep(json!([{"start": 100, "end": 199}]), "Managed")],
+            nodes: vec![node("n1"), node("n2")],
+            networks: networks(&["blue", "red", "green"]),
+            node_states: BTreeMap::new(),
+        }
+    }
+
+    fn plan(&self, planner: &mut Planner) -> Plan {
+        planner.plan(&Snapshot {
+            evpns: &self.evpns,
+            vteps: &self.vteps,
+            nodes: &self.nodes,
+            networks: &self.networks,
+            node_states: &self.node_states,
+            now: at(1000),
+        })
+    }
+
+    /// Writes what the plan wants, the way the controller and the agents would.
+    fn apply(&mut self, plan: &Plan, agents_ready: bool) {
+        for e in &mut self.evpns {
+            if let Some(status) = plan.evpn_statuses.get(e.metadata.name.as_deref().unwrap()) {
+                Arc::make_mut(e).status = Some(status.clone());
+            }
+        }
+        for (node, spec) in &plan.node_specs {
+            let mut state = EvpnNodeState::new(node, spec.to_spec());
+            if agents_ready {
+                let networks = spec
+                    .networks
+                    .iter()
+                    .map(|n| NetworkState {
+                        evpn: n.evpn.clone(),
+                        applied_generation: Some(n.generation),
+                        phase: NetworkPhase::Applied,
+                        reason: None,
+                        message: None,
+                        vnis: vec![],
+                    })
+                    .collect();
+                state.status = Some(evpn_crds::EvpnNodeStateStatus { networks, ..Default::default() });
+            }
+            self.node_states.insert(node.clone(), ObservedNodeState::of(&state));
+        }
+    }
+}
+
+fn condition<'a>(status: &'a EvpnStatus, type_: &str) -> &'a Condition {
+    status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+#[test]
+fn an_evpn_gets_a_vni_then_reaches_its_nodes_then_becomes_ready() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    let mut p = Planner::new([2, 0, 0, 0, 0, 1]);
+    let first = c.plan(&mut p);
+    let status = &first.evpn_statuses["blue"];
+    let mac = status.mac_vrf.as_ref().unwrap();
+    assert_eq!(mac.vni, 100);
+    assert_eq!(mac.route_targets.import, ["65001:100"]);
+    assert_eq!(mac.route_distinguisher_index, Some(1));
+    assert!(first.node_specs["n1"].networks.is_empty(), "nodes learn a VNI only once the EVPN's status records it");
+    assert_eq!(first.node_specs["n1"].vteps[0].ip.as_deref(), Some("198.18.0.1"));
+    assert_eq!(first.node_specs["n2"].vteps[0].ip.as_deref(), Some("198.18.0.2"));
+    c.apply(&first, false);
+
+    let second = c.plan(&mut p);
+    let net = &second.node_specs["n1"].networks[0];
+    assert_eq!((net.evpn.as_str(), net.mac_vrf.as_ref().unwrap().vni), ("blue", 100));
+    assert!(Arc::ptr_eq(&second.node_specs["n1"].networks, &second.node_specs["n2"].networks), "nodes share one list");
+    assert_eq!(condition(&second.evpn_statuses["blue"], "Ready").reason, "NodesPending");
+    c.apply(&second, true);
+
+    let third = c.plan(&mut p);
+    let status = &third.evpn_statuses["blue"];
+    assert_eq!(condition(status, "Ready").status, "True");
+    assert_eq!(status.ready_nodes.as_deref(), Some("2/2"));
+    assert_eq!(condition(status, "Degraded").status, "False");
+}
+
+#[test]
+fn the_older_explicit_claim_wins_and_the_loser_is_told() {
+    let mut c = Cluster::new(vec![evpn("young", 5, l2("blue", Some(150))), evpn("old", 1, l2("red", Some(150)))]);
+    let mut p = Planner::default();
+    let plan = c.plan(&mut p);
+    assert_eq!(plan.evpn_statuses["old"].mac_vrf.as_ref().unwrap().vni, 150);
+    let lost = condition(&plan.evpn_statuses["young"], "Accepted");
+    assert_eq!((lost.status.as_str(), lost.reason.as_str()), ("False", "Conflict"));
+    assert!(lost.message.contains("\"old\""), "{}", lost.message);
+    c.apply(&plan, false);
+    // A restarted operator sees the same: the holder recorded in status keeps the VNI.
+    let again = c.plan(&mut Planner::default());
+    assert_eq!(condition(&again.evpn_statuses["young"], "Accepted").reason, "Conflict");
+    assert_eq!(condition(&again.evpn_statuses["old"], "Accepted").status, "True");
+}
+
+#[test]
+fn a_recorded_holder_beats_an_older_newcomer() {
+    let mut c = Cluster::new(vec![evpn("holder", 9, l2("blue", None))]);
+    let plan = c.plan(&mut Planner::default());
+    c.apply(&plan, false);
+    // An EVPN that claims to be older asks for the held VNI explicitly.
+    c.evpns.push(evpn("newcomer", 0, l2("red", Some(100))));
+    let plan = c.plan(&mut Planner::default());
+    assert_eq!(plan.evpn_statuses["holder"].mac_vrf.as_ref().unwrap().vni, 100);
+    assert_eq!(condition(&plan.evpn_statuses["newcomer"], "Accepted").reason, "Conflict");
+}
+
+#[test]
+fn an_exhausted_pool_is_reported() {
+    let mut c = Cluster::new(vec![evpn("a", 0, l2("blue", None)), evpn("b", 1, l2("red", None))]);
+    c.vteps = vec![vtep(json!([{"start": 7, "end": 7}]), "Managed")];
+    let plan = c.plan(&mut Planner::default());
+    let b = condition(&plan.evpn_statuses["b"], "Accepted");
+    assert_eq!(b.reason, "VniPoolExhausted");
+}
+
+#[test]
+fn a_missing_network_keeps_the_allocation_but_no_node_gets_it() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("gone", None))]);
+    let plan = c.plan(&mut Planner::default());
+    c.apply(&plan, false);
+    let plan = c.plan(&mut Planner::default());
+    assert_eq!(plan.evpn_statuses["blue"].mac_vrf.as_ref().unwrap().vni, 100);
+    assert_eq!(condition(&plan.evpn_statuses["blue"], "Ready").reason, "NetworkNotFound");
+    assert!(plan.node_specs["n1"].networks.is_empty());
+}
+
+#[test]
+fn failing_nodes_are_counted_and_listed() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    let mut p = Planner::default();
+    for _ in 0..2 {
+        let plan = c.plan(&mut p);
+        c.apply(&plan, true);
+    }
+    let failed = NetworkState {
+        evpn: "blue".into(),
+        applied_generation: None,
+        phase: NetworkPhase::Failed,
+        reason: Some("FrrReloadFailed".into()),
+        message: Some("vtysh exited 1".into()),
+        vnis: vec![],
+    };
+    let mut state = EvpnNodeState::new("n2", Default::default());
+    state.status = Some(evpn_crds::EvpnNodeStateStatus { networks: vec![failed], ..Default::default() });
+    let fingerprint = c.node_states["n2"].spec_fingerprint;
+    let mut observed = ObservedNodeState::of(&state);
+    observed.spec_fingerprint = fingerprint;
+    c.node_states.insert("n2".into(), observed);
+    let status = &c.plan(&mut p).evpn_statuses["blue"];
+    assert_eq!(status.nodes, Some(NodeCounts { desired: 2, ready: 1, failed: 1 }));
+    assert_eq!(status.failed_nodes[0].reason, "FrrReloadFailed");
+    assert_eq!(condition(status, "Degraded").status, "True");
+}
+
+#[test]
+fn deletion_waits_for_every_node_to_let_go() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    let mut p = Planner::default();
+    for _ in 0..2 {
+        let plan = c.plan(&mut p);
+        c.apply(&plan, true);
+    }
+    Arc::make_mut(&mut c.evpns[0]).metadata.deletion_timestamp = Some(at(50));
+    let plan = c.plan(&mut p);
+    assert!(plan.node_specs["n1"].networks.is_empty(), "the EVPN leaves every node's spec");
+    assert!(plan.remove_finalizer.is_empty(), "agents still report it");
+    c.apply(&plan, true);
+    let plan = c.plan(&mut p);
+    assert_eq!(plan.remove_finalizer, ["blue"]);
+    assert_eq!(p.vnis_in_use(), 1, "the VNI stays reserved until the object is gone");
+    c.evpns.clear();
+    c.plan(&mut p);
+    assert_eq!(p.vnis_in_use(), 0);
+}
+
+#[test]
+fn auto_esis_are_type_3_from_the_system_mac() {
+    let mut spec = l2("blue", None);
+    spec["multiHoming"] = json!({"ethernetSegments": [{"name": "s1", "interface": "eth1", "nodeSelector": {"matchLabels": {"evpn": "on"}}}]});
+    let c = Cluster::new(vec![evpn("blue", 0, spec)]);
+    let plan = c.plan(&mut Planner::new([0x02, 0xaa, 0, 0, 0, 0x01]));
+    assert_eq!(plan.evpn_statuses["blue"].ethernet_segments[0].esi, "03:02:aa:00:00:00:01:00:00:01");
+}
+
+/// A small deterministic generator, so a failing history can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn random_histories_never_duplicate_and_rebuild_identically() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut c = Cluster::new(vec![]);
+        c.vteps = vec![vtep(json!([{"start": 100, "end": 130}]), "Managed")];
+        let mut p = Planner::default();
+        for step in 0..60 {
+            match rng.below(4) {
+                0 | 1 => {
+                    let vni = (rng.below(3) == 0).then(|| 100 + rng.below(31) as u32);
+                    c.evpns.push(evpn(&format!("e{step}"), rng.below(100) as i64, l2("blue", vni)));
+                }
+                2 if !c.evpns.is_empty() => {
+                    let i = rng.below(c.evpns.len() as u64) as usize;
+                    c.evpns.remove(i);
+                }
+                _ => {}
+            }
+            let plan = c.plan(&mut p);
+            c.apply(&plan, rng.below(2) == 0);
+            // No VNI is recorded by two accepted EVPNs.
+            let mut seen = BTreeMap::new();
+            for e in &c.evpns {
+                if let Some(vni) = e.status.as_ref().and_then(|s| s.mac_vrf.as_ref()).map(|m| m.vni)
+                    && let Some(other) = seen.insert(vni, e.metadata.name.clone())
+                {
+                    panic!("seed {seed} step {step}: VNI {vni} recorded by {other:?} and {:?}", e.metadata.name);
+                }
+            }
+            // A new leader rebuilding from the objects decides exactly what this one does.
+            let rebuilt = c.plan(&mut Planner::default());
+            let again = c.plan(&mut p);
+            for (name, status) in &again.evpn_statuses {
+                assert_eq!(status.mac_vrf, rebuilt.evpn_statuses[name].mac_vrf, "seed {seed} step {step}: {name}");
+            }
+        }
+    }
+}
