@@ -152,8 +152,9 @@ pub struct EvpnStatus {
     /// Name of the network's VRF on the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vrf_name: Option<String>,
+    // Status lists are always sent (see EvpnNodeStateSpec): the operator applies them.
     /// The Ethernet segments with their resolved ESIs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub ethernet_segments: Vec<ResolvedSegment>,
     /// Node counts.
@@ -163,14 +164,14 @@ pub struct EvpnStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_nodes: Option<String>,
     /// Up to ten failing nodes with the reason each reported; `nodes.failed` has the full count.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[schemars(length(max = 10))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["node".into()]))]
     pub failed_nodes: Vec<NodeFailure>,
     /// `Accepted`: the spec is valid and its VNIs are allocated (False with reason `Conflict`
     /// names the EVPN that holds a VNI first). `Ready`: every desired node applied the current
     /// generation. `Degraded`: some node failed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }

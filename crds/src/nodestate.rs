@@ -33,12 +33,14 @@ use crate::vtep::{Bgp, VtepMode};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EvpnNodeStateSpec {
+    // Lists written with server-side apply are always sent, even empty: an apply that drops a
+    // list entirely leaves `null` behind on older apiservers, which the schema then refuses.
     /// The VTEPs this node is part of.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub vteps: Vec<NodeVtep>,
     /// The EVPN networks this node must carry.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["evpn".into()]))]
     pub networks: Vec<NodeNetwork>,
 }
@@ -126,6 +128,7 @@ pub struct NodeSegment {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EvpnNodeStateStatus {
+    // Lists are always sent, even empty, so a merge patch of the whole status clears them.
     /// The generation of this object's spec the agent last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -133,15 +136,15 @@ pub struct EvpnNodeStateStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentInfo>,
     /// The VTEPs as realised.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub vteps: Vec<VtepState>,
     /// BGP sessions towards the fabric.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["neighbor".into()]))]
     pub bgp_sessions: Vec<BgpSessionState>,
     /// One entry per network in the spec, and per network still being removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["evpn".into()]))]
     pub networks: Vec<NetworkState>,
     /// Networks in `Applied` phase, for display.
@@ -151,7 +154,7 @@ pub struct EvpnNodeStateStatus {
     #[serde(default)]
     pub failed_networks: u32,
     /// `Ready`: every network of the spec is applied.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }

@@ -221,8 +221,8 @@ pub struct VtepStatus {
     /// Number of VTEP IPs allocated (Managed mode).
     #[serde(default)]
     pub allocated_ips: u32,
-    /// `Ready`: every selected node has a VTEP IP; `Degraded`: some do not (the message says which).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// `Ready`: every selected node has a VTEP IP, or the VTEP is Unmanaged.
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }

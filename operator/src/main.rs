@@ -1,9 +1,12 @@
-//! `evpn-operator`: the admission webhook now; the controllers (allocation, per-node fan-out,
-//! status) join it in this binary as they land.
+//! `evpn-operator`: the admission webhook (every replica) and the controllers (the leader).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use evpn_operator::{controller, leader, metrics::Metrics};
 
 /// BGP-EVPN for OVN-Kubernetes user-defined networks.
 #[derive(Parser, Debug)]
@@ -11,9 +14,39 @@ use clap::Parser;
 struct Args {
     #[command(flatten)]
     webhook: evpn_webhook::WebhookArgs,
-    /// Log filter, e.g. `info` or `evpn_webhook=debug`.
+    /// Do not serve the admission webhook.
+    #[arg(long)]
+    no_webhook: bool,
+    /// Do not run the controllers (webhook only).
+    #[arg(long)]
+    no_controllers: bool,
+    /// Plain-HTTP listener for the controllers' /metrics and /healthz.
+    #[arg(long, env = "EVPN_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "evpn-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "evpn-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (defaults to the pod name, else host and PID).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader may go without renewing before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Override the type-3 ESI system MAC (default: derived from the kube-system namespace UID).
+    #[arg(long, value_parser = parse_mac)]
+    system_mac: Option<[u8; 6]>,
+    /// Log filter, e.g. `info` or `evpn_operator=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> =
+        s.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    bytes.try_into().map_err(|_| format!("{s:?} is not six colon-separated hex bytes"))
 }
 
 #[tokio::main]
@@ -31,12 +64,56 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let webhook = async {
+        if args.no_webhook {
+            std::future::pending().await
+        } else {
+            evpn_webhook::run(&args.webhook, client.clone()).await
+        }
+    };
+    let controllers = async {
+        if args.no_controllers {
+            return std::future::pending().await;
+        }
+        let system_mac = match args.system_mac {
+            Some(mac) => mac,
+            None => evpn_operator::system_mac(&client).await?,
+        };
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let election = leader::Election {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity,
+            duration: Duration::from_secs(args.lease_seconds),
+            renew: Duration::from_secs((args.lease_seconds / 3).max(1)),
+        };
+        let config = controller::Config { system_mac, ..Default::default() };
+        evpn_operator::run_controllers(client.clone(), election, config, metrics.clone()).await;
+        anyhow::Ok(())
+    };
+    let probe = serve_metrics(args.metrics_listen, metrics.clone());
     tokio::select! {
-        result = evpn_webhook::run(&args.webhook, client) => result,
+        result = webhook => result,
+        result = controllers => result,
+        result = probe => result,
         signal = tokio::signal::ctrl_c() => {
             signal?;
             tracing::info!("interrupted, exiting");
             Ok(())
         }
     }
+}
+
+async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { metrics.encode() }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
 }

@@ -58,11 +58,14 @@ pub struct ReportedNetwork {
 }
 
 /// What the planner keeps of an observed EVPNNodeState: a fingerprint of its spec (comparing
-/// whole specs of every node would hold them all in memory), the VTEP IPs in it, and the status.
+/// whole specs of every node would hold them all in memory), the VTEP IPs and EVPN names in it,
+/// and the status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedNodeState {
     pub spec_fingerprint: u64,
     pub vtep_ips: Vec<(String, String)>,
+    /// EVPNs the spec lists.
+    pub carried: BTreeSet<Arc<str>>,
     pub reported: HashMap<Arc<str>, ReportedNetwork>,
 }
 
@@ -86,15 +89,21 @@ impl ObservedNodeState {
         Self {
             spec_fingerprint: fingerprint(&state.spec),
             vtep_ips: state.spec.vteps.iter().filter_map(|v| Some((v.name.clone(), v.ip.clone()?))).collect(),
+            carried: state.spec.networks.iter().map(|n| Arc::from(n.evpn.as_str())).collect(),
             reported,
         }
     }
 }
 
-/// A spec's identity for change detection: equal specs, equal fingerprints. The network list
-/// is hashed on its own so nodes sharing one list share its hash.
+/// A spec's identity for change detection: equal specs, equal fingerprints. Lists are keyed
+/// maps to the apiserver, and a server-side apply may keep an old order, so they are compared
+/// sorted by key; the network list is hashed on its own so nodes sharing one list share its hash.
 pub fn fingerprint(spec: &EvpnNodeStateSpec) -> u64 {
-    combine(json_hash(&spec.vteps), json_hash(&spec.networks))
+    let mut vteps: Vec<&NodeVtep> = spec.vteps.iter().collect();
+    vteps.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut networks: Vec<&NodeNetwork> = spec.networks.iter().collect();
+    networks.sort_by(|a, b| a.evpn.cmp(&b.evpn));
+    combine(json_hash(&vteps), json_hash(&networks))
 }
 
 fn json_hash<T: serde::Serialize>(value: &T) -> u64 {
@@ -224,7 +233,7 @@ impl Planner {
         for evpn in &evpns {
             let n = name(&evpn.metadata);
             let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
-            if evpn.metadata.deletion_timestamp.is_some() && has_finalizer && released_everywhere(n, &plan, snap) {
+            if evpn.metadata.deletion_timestamp.is_some() && has_finalizer && released_everywhere(n, snap) {
                 plan.remove_finalizer.push(n.to_owned());
             }
         }
@@ -636,7 +645,7 @@ impl Planner {
             let needs_own_list = node_vteps.iter().any(|(vn, _)| per_vtep.get(vn).is_some_and(|l| has_segments(l)));
             let (networks, networks_hash) = if needs_own_list {
                 // Ethernet segments differ per node: this node gets a list of its own.
-                let list: Vec<NodeNetwork> = key
+                let mut list: Vec<NodeNetwork> = key
                     .iter()
                     .flat_map(|vn| per_vtep.get(vn).into_iter().flatten())
                     .map(|(evpn, net)| {
@@ -645,17 +654,19 @@ impl Planner {
                         net
                     })
                     .collect();
+                list.sort_by(|a, b| a.evpn.cmp(&b.evpn));
                 let hash = json_hash(&list);
                 (Arc::new(list), hash)
             } else {
                 shared
                     .entry(key.clone())
                     .or_insert_with(|| {
-                        let list: Vec<NodeNetwork> = key
+                        let mut list: Vec<NodeNetwork> = key
                             .iter()
                             .flat_map(|vn| per_vtep.get(vn).into_iter().flatten())
                             .map(|(_, n)| n.clone())
                             .collect();
+                        list.sort_by(|a, b| a.evpn.cmp(&b.evpn));
                         let hash = json_hash(&list);
                         (Arc::new(list), hash)
                     })
@@ -739,13 +750,10 @@ fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: Option<&Vec<ResolvedSeg
         .collect()
 }
 
-/// The EVPN is gone from every node: no desired or observed spec lists it (every observed spec
-/// matches its desired one) and no agent still reports it.
-fn released_everywhere(evpn: &str, plan: &Plan, snap: &Snapshot<'_>) -> bool {
-    snap.node_states.iter().all(|(node, observed)| {
-        let written = plan.node_specs.get(node).is_none_or(|d| d.fingerprint() == observed.spec_fingerprint);
-        written && !observed.reported.contains_key(evpn)
-    })
+/// The EVPN is gone from every node: no observed spec lists it and no agent still reports it.
+/// Only the nodes that had it matter, so one stuck node state never holds up another tenant.
+fn released_everywhere(evpn: &str, snap: &Snapshot<'_>) -> bool {
+    snap.node_states.values().all(|observed| !observed.carried.contains(evpn) && !observed.reported.contains_key(evpn))
 }
 
 /// The 2-byte AS number of an auto-derived route target (RFC 8365: the low 16 bits of a 4-byte ASN).

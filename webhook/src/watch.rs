@@ -91,7 +91,8 @@ fn configmap_mode(cm: &ConfigMap) -> Option<index::GatewayMode> {
     index::gateway_mode_from_ovnkube_conf(cm.data.as_ref()?.get("ovnkube.conf")?)
 }
 
-fn network_resource(kind: NetworkKind) -> ApiResource {
+/// The API resource of an OVN-Kubernetes network kind.
+pub fn network_resource(kind: NetworkKind) -> ApiResource {
     let (kind, plural) = match kind {
         NetworkKind::ClusterUserDefinedNetwork => ("ClusterUserDefinedNetwork", "clusteruserdefinednetworks"),
         NetworkKind::UserDefinedNetwork => ("UserDefinedNetwork", "userdefinednetworks"),

@@ -304,3 +304,20 @@ fn random_histories_never_duplicate_and_rebuild_identically() {
         }
     }
 }
+
+#[test]
+fn a_spec_read_back_in_another_order_has_the_same_fingerprint() {
+    let c = Cluster::new(vec![evpn("b", 0, l2("blue", None)), evpn("a", 1, l2("red", None))]);
+    let mut p = Planner::default();
+    let mut c = c;
+    let plan = c.plan(&mut p);
+    c.apply(&plan, false);
+    let plan = c.plan(&mut p);
+    let desired = &plan.node_specs["n1"];
+    let mut spec = desired.to_spec();
+    assert_eq!(spec.networks.len(), 2);
+    spec.networks.reverse();
+    assert_eq!(fingerprint(&spec), desired.fingerprint());
+    spec.networks[0].generation += 1;
+    assert_ne!(fingerprint(&spec), desired.fingerprint());
+}

@@ -1,0 +1,495 @@
+//! The loop around [`crate::plan`]: mirror the cluster, plan, write the difference.
+//!
+//! Watches keep in-memory mirrors of what the planner needs (node states reduced to a spec
+//! fingerprint and their reports, so 500 nodes x 1,000 networks are not held twice). Any change
+//! marks the world dirty; a round starts once changes pause for `debounce` (or `max_delay` after
+//! the first), so a burst of creates becomes a few rounds. A round writes, in this order: EVPN
+//! statuses (where allocations are recorded), node specs, VTEP statuses, finalizers; each only
+//! where the object differs from the plan. A write that fails is retried with per-object
+//! exponential backoff, never in a hot loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use evpn_crds::common::NetworkKind;
+use evpn_crds::{Evpn, EvpnNodeState, Vtep};
+use evpn_webhook::index::{NetworkFacts, NetworkKey};
+use evpn_webhook::watch::network_resource;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{Api, DynamicObject, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::metrics::{Metrics, WriteLabels};
+use crate::plan::{FINALIZER, NodeInfo, ObservedNodeState, Plan, Planner, Snapshot};
+
+/// Field manager of everything the operator writes.
+pub const MANAGER: &str = "evpn-operator";
+
+/// Tuning of the loop.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Quiet time after a change before a round starts.
+    pub debounce: Duration,
+    /// Longest a round waits for a burst to end.
+    pub max_delay: Duration,
+    /// Writes in flight at once.
+    pub concurrency: usize,
+    /// System MAC of type-3 ESIs, shared by the whole cluster.
+    pub system_mac: [u8; 6],
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            concurrency: 32,
+            system_mac: [0x02, 0x65, 0x76, 0x70, 0x6e, 0x00],
+        }
+    }
+}
+
+/// A map of name to value, kept current by a watch.
+struct Mirror<V> {
+    items: Mutex<BTreeMap<String, V>>,
+    synced: AtomicBool,
+    /// Set when the kind's API does not exist in the cluster.
+    absent: AtomicBool,
+}
+
+impl<V> Default for Mirror<V> {
+    fn default() -> Self {
+        Self { items: Mutex::default(), synced: AtomicBool::new(false), absent: AtomicBool::new(false) }
+    }
+}
+
+impl<V> Mirror<V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, V>> {
+        self.items.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Keeps `mirror` equal to what the watch reports, mapping each object with `map`.
+async fn follow<K, V>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    mirror: &Mirror<V>,
+    map: impl Fn(&K) -> Option<(String, V)>,
+    dirty: &Notify,
+) {
+    let events = events.default_backoff();
+    futures::pin_mut!(events);
+    let mut listing = BTreeMap::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(obj)) => {
+                if let Some((k, v)) = map(&obj) {
+                    mirror.lock().insert(k, v);
+                }
+            }
+            Ok(Event::Delete(obj)) => {
+                if let Some((k, _)) = map(&obj) {
+                    mirror.lock().remove(&k);
+                }
+            }
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(obj)) => listing.extend(map(&obj)),
+            Ok(Event::InitDone) => {
+                *mirror.lock() = std::mem::take(&mut listing);
+                mirror.synced.store(true, Ordering::Release);
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                // The kind is not installed: an empty, synced mirror, and say so once.
+                if !mirror.absent.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("an API the operator reads is not installed: {}", status.message);
+                }
+                mirror.lock().clear();
+                mirror.synced.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watch failed; retrying");
+                continue;
+            }
+        }
+        dirty.notify_one();
+    }
+}
+
+/// Everything the controller mirrors.
+#[derive(Default)]
+struct World {
+    evpns: Mirror<Arc<Evpn>>,
+    vteps: Mirror<Arc<Vtep>>,
+    nodes: Mirror<NodeInfo>,
+    node_states: Mirror<ObservedNodeState>,
+    cluster_networks: Mirror<NetworkFacts>,
+    networks: Mirror<NetworkFacts>,
+}
+
+impl World {
+    fn synced(&self) -> bool {
+        [
+            &self.evpns.synced,
+            &self.vteps.synced,
+            &self.nodes.synced,
+            &self.node_states.synced,
+            &self.cluster_networks.synced,
+            &self.networks.synced,
+        ]
+        .iter()
+        .all(|s| s.load(Ordering::Acquire))
+    }
+}
+
+/// Runs the controller until the future is dropped (for instance on losing leadership).
+pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
+    let world = World::default();
+    let dirty = Notify::new();
+    let cfg = watcher::Config::default();
+    let watches = async {
+        futures::join!(
+            follow(
+                watcher(Api::<Evpn>::all(client.clone()), cfg.clone()),
+                &world.evpns,
+                |o: &Evpn| { Some((o.name_any(), Arc::new(o.clone()))) },
+                &dirty
+            ),
+            follow(
+                watcher(Api::<Vtep>::all(client.clone()), cfg.clone()),
+                &world.vteps,
+                |o: &Vtep| { Some((o.name_any(), Arc::new(o.clone()))) },
+                &dirty
+            ),
+            follow(
+                watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone()),
+                &world.nodes,
+                |n: &PartialObjectMeta<Node>| {
+                    let info = NodeInfo { name: n.name_any(), uid: n.uid()?, labels: n.labels().clone() };
+                    Some((info.name.clone(), info))
+                },
+                &dirty
+            ),
+            follow(
+                watcher(Api::<EvpnNodeState>::all(client.clone()), cfg.clone()),
+                &world.node_states,
+                |s: &EvpnNodeState| { Some((s.name_any(), ObservedNodeState::of(s))) },
+                &dirty
+            ),
+            follow(
+                watcher(
+                    Api::<DynamicObject>::all_with(
+                        client.clone(),
+                        &network_resource(NetworkKind::ClusterUserDefinedNetwork)
+                    ),
+                    cfg.clone()
+                ),
+                &world.cluster_networks,
+                |o: &DynamicObject| Some((o.name_any(), NetworkFacts::from_network_spec(&o.data["spec"]["network"])?)),
+                &dirty
+            ),
+            follow(
+                watcher(
+                    Api::<DynamicObject>::all_with(client.clone(), &network_resource(NetworkKind::UserDefinedNetwork)),
+                    cfg.clone()
+                ),
+                &world.networks,
+                |o: &DynamicObject| Some((
+                    format!("{}/{}", o.namespace()?, o.name_any()),
+                    NetworkFacts::from_network_spec(&o.data["spec"])?
+                )),
+                &dirty
+            ),
+        )
+    };
+    let rounds = async {
+        let mut planner = Planner::new(config.system_mac);
+        let writer = Writer::new(client.clone(), &config, metrics.clone());
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            match retry_at {
+                Some(at) => {
+                    tokio::select! {
+                        () = dirty.notified() => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => dirty.notified().await,
+            }
+            debounce(&dirty, config.debounce, config.max_delay).await;
+            if !world.synced() {
+                // Deciding from half a picture could hand out a VNI that is taken.
+                continue;
+            }
+            let started = Instant::now();
+            let plan = {
+                let (evpns, vteps, nodes) = (values(&world.evpns), values(&world.vteps), values(&world.nodes));
+                let networks = networks(&world);
+                let node_states = world.node_states.lock();
+                planner.plan(&Snapshot {
+                    evpns: &evpns,
+                    vteps: &vteps,
+                    nodes: &nodes,
+                    networks: &networks,
+                    node_states: &node_states,
+                    now: Time(k8s_openapi::jiff::Timestamp::now()),
+                })
+            };
+            tracing::debug!(
+                evpns = plan.evpn_statuses.len(),
+                nodes = plan.node_specs.len(),
+                add_finalizer = plan.add_finalizer.len(),
+                remove_finalizer = ?plan.remove_finalizer,
+                "planned"
+            );
+            let observed = Observed::take(&world);
+            retry_at = writer.apply(plan, observed).await.map(tokio::time::Instant::from_std);
+            tracing::debug!(elapsed = ?started.elapsed(), ?retry_at, "round done");
+            metrics.rounds.inc();
+            metrics.round_seconds.observe(started.elapsed().as_secs_f64());
+            metrics.vnis_in_use.set(planner.vnis_in_use() as i64);
+            metrics.ips_in_use.set(planner.ips_in_use() as i64);
+        }
+    };
+    futures::join!(watches, rounds);
+}
+
+/// Waits until changes pause for `quiet`, or `max` has passed.
+async fn debounce(dirty: &Notify, quiet: Duration, max: Duration) {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        tokio::select! {
+            () = dirty.notified() => if tokio::time::Instant::now() >= deadline { return },
+            () = tokio::time::sleep(quiet) => return,
+            () = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+fn values<V: Clone>(mirror: &Mirror<V>) -> Vec<V> {
+    mirror.lock().values().cloned().collect()
+}
+
+fn networks(world: &World) -> HashMap<NetworkKey, NetworkFacts> {
+    let mut all: HashMap<NetworkKey, NetworkFacts> = world
+        .cluster_networks
+        .lock()
+        .iter()
+        .map(|(name, f)| ((NetworkKind::ClusterUserDefinedNetwork, None, name.clone()), f.clone()))
+        .collect();
+    for (key, f) in world.networks.lock().iter() {
+        if let Some((ns, name)) = key.split_once('/') {
+            all.insert((NetworkKind::UserDefinedNetwork, Some(ns.to_owned()), name.to_owned()), f.clone());
+        }
+    }
+    all
+}
+
+/// What the writes compare against, taken after planning.
+struct Observed {
+    evpns: BTreeMap<String, Arc<Evpn>>,
+    vteps: BTreeMap<String, Arc<Vtep>>,
+    fingerprints: BTreeMap<String, u64>,
+}
+
+impl Observed {
+    fn take(world: &World) -> Self {
+        Self {
+            evpns: world.evpns.lock().clone(),
+            vteps: world.vteps.lock().clone(),
+            fingerprints: world.node_states.lock().iter().map(|(k, v)| (k.clone(), v.spec_fingerprint)).collect(),
+        }
+    }
+}
+
+/// What a write targets: the kind of write and the object's name.
+type WriteKey = (&'static str, String);
+
+/// Applies plans, with per-object backoff after failures.
+struct Writer {
+    client: Client,
+    concurrency: usize,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    backoff: Mutex<HashMap<WriteKey, (Instant, u32)>>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// A write that takes longer is abandoned (and retried), so one stuck request cannot stall a round.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+impl Writer {
+    fn new(client: Client, config: &Config, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter::from(MANAGER));
+        Self { client, concurrency: config.concurrency, metrics, recorder, backoff: Mutex::default() }
+    }
+
+    /// Writes what differs; returns when the next retry is due, if any write failed.
+    async fn apply(&self, plan: Plan, observed: Observed) -> Option<Instant> {
+        let evpns: Api<Evpn> = Api::all(self.client.clone());
+        let mut writes: Vec<BoxFuture<'_, ()>> = Vec::new();
+        let finalizer_changes =
+            plan.add_finalizer.iter().map(|n| (n, true)).chain(plan.remove_finalizer.iter().map(|n| (n, false)));
+        for (name, add) in finalizer_changes {
+            let Some(obj) = observed.evpns.get(name) else { continue };
+            let mut finalizers: Vec<String> = obj.finalizers().to_vec();
+            finalizers.retain(|f| f != FINALIZER);
+            if add {
+                finalizers.push(FINALIZER.into());
+            }
+            // resourceVersion makes this a compare-and-swap on the finalizer list; finalizers go
+            // first in a round, while the observed version is still current.
+            let body = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+            let (evpns, name) = (evpns.clone(), name.clone());
+            writes.extend(self.write("EVPN/finalizer", name.clone(), async move {
+                evpns.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map(drop)
+            }));
+        }
+        self.run_all(std::mem::take(&mut writes)).await;
+
+        for (name, status) in &plan.evpn_statuses {
+            let Some(obj) = observed.evpns.get(name) else { continue };
+            if obj.status.as_ref() == Some(status) {
+                continue;
+            }
+            let events = transitions(obj, status);
+            let (evpns, recorder, name) = (evpns.clone(), &self.recorder, name.clone());
+            let body = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "status": status});
+            let reference = obj.object_ref(&());
+            writes.extend(self.write("EVPN/status", name.clone(), async move {
+                evpns.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+                for event in events {
+                    // Events are best effort: a lost one must not fail the write.
+                    if let Err(e) = recorder.publish(&event, &reference).await {
+                        tracing::debug!(error = %e, "publishing an event failed");
+                    }
+                }
+                Ok(())
+            }));
+        }
+        self.run_all(std::mem::take(&mut writes)).await;
+
+        let states: Api<EvpnNodeState> = Api::all(self.client.clone());
+        for (node, spec) in &plan.node_specs {
+            if observed.fingerprints.get(node) == Some(&spec.fingerprint()) {
+                continue;
+            }
+            tracing::debug!(%node, "node spec differs");
+            let owner = OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: node.clone(),
+                uid: spec.uid.clone(),
+                block_owner_deletion: None,
+                controller: None,
+            };
+            let body = json!({
+                "apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPNNodeState",
+                "metadata": {"name": node, "ownerReferences": [owner]},
+                "spec": spec.to_spec(),
+            });
+            let (states, node) = (states.clone(), node.clone());
+            writes.extend(self.write("EVPNNodeState", node.clone(), async move {
+                states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map(drop)
+            }));
+        }
+        self.run_all(std::mem::take(&mut writes)).await;
+
+        let vteps: Api<Vtep> = Api::all(self.client.clone());
+        for (name, status) in &plan.vtep_statuses {
+            let Some(obj) = observed.vteps.get(name) else { continue };
+            if obj.status.as_ref() == Some(status) {
+                continue;
+            }
+            let body = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "status": status});
+            let (vteps, name) = (vteps.clone(), name.clone());
+            writes.extend(self.write("VTEP/status", name.clone(), async move {
+                vteps.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map(drop)
+            }));
+        }
+        self.run_all(writes).await;
+
+        self.backoff.lock().unwrap_or_else(PoisonError::into_inner).values().map(|(at, _)| *at).min()
+    }
+
+    async fn run_all(&self, writes: Vec<BoxFuture<'_, ()>>) {
+        futures::stream::iter(writes).buffer_unordered(self.concurrency).collect::<Vec<()>>().await;
+    }
+
+    /// One write, skipped while its object is backing off; failures extend the backoff.
+    fn write<'a>(
+        &'a self,
+        kind: &'static str,
+        name: String,
+        write: impl Future<Output = Result<(), kube::Error>> + Send + 'a,
+    ) -> Option<BoxFuture<'a, ()>> {
+        let key = (kind, name);
+        let due = self.backoff.lock().unwrap_or_else(PoisonError::into_inner).get(&key).map(|(at, _)| *at);
+        if due.is_some_and(|at| at > Instant::now()) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(result) => result,
+                Err(_) => Err(kube::Error::Service(format!("no answer within {WRITE_TIMEOUT:?}").into())),
+            };
+            self.metrics
+                .writes
+                .get_or_create(&WriteLabels { kind, result: if result.is_ok() { "ok" } else { "error" } })
+                .inc();
+            let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+            match result {
+                Ok(()) => {
+                    backoff.remove(&key);
+                }
+                Err(e) => {
+                    let attempts = backoff.get(&key).map_or(0, |(_, n)| *n) + 1;
+                    let delay = BACKOFF_MIN.saturating_mul(1 << attempts.min(10)).min(BACKOFF_MAX);
+                    tracing::warn!(kind, name = %key.1, error = %e, retry_in = ?delay, "write failed");
+                    backoff.insert(key, (Instant::now() + delay, attempts));
+                }
+            }
+        }))
+    }
+}
+
+/// Events for the condition changes that matter to a user.
+fn transitions(old: &Evpn, new: &evpn_crds::EvpnStatus) -> Vec<KubeEvent> {
+    let before = |t: &str| {
+        old.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let mut events = Vec::new();
+    for c in &new.conditions {
+        if before(&c.type_) == Some((c.status.clone(), c.reason.clone())) {
+            continue;
+        }
+        let event = |type_, reason: &str| KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(c.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        match (c.type_.as_str(), c.status.as_str(), c.reason.as_str()) {
+            ("Accepted", "True", _) => events.push(event(EventType::Normal, "Allocated")),
+            ("Accepted", "False", reason) => events.push(event(EventType::Warning, reason)),
+            ("Ready", "True", _) => events.push(event(EventType::Normal, "Ready")),
+            ("Degraded", "True", _) => events.push(event(EventType::Warning, "NodesFailed")),
+            _ => {}
+        }
+    }
+    events
+}

@@ -1,0 +1,416 @@
+//! The controllers against a real kube-apiserver, with simulated agents: test code that writes
+//! each node's EVPNNodeState status the way an agent would.
+//!
+//! EVPNs are cluster-scoped and an operator plans all of them, so these tests take turns (one
+//! lock) and each runs its own operator replicas; each builds its own world (nodes, VTEP with a
+//! VNI range of its own, networks) under unique names.
+
+#![allow(clippy::unwrap_used, reason = "a test that cannot build its input should panic")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use evpn_crds::nodestate::{NetworkPhase, NetworkState};
+use evpn_crds::{Evpn, EvpnNodeState, EvpnNodeStateStatus};
+use evpn_operator::controller::Config;
+use evpn_operator::leader::Election;
+use evpn_operator::metrics::Metrics;
+use evpn_tests::{apply, control_plane, eventually, unique_name};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One operator replica, aborted (as if killed) when dropped.
+struct Replica {
+    task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn replica(client: &Client, lease: &str, identity: &str) -> Replica {
+    // EVPN_TEST_LOG=debug shows what the replicas do.
+    if let Ok(filter) = std::env::var("EVPN_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
+    let metrics = Arc::new(Metrics::default());
+    let election = Election {
+        namespace: "evpn-system".into(),
+        name: lease.into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(2),
+        renew: Duration::from_millis(500),
+    };
+    let config =
+        Config { debounce: Duration::from_millis(50), max_delay: Duration::from_millis(500), ..Config::default() };
+    let task = tokio::spawn(evpn_operator::run_controllers(client.clone(), election, config, metrics.clone()));
+    Replica { task, metrics }
+}
+
+/// Writes every node's status the way its agent would once it applied the spec: every network
+/// of the spec Applied at its generation, networks gone from the spec gone from the status.
+/// Nodes in `failing` report every network Failed instead.
+fn agents(client: &Client, nodes: BTreeSet<String>, failing: BTreeSet<String>) -> JoinHandle<()> {
+    let api: Api<EvpnNodeState> = Api::all(client.clone());
+    tokio::spawn(async move {
+        let states = watcher(api.clone(), watcher::Config::default()).applied_objects().default_backoff();
+        futures::pin_mut!(states);
+        while let Some(Ok(state)) = states.next().await {
+            let node = state.name_any();
+            if !nodes.contains(&node) {
+                continue;
+            }
+            let networks: Vec<NetworkState> = state
+                .spec
+                .networks
+                .iter()
+                .map(|n| {
+                    let failed = failing.contains(&node);
+                    NetworkState {
+                        evpn: n.evpn.clone(),
+                        applied_generation: (!failed).then_some(n.generation),
+                        phase: if failed { NetworkPhase::Failed } else { NetworkPhase::Applied },
+                        reason: failed.then(|| "VxlanCreateFailed".to_owned()),
+                        message: failed.then(|| "simulated: RTNETLINK answers: Operation not supported".to_owned()),
+                        vnis: vec![],
+                    }
+                })
+                .collect();
+            let status =
+                EvpnNodeStateStatus { observed_generation: state.metadata.generation, networks, ..Default::default() };
+            if state.status.as_ref() != Some(&status) {
+                let body = json!({"status": status});
+                // A failed write is retried on the next event, as an agent would.
+                let _ = api.patch_status(&node, &PatchParams::default(), &Patch::Merge(&body)).await;
+            }
+        }
+    })
+}
+
+struct World {
+    id: String,
+    vtep: String,
+    network: String,
+    nodes: Vec<String>,
+    range: (u32, u32),
+}
+
+/// Nodes labelled for this world, a Managed VTEP selecting them with a VNI range of its own, and
+/// a Layer2 primary network.
+async fn world(client: &Client, nodes: usize, range_size: u32) -> World {
+    let id = unique_name("op");
+    // Spread worlds over the 24-bit VNI space by process and counter so reruns do not collide.
+    let base = 1_000_000
+        + (std::process::id() % 1000) * 10_000
+        + (id.rsplit('-').next().unwrap().parse::<u32>().unwrap() % 10) * 1000;
+    let range = (base, base + range_size - 1);
+    let mut names = Vec::new();
+    for i in 0..nodes {
+        let name = format!("{id}-n{i}");
+        add_node(client, &id, &name).await;
+        names.push(name);
+    }
+    let vtep = format!("{id}-vtep");
+    apply(
+        client,
+        &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": vtep}, "spec": {
+        "cidrs": ["198.18.0.0/22"], "mode": "Managed", "nodeSelector": {"matchLabels": {"evpn-test/world": id}},
+        "vniRanges": [{"start": range.0, "end": range.1}],
+        "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}}}),
+    )
+    .await
+    .unwrap();
+    let network = format!("{id}-net");
+    apply(client, &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork", "metadata": {"name": network},
+        "spec": {"namespaceSelector": {}, "network": {"topology": "Layer2", "layer2": {"role": "Primary", "subnets": ["10.100.0.0/16"]}}}}))
+    .await
+    .unwrap();
+    World { id, vtep, network, nodes: names, range }
+}
+
+async fn add_node(client: &Client, world_id: &str, name: &str) {
+    apply(client, &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"evpn-test/world": world_id}}}))
+        .await
+        .unwrap();
+}
+
+fn evpn_json(name: &str, w: &World, vni: Option<u32>) -> Value {
+    let mut spec =
+        json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": w.network}, "vtep": w.vtep, "macVRF": {}});
+    if let Some(v) = vni {
+        spec["macVRF"]["vni"] = json!(v);
+    }
+    json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn create(client: &Client, obj: Value) -> Evpn {
+    let api: Api<Evpn> = Api::all(client.clone());
+    api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.unwrap()
+}
+
+fn condition<'a>(e: &'a Evpn, type_: &str) -> Option<&'a evpn_crds::Condition> {
+    e.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn is(e: &Evpn, type_: &str, status: &str) -> bool {
+    condition(e, type_).is_some_and(|c| c.status == status && c.observed_generation == e.metadata.generation)
+}
+
+/// Waits until `check` holds for every named EVPN; returns them.
+async fn wait_evpns(client: &Client, names: &[String], check: impl Fn(&Evpn) -> bool) -> Vec<Evpn> {
+    let api: Api<Evpn> = Api::all(client.clone());
+    let wanted: BTreeSet<&String> = names.iter().collect();
+    let found = std::sync::Mutex::new(Vec::new());
+    let result = eventually(|| async {
+        let Ok(list) = api.list(&Default::default()).await else { return false };
+        let mine: Vec<Evpn> = list.items.into_iter().filter(|e| wanted.contains(&e.name_any())).collect();
+        let done = mine.len() == wanted.len() && mine.iter().all(&check);
+        *found.lock().unwrap() = mine;
+        done
+    })
+    .await;
+    let found = found.into_inner().unwrap();
+    if let Err(e) = result {
+        let stuck: Vec<_> =
+            found.iter().filter(|e| !check(e)).take(3).map(|e| (e.name_any(), e.status.clone())).collect();
+        panic!(
+            "{e}: {} of {} EVPNs never got there, e.g. {stuck:#?}",
+            names.len() - found.iter().filter(|e| check(e)).count(),
+            names.len()
+        );
+    }
+    found
+}
+
+async fn admin() -> Client {
+    control_plane().await.unwrap().admin().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_evpn_becomes_ready_with_allocated_values() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 2, 100).await;
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), BTreeSet::new());
+    let name = unique_name("blue");
+    create(&client, evpn_json(&name, &w, None)).await;
+    let evpn = wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await.remove(0);
+
+    let status = evpn.status.unwrap();
+    let mac = status.mac_vrf.unwrap();
+    assert!((w.range.0..=w.range.1).contains(&mac.vni), "VNI {} outside {:?}", mac.vni, w.range);
+    assert_eq!(mac.route_targets.import, [format!("65001:{}", mac.vni)]);
+    assert!(mac.route_distinguisher_index.is_some());
+    assert_eq!(status.ready_nodes.as_deref(), Some("2/2"));
+    assert_eq!(status.vrf_name.as_deref(), Some(&w.network[..w.network.len().min(15)]));
+    assert!(evpn.metadata.finalizers.unwrap_or_default().contains(&evpn_operator::plan::FINALIZER.to_owned()));
+
+    let states: Api<EvpnNodeState> = Api::all(client.clone());
+    let mut ips = BTreeSet::new();
+    for node in &w.nodes {
+        let state = states.get(node).await.unwrap();
+        let owner = &state.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", node.as_str()));
+        let net = state.spec.networks.iter().find(|n| n.evpn == name).unwrap();
+        assert_eq!(net.mac_vrf.as_ref().unwrap().vni, mac.vni);
+        let ip = state.spec.vteps.iter().find(|v| v.name == w.vtep).unwrap().ip.clone().unwrap();
+        assert!(ip.starts_with("198.18."), "{ip}");
+        ips.insert(ip);
+    }
+    assert_eq!(ips.len(), 2, "each node gets its own VTEP IP");
+}
+
+#[tokio::test]
+async fn nodes_joining_and_leaving_converge() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 2, 100).await;
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let mut all_nodes: BTreeSet<String> = w.nodes.iter().cloned().collect();
+    let joiner = format!("{}-joiner", w.id);
+    all_nodes.insert(joiner.clone());
+    let _agents = agents(&client, all_nodes, BTreeSet::new());
+    let name = unique_name("blue");
+    create(&client, evpn_json(&name, &w, None)).await;
+    wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await;
+
+    add_node(&client, &w.id, &joiner).await;
+    let ready =
+        |e: &Evpn| is(e, "Ready", "True") && e.status.as_ref().and_then(|s| s.ready_nodes.as_deref()) == Some("3/3");
+    wait_evpns(&client, std::slice::from_ref(&name), ready).await;
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.delete(&w.nodes[0], &DeleteParams::default()).await.unwrap();
+    let ready =
+        |e: &Evpn| is(e, "Ready", "True") && e.status.as_ref().and_then(|s| s.ready_nodes.as_deref()) == Some("2/2");
+    wait_evpns(&client, std::slice::from_ref(&name), ready).await;
+}
+
+#[tokio::test]
+async fn a_failing_node_degrades_the_evpn_and_is_named() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 2, 100).await;
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), [w.nodes[1].clone()].into());
+    let name = unique_name("blue");
+    create(&client, evpn_json(&name, &w, None)).await;
+    let evpn = wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Degraded", "True")).await.remove(0);
+    let status = evpn.status.as_ref().unwrap();
+    assert_eq!(status.nodes.map(|n| (n.desired, n.ready, n.failed)), Some((2, 1, 1)));
+    assert_eq!(status.failed_nodes[0].node, w.nodes[1]);
+    assert_eq!(status.failed_nodes[0].reason, "VxlanCreateFailed");
+    assert_eq!(condition(&evpn, "Ready").unwrap().status, "False");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_evpns_get_distinct_vnis() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 1, 1000).await;
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let names: Vec<String> = (0..200).map(|i| format!("{}-e{i}", w.id)).collect();
+    futures::stream::iter(names.iter().map(|n| create(&client, evpn_json(n, &w, None))))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let evpns = wait_evpns(&client, &names, |e| {
+        is(e, "Accepted", "True") && e.status.as_ref().is_some_and(|s| s.mac_vrf.is_some())
+    })
+    .await;
+    let vnis: BTreeSet<u32> = evpns.iter().map(|e| e.status.as_ref().unwrap().mac_vrf.as_ref().unwrap().vni).collect();
+    assert_eq!(vnis.len(), 200, "duplicate VNIs among 200 EVPNs");
+    assert!(vnis.iter().all(|v| (w.range.0..=w.range.1).contains(v)));
+}
+
+#[tokio::test]
+async fn the_same_explicit_vni_twice_ends_in_exactly_one_conflict() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 1, 100).await;
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), BTreeSet::new());
+    // Both pass admission (no webhook here), as two creates racing past a real webhook would.
+    let names = [format!("{}-a", w.id), format!("{}-b", w.id)];
+    let vni = w.range.0 + 7;
+    futures::join!(
+        create(&client, evpn_json(&names[0], &w, Some(vni))),
+        create(&client, evpn_json(&names[1], &w, Some(vni)))
+    );
+    let settled = |e: &Evpn| is(e, "Ready", "True") || condition(e, "Accepted").is_some_and(|c| c.reason == "Conflict");
+    let evpns = wait_evpns(&client, &names, settled).await;
+    let losers: Vec<&Evpn> = evpns.iter().filter(|e| is(e, "Accepted", "False")).collect();
+    let winners: Vec<&Evpn> = evpns.iter().filter(|e| is(e, "Ready", "True")).collect();
+    assert_eq!((losers.len(), winners.len()), (1, 1), "{evpns:#?}");
+    let message = &condition(losers[0], "Accepted").unwrap().message;
+    assert!(message.contains(&winners[0].name_any()), "the loser should name the winner: {message}");
+    assert_eq!(winners[0].status.as_ref().unwrap().mac_vrf.as_ref().unwrap().vni, vni);
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_burst_leaves_no_duplicate_and_no_leak() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 2, 1000).await;
+    let lease = unique_name("lease");
+    let first = replica(&client, &lease, "first");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), BTreeSet::new());
+    let names: Vec<String> = (0..120).map(|i| format!("{}-e{i}", w.id)).collect();
+    let creating = futures::stream::iter(names.iter().map(|n| create(&client, evpn_json(n, &w, None))))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let killing = async {
+        // Kill it once it has started writing allocations, while creates are still arriving.
+        eventually(|| async { first.metrics.writes_ok("EVPN/status") >= 10 }).await.unwrap();
+        drop(first);
+    };
+    futures::join!(creating, killing);
+    let _second = replica(&client, &lease, "second");
+    let evpns = wait_evpns(&client, &names, |e| is(e, "Ready", "True")).await;
+
+    let recorded: BTreeSet<u32> =
+        evpns.iter().map(|e| e.status.as_ref().unwrap().mac_vrf.as_ref().unwrap().vni).collect();
+    assert_eq!(recorded.len(), names.len(), "duplicate VNIs after the restart");
+    // No leak: what the nodes were told is exactly what the EVPNs record.
+    let states: Api<EvpnNodeState> = Api::all(client.clone());
+    for node in &w.nodes {
+        let told: BTreeSet<u32> = states
+            .get(node)
+            .await
+            .unwrap()
+            .spec
+            .networks
+            .iter()
+            .filter(|n| n.vtep == w.vtep)
+            .filter_map(|n| n.mac_vrf.as_ref().map(|m| m.vni))
+            .collect();
+        assert_eq!(told, recorded, "node {node} was told other VNIs than the EVPNs record");
+    }
+}
+
+#[tokio::test]
+async fn a_standby_replica_takes_over_when_the_leader_dies() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 1, 100).await;
+    let lease = unique_name("lease");
+    let a = replica(&client, &lease, "a");
+    let b = replica(&client, &lease, "b");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), BTreeSet::new());
+    eventually(|| async { a.metrics.leader.get() + b.metrics.leader.get() == 1 }).await.unwrap();
+    let first = unique_name("first");
+    create(&client, evpn_json(&first, &w, None)).await;
+    wait_evpns(&client, std::slice::from_ref(&first), |e| is(e, "Ready", "True")).await;
+
+    let (leader, standby) = if a.metrics.leader.get() == 1 { (a, b) } else { (b, a) };
+    assert_eq!(standby.metrics.writes_ok("EVPN/status"), 0, "the standby must not write");
+    drop(leader);
+    let second = unique_name("second");
+    create(&client, evpn_json(&second, &w, None)).await;
+    wait_evpns(&client, std::slice::from_ref(&second), |e| is(e, "Ready", "True")).await;
+    assert_eq!(standby.metrics.leader.get(), 1);
+}
+
+#[tokio::test]
+async fn deletion_waits_for_the_nodes_then_releases_the_vni() {
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 2, 100).await;
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), BTreeSet::new());
+    let name = unique_name("doomed");
+    let vni = w.range.0 + 3;
+    create(&client, evpn_json(&name, &w, Some(vni))).await;
+    wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await;
+
+    let api: Api<Evpn> = Api::all(client.clone());
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    let states: Api<EvpnNodeState> = Api::all(client.clone());
+    eventually(|| async { api.get_opt(&name).await.is_ok_and(|e| e.is_none()) })
+        .await
+        .expect("the finalizer was never removed");
+    for node in &w.nodes {
+        let state = states.get(node).await.unwrap();
+        assert!(state.spec.networks.iter().all(|n| n.evpn != name), "{node} still carries {name}");
+        let reported: BTreeMap<_, _> =
+            state.status.iter().flat_map(|s| &s.networks).map(|n| (n.evpn.clone(), n.phase)).collect();
+        assert!(!reported.contains_key(&name), "{node} still reports {name}");
+    }
+    // The VNI is free again.
+    let reuse = unique_name("reuse");
+    create(&client, evpn_json(&reuse, &w, Some(vni))).await;
+    wait_evpns(&client, std::slice::from_ref(&reuse), |e| is(e, "Ready", "True")).await;
+}
