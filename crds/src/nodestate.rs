@@ -35,13 +35,15 @@ use crate::vtep::{Bgp, VtepMode};
 pub struct EvpnNodeStateSpec {
     // Lists written with server-side apply are always sent, even empty: an apply that drops a
     // list entirely leaves `null` behind on older apiservers, which the schema then refuses.
+    // They are atomic: one writer owns them whole, and the apiserver then tracks one field
+    // instead of every field of a thousand entries (which made each write several times slower).
     /// The VTEPs this node is part of.
     #[serde(default)]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub vteps: Vec<NodeVtep>,
     /// The EVPN networks this node must carry.
     #[serde(default)]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["evpn".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub networks: Vec<NodeNetwork>,
 }
 
@@ -145,7 +147,7 @@ pub struct EvpnNodeStateStatus {
     pub bgp_sessions: Vec<BgpSessionState>,
     /// One entry per network in the spec, and per network still being removed.
     #[serde(default)]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["evpn".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub networks: Vec<NetworkState>,
     /// Networks in `Applied` phase, for display.
     #[serde(default)]

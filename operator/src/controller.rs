@@ -337,7 +337,7 @@ impl Writer {
     /// Writes what differs; returns when the next retry is due, if any write failed.
     async fn apply(&self, plan: Plan, observed: Observed) -> Option<Instant> {
         let evpns: Api<Evpn> = Api::all(self.client.clone());
-        let mut writes: Vec<BoxFuture<'_, ()>> = Vec::new();
+        let mut writes: Vec<BoxFuture<'_, bool>> = Vec::new();
         let finalizer_changes =
             plan.add_finalizer.iter().map(|n| (n, true)).chain(plan.remove_finalizer.iter().map(|n| (n, false)));
         for (name, add) in finalizer_changes {
@@ -377,7 +377,13 @@ impl Writer {
                 Ok(())
             }));
         }
-        self.run_all(std::mem::take(&mut writes)).await;
+        let status_writes = writes.len();
+        let statuses_written = self.run_all(std::mem::take(&mut writes)).await == status_writes
+            && plan.evpn_statuses.keys().all(|n| !self.backing_off("EVPN/status", n));
+        if !statuses_written {
+            // Nodes may only be told allocations their EVPNs record: try again next round.
+            return self.next_retry();
+        }
 
         let states: Api<EvpnNodeState> = Api::all(self.client.clone());
         for (node, spec) in &plan.node_specs {
@@ -385,22 +391,21 @@ impl Writer {
                 continue;
             }
             tracing::debug!(%node, "node spec differs");
-            let owner = OwnerReference {
-                api_version: "v1".into(),
-                kind: "Node".into(),
-                name: node.clone(),
-                uid: spec.uid.clone(),
-                block_owner_deletion: None,
-                controller: None,
-            };
-            let body = json!({
-                "apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPNNodeState",
-                "metadata": {"name": node, "ownerReferences": [owner]},
-                "spec": spec.to_spec(),
-            });
-            let (states, node) = (states.clone(), node.clone());
+            let (states, node, spec) = (states.clone(), node.clone(), spec.clone());
             writes.extend(self.write("EVPNNodeState", node.clone(), async move {
-                states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map(drop)
+                // Built here, not up front: a body holds every network, and only the writes in
+                // flight should hold one.
+                let owner = OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: node.clone(),
+                    uid: spec.uid.clone(),
+                    block_owner_deletion: None,
+                    controller: None,
+                };
+                let mut state = EvpnNodeState::new(&node, spec.to_spec());
+                state.metadata.owner_references = Some(vec![owner]);
+                states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&state)).await.map(drop)
             }));
         }
         self.run_all(std::mem::take(&mut writes)).await;
@@ -418,12 +423,24 @@ impl Writer {
             }));
         }
         self.run_all(writes).await;
+        self.next_retry()
+    }
 
+    fn next_retry(&self) -> Option<Instant> {
         self.backoff.lock().unwrap_or_else(PoisonError::into_inner).values().map(|(at, _)| *at).min()
     }
 
-    async fn run_all(&self, writes: Vec<BoxFuture<'_, ()>>) {
-        futures::stream::iter(writes).buffer_unordered(self.concurrency).collect::<Vec<()>>().await;
+    fn backing_off(&self, kind: &'static str, name: &str) -> bool {
+        self.backoff.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&(kind, name.to_owned()))
+    }
+
+    /// Runs writes, a bounded number at a time; returns how many succeeded.
+    async fn run_all(&self, writes: Vec<BoxFuture<'_, bool>>) -> usize {
+        futures::stream::iter(writes)
+            .buffer_unordered(self.concurrency)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await
     }
 
     /// One write, skipped while its object is backing off; failures extend the backoff.
@@ -432,7 +449,7 @@ impl Writer {
         kind: &'static str,
         name: String,
         write: impl Future<Output = Result<(), kube::Error>> + Send + 'a,
-    ) -> Option<BoxFuture<'a, ()>> {
+    ) -> Option<BoxFuture<'a, bool>> {
         let key = (kind, name);
         let due = self.backoff.lock().unwrap_or_else(PoisonError::into_inner).get(&key).map(|(at, _)| *at);
         if due.is_some_and(|at| at > Instant::now()) {
@@ -447,6 +464,7 @@ impl Writer {
                 .writes
                 .get_or_create(&WriteLabels { kind, result: if result.is_ok() { "ok" } else { "error" } })
                 .inc();
+            let ok = result.is_ok();
             let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
             match result {
                 Ok(()) => {
@@ -459,6 +477,7 @@ impl Writer {
                     backoff.insert(key, (Instant::now() + delay, attempts));
                 }
             }
+            ok
         }))
     }
 }

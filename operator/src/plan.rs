@@ -7,10 +7,10 @@
 //!
 //! Allocation is race-free because one leader plans everything in one place, in a fixed order,
 //! and restart-safe because every allocation is persisted in an object before anything depends
-//! on it: VNIs, route-distinguisher indexes and ESIs live in the EVPN's status, and a node's
-//! spec carries only allocations that its EVPN's status already shows; VTEP IPs live in the
-//! node's own EVPNNodeState spec. A new leader rebuilds its pools from those objects before
-//! its first decision (see docs/architecture.md).
+//! on it: VNIs, route-distinguisher indexes and ESIs live in the EVPN's status, which the
+//! controller writes before any node spec that uses them; VTEP IPs live in the node's own
+//! EVPNNodeState spec. A new leader rebuilds its pools from those objects before its first
+//! decision (see docs/architecture.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -218,18 +218,16 @@ impl Planner {
         self.allocate_ips(&vteps, snap);
 
         let mut plan = Plan::default();
-        let mut persisted: BTreeMap<&str, bool> = BTreeMap::new();
         for evpn in &evpns {
             let n = name(&evpn.metadata);
             let status = self.evpn_status(evpn, &vteps, rejections.get(n), snap);
-            persisted.insert(n, self.is_persisted(evpn, &status));
             plan.evpn_statuses.insert(n.to_owned(), status);
             let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
             if evpn.metadata.deletion_timestamp.is_none() && !has_finalizer {
                 plan.add_finalizer.push(n.to_owned());
             }
         }
-        plan.node_specs = self.node_specs(&evpns, &vteps, &rejections, &persisted, snap);
+        plan.node_specs = self.node_specs(&evpns, &vteps, &rejections, snap);
         for evpn in &evpns {
             let n = name(&evpn.metadata);
             let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
@@ -562,21 +560,11 @@ impl Planner {
             .collect()
     }
 
-    /// Whether the EVPN's observed status already records what this round allocated, so nodes
-    /// may be told: a crash can then lose nothing a node relies on.
-    fn is_persisted(&self, evpn: &Evpn, desired: &EvpnStatus) -> bool {
-        let observed = evpn.status.as_ref();
-        observed.map(|s| &s.mac_vrf) == Some(&desired.mac_vrf)
-            && observed.map(|s| &s.ip_vrf) == Some(&desired.ip_vrf)
-            && observed.map(|s| &s.ethernet_segments) == Some(&desired.ethernet_segments)
-    }
-
     fn node_specs(
         &self,
         evpns: &[&Evpn],
         vteps: &BTreeMap<&str, &Vtep>,
         rejections: &HashMap<String, Rejection>,
-        persisted: &BTreeMap<&str, bool>,
         snap: &Snapshot<'_>,
     ) -> BTreeMap<String, NodeSpec> {
         // Networks per VTEP, built once and shared by every node of that VTEP.
@@ -585,7 +573,6 @@ impl Planner {
             let n = name(&evpn.metadata);
             if evpn.metadata.deletion_timestamp.is_some()
                 || rejections.contains_key(n)
-                || !persisted.get(n).copied().unwrap_or(false)
                 || network_problem(&evpn.spec.network, evpn, snap.networks).is_some()
             {
                 continue;

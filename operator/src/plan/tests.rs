@@ -128,16 +128,15 @@ fn an_evpn_gets_a_vni_then_reaches_its_nodes_then_becomes_ready() {
     assert_eq!(mac.vni, 100);
     assert_eq!(mac.route_targets.import, ["65001:100"]);
     assert_eq!(mac.route_distinguisher_index, Some(1));
-    assert!(first.node_specs["n1"].networks.is_empty(), "nodes learn a VNI only once the EVPN's status records it");
     assert_eq!(first.node_specs["n1"].vteps[0].ip.as_deref(), Some("198.18.0.1"));
     assert_eq!(first.node_specs["n2"].vteps[0].ip.as_deref(), Some("198.18.0.2"));
+    let net = &first.node_specs["n1"].networks[0];
+    assert_eq!((net.evpn.as_str(), net.mac_vrf.as_ref().unwrap().vni), ("blue", 100));
+    assert!(Arc::ptr_eq(&first.node_specs["n1"].networks, &first.node_specs["n2"].networks), "nodes share one list");
+    assert_eq!(condition(&first.evpn_statuses["blue"], "Ready").reason, "NodesPending");
     c.apply(&first, false);
 
     let second = c.plan(&mut p);
-    let net = &second.node_specs["n1"].networks[0];
-    assert_eq!((net.evpn.as_str(), net.mac_vrf.as_ref().unwrap().vni), ("blue", 100));
-    assert!(Arc::ptr_eq(&second.node_specs["n1"].networks, &second.node_specs["n2"].networks), "nodes share one list");
-    assert_eq!(condition(&second.evpn_statuses["blue"], "Ready").reason, "NodesPending");
     c.apply(&second, true);
 
     let third = c.plan(&mut p);
