@@ -91,6 +91,10 @@ pub struct NodeNetwork {
     /// The IP-VRF to program.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "ipVRF")]
     pub ip_vrf: Option<NodeVrf>,
+    /// The network's subnets, as the OVN-Kubernetes network declares them. With symmetric IRB
+    /// the first address of each is the anycast gateway on the SVI, as OVN-Kubernetes uses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
     /// The Ethernet segments this node is attached to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ethernet_segments: Vec<NodeSegment>,

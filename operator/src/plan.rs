@@ -595,6 +595,7 @@ impl Planner {
                 vrf: vrf_name(&evpn.spec.network),
                 mac_vrf: evpn.spec.mac_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Mac)),
                 ip_vrf: evpn.spec.ip_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Ip)),
+                subnets: network_subnets(&evpn.spec.network, snap.networks),
                 ethernet_segments: Vec::new(),
             };
             per_vtep.entry(evpn.spec.vtep.as_str()).or_default().push((evpn, network));
@@ -754,17 +755,20 @@ pub fn vrf_name(network: &NetworkRef) -> String {
     network.name.chars().take(15).collect()
 }
 
+fn network_subnets(net: &NetworkRef, networks: &HashMap<NetworkKey, NetworkFacts>) -> Vec<String> {
+    networks.get(&network_key(net)).map(|f| f.subnets.clone()).unwrap_or_default()
+}
+
+fn network_key(net: &NetworkRef) -> NetworkKey {
+    (net.kind, if net.kind == NetworkKind::UserDefinedNetwork { net.namespace.clone() } else { None }, net.name.clone())
+}
+
 fn network_problem(
     net: &NetworkRef,
     evpn: &Evpn,
     networks: &HashMap<NetworkKey, NetworkFacts>,
 ) -> Option<(&'static str, String)> {
-    let key = (
-        net.kind,
-        if net.kind == NetworkKind::UserDefinedNetwork { net.namespace.clone() } else { None },
-        net.name.clone(),
-    );
-    let Some(facts) = networks.get(&key) else {
+    let Some(facts) = networks.get(&network_key(net)) else {
         return Some(("NetworkNotFound", format!("{net} does not exist")));
     };
     let fits = match facts.topology.as_str() {

@@ -189,7 +189,12 @@ fn populated_index(evpns: u32) -> Index {
     }
     for i in 0..evpns {
         let name = format!("tenant-{i}");
-        let facts = NetworkFacts { topology: "Layer2".into(), role: Some("Primary".into()), transport: None };
+        let facts = NetworkFacts {
+            topology: "Layer2".into(),
+            role: Some("Primary".into()),
+            transport: None,
+            subnets: Vec::new(),
+        };
         ix.set_network((NetworkKind::ClusterUserDefinedNetwork, None, name.clone()), Some(facts));
         let evpn: Evpn = serde_json::from_value(json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": name},
             "spec": {"network": {"kind": "ClusterUserDefinedNetwork", "name": name}, "vtep": "fabric", "macVRF": {"vni": 10000 + i}}}))

@@ -94,6 +94,8 @@ pub struct NetworkFacts {
     pub role: Option<String>,
     /// `EVPN` when OVN-Kubernetes' own EVPN transport already manages the network.
     pub transport: Option<String>,
+    /// The network's subnets (Layer3: the cluster-wide CIDRs, not the per-node host subnets).
+    pub subnets: Vec<String>,
 }
 
 impl NetworkFacts {
@@ -107,7 +109,16 @@ impl NetworkFacts {
         };
         let role = network.get(section).and_then(|s| s.get("role")).and_then(|r| r.as_str()).map(str::to_owned);
         let transport = network.get("transport").and_then(|t| t.as_str()).map(str::to_owned);
-        Some(Self { topology, role, transport })
+        // Layer2 lists plain CIDRs, Layer3 objects with a `cidr`.
+        let subnets = network
+            .get(section)
+            .and_then(|s| s.get("subnets"))
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().or_else(|| s.get("cidr").and_then(|c| c.as_str())).map(str::to_owned))
+            .collect();
+        Some(Self { topology, role, transport, subnets })
     }
 }
 

@@ -49,7 +49,12 @@ fn networks(names: &[&str]) -> HashMap<NetworkKey, NetworkFacts> {
     names
         .iter()
         .map(|n| {
-            let facts = NetworkFacts { topology: "Layer2".into(), role: Some("Primary".into()), transport: None };
+            let facts = NetworkFacts {
+                topology: "Layer2".into(),
+                role: Some("Primary".into()),
+                transport: None,
+                subnets: Vec::new(),
+            };
             ((NetworkKind::ClusterUserDefinedNetwork, None, (*n).to_owned()), facts)
         })
         .collect()

@@ -55,7 +55,12 @@ fn fabric_spec() -> Value {
 }
 
 fn network(topology: &str, role: Option<&str>, transport: Option<&str>) -> NetworkFacts {
-    NetworkFacts { topology: topology.into(), role: role.map(Into::into), transport: transport.map(Into::into) }
+    NetworkFacts {
+        topology: topology.into(),
+        role: role.map(Into::into),
+        transport: transport.map(Into::into),
+        subnets: Vec::new(),
+    }
 }
 
 fn cudn(name: &str) -> (NetworkKind, Option<String>, String) {
