@@ -1,0 +1,736 @@
+#!/usr/bin/env bash
+# EVPN lab: a small data-centre fabric built from network namespaces, for the end-to-end tests
+# and the demo. Nodes run FRR and are configured by evpn-agent (or by `smoke`, which does by
+# hand what the agent does); the top-of-rack runs FRR or GoBGP.
+#
+#                        evl-tor  (AS 65000, FRR or GoBGP)
+#                 bridge "fabric" 198.18.255.1/24, MTU 9000
+#                   |                |                 |
+#                  n1               n2                n3         <- veth ends in evl-tor
+#                   |                |                 |
+#                 eth0             eth0              eth0        <- veth ends in the nodes
+#            198.18.255.11     198.18.255.12     198.18.255.13
+#             +--------+        +--------+        +--------+
+#             | evl-n1 |        | evl-n2 |        | evl-n3 |     AS 65001 (all nodes), FRR with
+#             +--------+        +--------+        +--------+     zebra -n (netns VRF backend)
+#            VTEP 198.18.0.1   VTEP 198.18.0.2   VTEP 198.18.0.3 (/32 on lo, put there by the agent)
+#               |      \
+#     evl-n1-red      evl-pod1 ...   a VRF "red" of node 1 is netns evl-n1-red (`vrf`); "hosts"
+#         |                          hang off a VRF (`host`), "pods" off a bridge (`pod`)
+#     evl-host1
+#
+# Every address is in 198.18.0.0/15 (RFC 2544 benchmarking range) and only ever exists inside
+# our own namespaces; every namespace is called evl-*, so `down` can find all of it.
+#
+# Usage (run as root):
+#   lab.sh up [frr|gobgp] [NODES]      fabric + daemons; TOR kind defaults to frr, NODES to 2 (1-3)
+#   lab.sh vrf NODE VRF                netns NODE-VRF becomes VRF VRF of NODE's FRR
+#   lab.sh unvrf NODE VRF              takes it away again and deletes the netns
+#   lab.sh host NODE VRF NAME ADDR/LEN GW
+#                                      netns NAME routed behind VRF VRF of NODE (GW on the VRF side)
+#   lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]
+#                                      netns NAME on bridge BRIDGE of NODE (or of NODE-VRF);
+#                                      MAC may also come from $POD_MAC
+#   lab.sh vtysh NODE CMD...           vtysh in NODE's (or evl-tor's) FRR
+#   lab.sh gobgp ARGS...               gobgp CLI against the GoBGP TOR
+#   lab.sh status                      human-readable dump of everything
+#   lab.sh env                         KEY="value" lines the tests and the agent need
+#   lab.sh down                        stop and remove everything; safe when nothing is up
+#   lab.sh smoke [frr|gobgp] [NODES]   up + by-hand agent work + assertions + down
+# NODE is evl-nN or nN; NAME gets the evl- prefix when it lacks it.
+#
+# Environment: EVPN_LAB_DIR (run dir: node FRR configs, logs, pid files; default /tmp/evpn-lab),
+# EVPN_LAB_TIMEOUT (seconds for every wait; default 30).
+#
+# Why things are the way they are (FRR 8.4.4, kernel without the VRF device):
+# - Each node's FRR uses its own pathspace (-N evl-nN): sockets and pid files under
+#   /var/run/frr/evl-nN, config under /etc/frr/evl-nN (a symlink into the run dir, because vtysh
+#   and frr-reload.py only know that path and `write memory` writes there).
+# - zebra -n treats every file in /run/netns as a VRF, including the other nodes and the pods.
+#   So each node's daemons run in a private mount namespace whose /run/netns is the node's own
+#   directory /var/run/frr/evl-nN/netns. That directory is a shared mount, and the daemons' copy
+#   a slave of it, so a VRF bound into it later appears inside the daemons' namespace too.
+# - zebra notices a new netns by inotify and binds it a moment later; `vrf X` configured before
+#   that stays "inactive" for good, so `vrf` waits until `show vrf` shows an id.
+# - frr.conf must keep the `netns` line of a netns VRF: a reload that removes it sends
+#   `no netns`, which FRR cannot undo from config.
+# - frr-reload.py -N always ends with `write memory`; removing an L3VNI can take two passes
+#   ("Please unconfigure l3vni" on the first).
+# - The L3VNI's VXLAN device is created in the node netns and then moved into the VRF netns:
+#   its UDP socket stays in the underlay while the device sits in the VRF.
+# - All nodes share AS 65001, so a sibling's routes come back through the TOR with 65001 in
+#   the path: nodes need `allowas-in origin`. GoBGP does not even send such routes (it drops a
+#   route whose AS path holds the peer's AS), unless told to replace the peer's AS with its own
+#   (`replace-peer-as`, i.e. as-override). FRR sends them.
+# - eBGP rewrites the next hop to the sender. EVPN routes must keep the originating VTEP as next
+#   hop: FRR keeps it for l2vpn evpn by itself, GoBGP needs `set-next-hop unchanged`. With the
+#   next hop unchanged for IPv4 too, nodes reach each other's VTEP directly across the fabric LAN,
+#   so the GoBGP TOR (which programs no kernel routes) needs no static routes.
+# - zebra -n may crash on SIGTERM while it tears its VRFs down; that is harmless here.
+set -euo pipefail
+
+LAB_DIR=${EVPN_LAB_DIR:-/tmp/evpn-lab}
+TIMEOUT=${EVPN_LAB_TIMEOUT:-30}
+FRR_RUN=/var/run/frr
+FRR_ETC=/etc/frr
+FRR_LIB=/usr/lib/frr
+TOR=evl-tor
+TOR_ADDR=198.18.255.1
+FABRIC_PREFIX=198.18.255
+TOR_ASN=65000
+NODE_ASN=65001
+GOBGP_API=127.0.0.1:50051
+PACKAGES=(frr frr-pythontools gobgpd iproute2 procps tcpdump python3)
+
+say() { echo "[lab $(date +%T)] $*" >&2; }
+die() { say "error: $*"; exit 1; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
+
+# wait_until SECONDS CMD...: run CMD every 100 ms until it succeeds or the deadline passes.
+wait_until() {
+  local deadline=$(($(now_ms) + $1 * 1000)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(now_ms)" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# "n1", "evl-n1" -> "evl-n1"; "pod1" -> "evl-pod1"
+ns_name() { case $1 in evl-*) echo "$1" ;; *) echo "evl-$1" ;; esac; }
+node_index() { local n; n=$(ns_name "$1"); [[ $n =~ ^evl-n([1-3])$ ]] || die "not a node: $1"; echo "${BASH_REMATCH[1]}"; }
+nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "evl-n$i"; done; }
+tor_kind() { cat "$LAB_DIR/tor" 2>/dev/null || true; }
+netns_exists() { [ -e "/run/netns/$1" ]; }
+is_up() { [ -f "$LAB_DIR/tor" ] && [ -f "$LAB_DIR/nodes" ]; }
+need_up() { is_up || die "the lab is not up (lab.sh up)"; }
+vtysh_ns() { local ns=$1; shift; vtysh -N "$ns" -c "$*"; }
+gob() { nsx "$TOR" gobgp -u "${GOBGP_API%:*}" -p "${GOBGP_API#*:}" "$@"; }
+
+# ---------------------------------------------------------------- preconditions
+
+apt_install() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+preconditions() {
+  [ "$(id -u)" = 0 ] || die "must run as root (namespaces, mounts, daemons)"
+  command -v dpkg >/dev/null && apt_install "${PACKAGES[@]}"
+  local b
+  for b in zebra bgpd frr-reload.py; do [ -x "$FRR_LIB/$b" ] || die "$FRR_LIB/$b missing (frr, frr-pythontools)"; done
+  for b in vtysh gobgpd gobgp unshare tcpdump python3; do command -v "$b" >/dev/null || die "$b not found"; done
+  getent passwd frr >/dev/null || die "user frr missing (frr package)"
+  # One throw-away namespace proves netns, veth, bridge and vxlan work on this kernel.
+  local p=evl-probe
+  ip netns del "$p" 2>/dev/null || true
+  ip netns add "$p" 2>/dev/null || die "'ip netns add' does not work here (need CAP_SYS_ADMIN and /run/netns)"
+  local why=""
+  ip -n "$p" link add name pa type veth peer name pb 2>/dev/null || why="veth"
+  [ -n "$why" ] || ip -n "$p" link add name pbr type bridge 2>/dev/null || why="bridge"
+  [ -n "$why" ] || ip -n "$p" link add name pvx type vxlan id 1 local 127.0.0.1 dstport 4789 nolearning 2>/dev/null || why="vxlan"
+  ip netns del "$p"
+  [ -z "$why" ] || die "the kernel cannot create $why devices (module missing?)"
+}
+
+# ---------------------------------------------------------------- FRR
+
+# Start zebra + bgpd for pathspace NS inside netns NS, from the integrated config in
+# $LAB_DIR/NS/frr.conf. ZEBRA_OPTS: extra zebra options (-n for the nodes).
+frr_start() {
+  local ns=$1 zopts=$2 dir=$LAB_DIR/$1 run=$FRR_RUN/$1
+  install -d -o frr -g frr "$run" "$run/netns"
+  chown -R frr:frr "$dir"
+  ln -sfn "$dir" "$FRR_ETC/$ns"
+  # The node's VRF directory: a shared mount, so later binds reach the daemons' slave copy.
+  if ! mountpoint -q "$run/netns"; then
+    mount --bind "$run/netns" "$run/netns"
+    mount --make-shared "$run/netns"
+  fi
+  # Own mount namespace (private /run/netns) and UTS namespace (BGP hostname = node name).
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  nsx "$ns" unshare --mount --uts --propagation slave sh -ec '
+    hostname "$1"
+    mount --rbind "$2/netns" /run/netns
+    for d in zebra bgpd; do
+      opts=""; [ "$d" = zebra ] && opts=$4
+      # shellcheck disable=SC2086
+      '"$FRR_LIB"'/$d -d -F datacenter -N "$1" -P 0 $opts -i "$2/$d.pid" \
+        --log "file:$3/$1-$d.log" >>"$3/$1-start.log" 2>&1
+    done' sh "$ns" "$run" "$LAB_DIR/log" "$zopts"
+  wait_until "$TIMEOUT" test -S "$run/zebra.vty" -a -S "$run/bgpd.vty" ||
+    die "FRR of $ns did not open its vty sockets (see $LAB_DIR/log/$ns-*.log)"
+  vtysh -N "$ns" -b >>"$LAB_DIR/log/$ns-start.log" 2>&1 || die "vtysh -b failed for $ns"
+  wait_until "$TIMEOUT" vtysh_ns "$ns" "show bgp summary" || die "bgpd of $ns does not answer vtysh"
+}
+
+# Daemons the lab started, from their pid files (checked against the process name, so a stale
+# pid file never hits an unrelated process).
+lab_pids() {
+  local f pid d
+  for f in "$FRR_RUN"/evl-*/zebra.pid "$FRR_RUN"/evl-*/bgpd.pid "$LAB_DIR/gobgpd.pid"; do
+    pid=$(cat "$f" 2>/dev/null) || continue
+    d=$(basename "$f" .pid)
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ] && echo "$pid"
+  done
+  return 0
+}
+all_gone() { local p; for p in "$@"; do ! kill -0 "$p" 2>/dev/null || return 1; done; }
+
+write_node_base_conf() {
+  local ns=$1 dir=$LAB_DIR/$1
+  mkdir -p "$dir"
+  cat >"$dir/frr.conf" <<EOF
+frr defaults datacenter
+hostname $ns
+log file $LAB_DIR/log/$ns.log informational
+service integrated-vtysh-config
+!
+EOF
+  # vtysh adds its own hostname to `show running-config`: without this it is the machine's.
+  printf 'service integrated-vtysh-config\nhostname %s\n' "$ns" >"$dir/vtysh.conf"
+}
+
+write_tor_frr_conf() {
+  write_node_base_conf "$TOR"
+  cat >>"$LAB_DIR/$TOR/frr.conf" <<EOF
+router bgp $TOR_ASN
+ bgp router-id $TOR_ADDR
+ neighbor nodes peer-group
+ neighbor nodes remote-as external
+ bgp listen range $FABRIC_PREFIX.0/24 peer-group nodes
+ !
+ address-family ipv4 unicast
+  neighbor nodes activate
+ exit-address-family
+ !
+ address-family l2vpn evpn
+  neighbor nodes activate
+ exit-address-family
+!
+EOF
+}
+
+# ---------------------------------------------------------------- GoBGP TOR
+
+write_gobgp_conf() {
+  cat >"$LAB_DIR/gobgpd.toml" <<EOF
+# GoBGP TOR: accepts every node of $FABRIC_PREFIX.0/24 (AS $NODE_ASN) for IPv4 and EVPN.
+[global.config]
+  as = $TOR_ASN
+  router-id = "$TOR_ADDR"
+  local-address-list = ["$TOR_ADDR"]
+  [global.apply-policy.config]
+    export-policy-list = ["next-hop-unchanged"]
+    default-export-policy = "accept-route"
+    default-import-policy = "accept-route"
+
+[[peer-groups]]
+  [peer-groups.config]
+    peer-group-name = "nodes"
+    peer-as = $NODE_ASN
+  # Nodes share one AS: without this GoBGP never sends a node the routes of its siblings.
+  [peer-groups.as-path-options.config]
+    replace-peer-as = true
+  [[peer-groups.afi-safis]]
+    [peer-groups.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+  [[peer-groups.afi-safis]]
+    [peer-groups.afi-safis.config]
+      afi-safi-name = "l2vpn-evpn"
+
+[[dynamic-neighbors]]
+  [dynamic-neighbors.config]
+    prefix = "$FABRIC_PREFIX.0/24"
+    peer-group = "nodes"
+
+# EVPN next hop must stay the originating VTEP; IPv4 too, so VTEPs are reached across the LAN.
+[[policy-definitions]]
+  name = "next-hop-unchanged"
+  [[policy-definitions.statements]]
+    name = "all"
+    [policy-definitions.statements.actions]
+      route-disposition = "accept-route"
+      [policy-definitions.statements.actions.bgp-actions]
+        set-next-hop = "unchanged"
+EOF
+}
+
+gobgp_start() {
+  write_gobgp_conf
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  nsx "$TOR" sh -c 'gobgpd -f "$1" -p --pprof-disable --api-hosts "$2" >"$3" 2>&1 & echo $! >"$4"' \
+    sh "$LAB_DIR/gobgpd.toml" "$GOBGP_API" "$LAB_DIR/log/$TOR-gobgpd.log" "$LAB_DIR/gobgpd.pid"
+  wait_until "$TIMEOUT" gob global || die "gobgpd does not answer (see $LAB_DIR/log/$TOR-gobgpd.log)"
+}
+
+# ---------------------------------------------------------------- up / down
+
+new_netns() {
+  local ns=$1
+  netns_exists "$ns" || ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  nsx "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+}
+
+cmd_up() {
+  local kind=${1:-frr} count=${2:-2} i n t0
+  t0=$(now_ms)
+  case $kind in frr | gobgp) ;; *) die "TOR kind must be frr or gobgp, not $kind" ;; esac
+  [[ $count =~ ^[1-3]$ ]] || die "NODES must be 1, 2 or 3"
+  if is_up; then
+    [ "$(tor_kind)" = "$kind" ] && [ "$(cat "$LAB_DIR/nodes")" = "$count" ] ||
+      die "the lab is already up with a $(tor_kind) TOR and $(cat "$LAB_DIR/nodes") nodes: lab.sh down first"
+    say "already up ($kind TOR, $count nodes)"
+    return 0
+  fi
+  ip netns list | grep -q '^evl-' && die "evl-* namespaces left from an earlier lab: lab.sh down first"
+  preconditions
+  say "creating the fabric ($kind TOR, $count nodes) in $LAB_DIR"
+  mkdir -p "$LAB_DIR/log"
+  chmod 755 "$LAB_DIR"
+  chown frr:frr "$LAB_DIR/log"
+
+  new_netns "$TOR"
+  ip -n "$TOR" link add fabric mtu 9000 type bridge stp_state 0
+  ip -n "$TOR" addr add "$TOR_ADDR/24" dev fabric
+  ip -n "$TOR" link set fabric up
+  for ((i = 1; i <= count; i++)); do
+    n=evl-n$i
+    new_netns "$n"
+    ip link add eth0 netns "$n" mtu 9000 type veth peer name "n$i" netns "$TOR" mtu 9000
+    ip -n "$TOR" link set "n$i" master fabric up
+    ip -n "$n" addr add "$FABRIC_PREFIX.1$i/24" dev eth0
+    ip -n "$n" link set eth0 up
+  done
+
+  say "starting FRR on the nodes (minimal config; the agent renders the rest)"
+  for ((i = 1; i <= count; i++)); do
+    write_node_base_conf "evl-n$i"
+    frr_start "evl-n$i" -n
+  done
+  if [ "$kind" = frr ]; then
+    say "starting FRR on $TOR"
+    write_tor_frr_conf
+    frr_start "$TOR" ""
+  else
+    say "starting GoBGP on $TOR"
+    gobgp_start
+  fi
+  echo "$count" >"$LAB_DIR/nodes"
+  echo "$kind" >"$LAB_DIR/tor" # written last: "up" is complete
+  say "up in $(($(now_ms) - t0)) ms"
+}
+
+cmd_down() {
+  local ns m left pids
+  mapfile -t pids < <(lab_pids)
+  if [ ${#pids[@]} -gt 0 ]; then
+    say "stopping daemons (pids ${pids[*]})"
+    kill "${pids[@]}" 2>/dev/null || true
+    wait_until 10 all_gone "${pids[@]}" || kill -9 "${pids[@]}" 2>/dev/null || true
+    wait_until 5 all_gone "${pids[@]}" || die "daemons still running: ${pids[*]}"
+  fi
+  # Anything else still running inside an evl-* namespace was started for the lab (pods' pings,
+  # captures, agents under test); it would keep the namespace alive after `ip netns del`.
+  for ns in $(ip netns list 2>/dev/null | awk '/^evl-/{print $1}'); do
+    left=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+    if [ -n "$left" ]; then
+      say "killing processes left in $ns: $left"
+      # shellcheck disable=SC2086
+      kill -9 $left 2>/dev/null || true
+    fi
+  done
+  # VRF binds first, then the per-node directories (deepest mount point first).
+  for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^$(realpath -m "$FRR_RUN")/evl-" | awk '{print length, $0}' | sort -rn | cut -d' ' -f2-); do
+    umount -l "$m" 2>/dev/null || true
+  done
+  for ns in $(ip netns list 2>/dev/null | awk '/^evl-/{print $1}'); do
+    ip netns del "$ns"
+  done
+  rm -rf "$FRR_RUN"/evl-* "$LAB_DIR"
+  for ns in "$FRR_ETC"/evl-*; do [ -L "$ns" ] && rm -f "$ns"; done
+  # Verify: nothing of ours may be left.
+  local bad=""
+  ip netns list 2>/dev/null | grep -q '^evl-' && bad+=" namespaces"
+  grep -q " $(realpath -m "$FRR_RUN")/evl-" /proc/self/mountinfo && bad+=" mounts"
+  ls -d "$FRR_ETC"/evl-* >/dev/null 2>&1 && bad+=" /etc/frr links"
+  [ -z "$bad" ] || die "left behind:$bad"
+  say "down: no evl-* namespaces, mounts, daemons or files left"
+}
+
+# ---------------------------------------------------------------- VRFs, hosts, pods
+
+# VRF of NODE's FRR: netns NODE-VRF, bound as $FRR_RUN/NODE/netns/VRF (= /run/netns/VRF for zebra).
+vrf_bound() { vtysh_ns "$1" "show vrf" | grep -qE "^vrf $2 id [0-9]+"; }
+
+cmd_vrf() {
+  [ $# -eq 2 ] || die "usage: lab.sh vrf NODE VRF"
+  need_up
+  local node vrf=$2 vns f
+  node=$(ns_name "$1"); node_index "$node" >/dev/null
+  vns=$node-$vrf; f=$FRR_RUN/$node/netns/$vrf
+  new_netns "$vns"
+  if ! mountpoint -q "$f"; then
+    say "binding netns $vns as VRF $vrf of $node"
+    touch "$f"
+    mount --bind "/run/netns/$vns" "$f"
+  fi
+  wait_until "$TIMEOUT" vrf_bound "$node" "$vrf" || die "zebra of $node did not bind VRF $vrf within ${TIMEOUT}s"
+  say "VRF $vrf is bound in zebra of $node"
+}
+
+cmd_unvrf() {
+  [ $# -eq 2 ] || die "usage: lab.sh unvrf NODE VRF"
+  need_up
+  local node vrf=$2 f
+  node=$(ns_name "$1"); node_index "$node" >/dev/null
+  f=$FRR_RUN/$node/netns/$vrf
+  say "removing VRF $vrf of $node (netns $node-$vrf)"
+  if mountpoint -q "$f"; then umount -l "$f"; fi # lazy: zebra holds the netns open
+  rm -f "$f"
+  ! netns_exists "$node-$vrf" || ip netns del "$node-$vrf"
+  wait_until "$TIMEOUT" sh -c "! vtysh -N '$node' -c 'show vrf' | grep -qE '^vrf $vrf id [0-9]+'" ||
+    die "zebra of $node still has VRF $vrf bound"
+}
+
+# Host side of a veth: a name derived from the namespace it leads to, at most 15 characters.
+peer_ifname() {
+  local name="$1-${2#evl-}"
+  [ ${#name} -le 15 ] || die "name too long for an interface: $name (shorten $2)"
+  echo "$name"
+}
+
+cmd_host() {
+  [ $# -eq 5 ] || die "usage: lab.sh host NODE VRF NAME ADDR/LEN GW"
+  need_up
+  local node vrf=$2 name addr=$4 gw=$5 vns ifn
+  node=$(ns_name "$1"); name=$(ns_name "$3"); vns=$node-$vrf
+  netns_exists "$vns" || die "no VRF $vrf on $node (lab.sh vrf $node $vrf)"
+  [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
+  ifn=$(peer_ifname h "$name")
+  if netns_exists "$name" && ip -n "$name" link show eth0 >/dev/null 2>&1; then
+    say "host $name exists"
+    return 0
+  fi
+  say "host $name ($addr, gateway $gw) behind VRF $vrf of $node"
+  new_netns "$name"
+  ip link add eth0 netns "$name" type veth peer name "$ifn" netns "$vns"
+  ip -n "$vns" addr add "$gw/${addr#*/}" dev "$ifn"
+  ip -n "$vns" link set "$ifn" up
+  ip -n "$name" addr add "$addr" dev eth0
+  ip -n "$name" link set eth0 up
+  ip -n "$name" route add default via "$gw"
+}
+
+bridge_exists() { ip -n "$1" link show "$2" type bridge >/dev/null 2>&1; }
+
+cmd_pod() {
+  local args=() vrf="" mac=${POD_MAC:-}
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --in-vrf) vrf=${2:?--in-vrf needs a VRF}; shift 2 ;;
+      --mac) mac=${2:?--mac needs a MAC}; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [ ${#args[@]} -ge 4 ] && [ ${#args[@]} -le 5 ] ||
+    die "usage: lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]"
+  need_up
+  local node name br=${args[2]} addr=${args[3]} gw=${args[4]:-} where ifn
+  node=$(ns_name "${args[0]}"); name=$(ns_name "${args[1]}")
+  where=$node; [ -z "$vrf" ] || where=$node-$vrf
+  netns_exists "$where" || die "no netns $where"
+  [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
+  ifn=$(peer_ifname p "$name")
+  if netns_exists "$name" && ip -n "$name" link show eth0 >/dev/null 2>&1; then
+    say "pod $name exists"
+    return 0
+  fi
+  if ! bridge_exists "$where" "$br"; then
+    say "waiting up to ${TIMEOUT}s for bridge $br in $where"
+    wait_until "$TIMEOUT" bridge_exists "$where" "$br" || die "bridge $br did not appear in $where"
+  fi
+  say "pod $name ($addr${mac:+, $mac}) on bridge $br of $where"
+  new_netns "$name"
+  ip link add eth0 netns "$name" ${mac:+address "$mac"} type veth peer name "$ifn" netns "$where"
+  ip -n "$where" link set "$ifn" master "$br" up
+  ip -n "$name" addr add "$addr" dev eth0
+  ip -n "$name" link set eth0 up
+  [ -z "$gw" ] || ip -n "$name" route add default via "$gw"
+}
+
+# ---------------------------------------------------------------- env / status
+
+cmd_env() {
+  need_up
+  local n i list
+  list=$(nodes | tr '\n' ' '); list=${list% }
+  cat <<EOF
+EVPN_LAB_DIR="$LAB_DIR"
+EVPN_LAB_TOR_KIND="$(tor_kind)"
+EVPN_LAB_TOR_NETNS="/run/netns/$TOR"
+EVPN_LAB_TOR_ADDR="$TOR_ADDR"
+EVPN_LAB_TOR_ASN="$TOR_ASN"
+EVPN_LAB_NODE_ASN="$NODE_ASN"
+EVPN_LAB_NODES="$list"
+EOF
+  for n in $(nodes); do
+    i=$(node_index "$n")
+    cat <<EOF
+EVPN_LAB_N${i}_NETNS="/run/netns/$n"
+EVPN_LAB_N${i}_FRR_PATHSPACE="$n"
+EVPN_LAB_N${i}_FRR_CONF="$FRR_ETC/$n/frr.conf"
+EVPN_LAB_N${i}_VRF_NETNS_DIR="$FRR_RUN/$n/netns"
+EVPN_LAB_N${i}_UNDERLAY_ADDR="$FABRIC_PREFIX.1$i"
+EVPN_LAB_N${i}_VTEP_IP="198.18.0.$i"
+EVPN_LAB_N${i}_AGENT_ARGS="--netns /run/netns/$n --frr-pathspace $n --vrf-netns-dir $FRR_RUN/$n/netns"
+EOF
+  done
+}
+
+cmd_status() {
+  if ! is_up; then echo "lab is down"; return 0; fi
+  local n
+  echo "== lab: $(tor_kind) TOR, nodes: $(nodes | tr '\n' ' ')  (run dir $LAB_DIR)"
+  echo "== namespaces"; ip netns list | awk '/^evl-/{print "  " $1}'
+  echo "== $TOR"
+  ip -n "$TOR" -br addr
+  if [ "$(tor_kind)" = gobgp ]; then
+    gob neighbor || true
+    gob global rib -a evpn || true
+  else
+    vtysh_ns "$TOR" "show bgp summary" || true
+    vtysh_ns "$TOR" "show bgp l2vpn evpn route" || true
+  fi
+  for n in $(nodes); do
+    echo "== $n"
+    ip -n "$n" -br addr
+    ip -n "$n" -d link show type vxlan | grep -E '^[0-9]+:|vxlan id' || true
+    vtysh_ns "$n" "show bgp summary" || true
+    vtysh_ns "$n" "show vrf" || true
+    vtysh_ns "$n" "show evpn vni" || true
+  done
+}
+
+# ---------------------------------------------------------------- smoke test
+
+PASS=0
+FAIL=0
+# check DESC CMD...: poll CMD until it succeeds (pass) or $TIMEOUT passes (fail).
+check() {
+  local desc=$1 t0; shift
+  t0=$(now_ms)
+  if wait_until "$TIMEOUT" "$@"; then
+    PASS=$((PASS + 1)); printf 'ok   %-64s %6d ms\n' "$desc" "$(($(now_ms) - t0))"
+  else
+    FAIL=$((FAIL + 1)); printf 'FAIL %-64s (after %ss)\n' "$desc" "$TIMEOUT"
+  fi
+}
+
+bgp_established() { # NODE AFI: the session to the TOR is Established for that family
+  vtysh_ns "$1" "show bgp $2 summary json" | python3 -c '
+import json, sys
+peers = json.load(sys.stdin).get("peers", {})
+sys.exit(0 if peers and all(p.get("state") == "Established" for p in peers.values()) else 1)'
+}
+vtysh_has() { vtysh_ns "$1" "$2" | grep -qF -- "$3"; }
+tor_has_evpn() { # FRR-TOR-TEXT GOBGP-TEXT: an EVPN route is in the TOR's table
+  if [ "$(tor_kind)" = gobgp ]; then gob global rib -a evpn | grep -qF -- "$2"
+  else vtysh_ns "$TOR" "show bgp l2vpn evpn route" | grep -qF -- "$1"; fi
+}
+tor_has_all_imet() {
+  local n i
+  for n in $(nodes); do
+    i=$(node_index "$n")
+    tor_has_evpn "[3]:[0]:[32]:[198.18.0.$i]" "[type:multicast][rd:198.18.0.$i:" || return 1
+  done
+}
+route_has() { ip -n "$1" route show "$2" | grep -qE -- "$3"; }
+fdb_has() { bridge -n "$1" fdb show dev "$2" | grep -qE -- "$3"; }
+ping1() { nsx "$1" ping -c1 -W1 "$2"; }
+
+# What the agent does for a node: VTEP IP, L2VNI devices, BGP + EVPN config.
+smoke_node_l2() {
+  local n=$1 i=$2
+  ip -n "$n" addr replace "198.18.0.$i/32" dev lo
+  ip -n "$n" link add evb10100 type bridge stp_state 0 mcast_snooping 0
+  ip -n "$n" link add evx10100 type vxlan id 10100 local "198.18.0.$i" dstport 4789 nolearning
+  ip -n "$n" link set evx10100 master evb10100
+  ip -n "$n" link set evx10100 type bridge_slave learning off neigh_suppress on
+  ip -n "$n" link set evx10100 up
+  ip -n "$n" link set evb10100 up
+}
+smoke_node_l3() {
+  local n=$1 i=$2 v=$1-red
+  ip -n "$n" link add evx20100 type vxlan id 20100 local "198.18.0.$i" dstport 4789 nolearning
+  ip -n "$n" link set evx20100 netns "$v"
+  ip -n "$v" link add evb20100 type bridge stp_state 0
+  ip -n "$v" link set evx20100 master evb20100
+  ip -n "$v" link set evx20100 type bridge_slave learning off
+  ip -n "$v" link set evx20100 up
+  ip -n "$v" link set evb20100 up
+}
+smoke_frr_conf() { # NODE INDEX WITH_L3
+  local n=$1 i=$2
+  cat <<EOF
+frr defaults datacenter
+hostname $n
+log file $LAB_DIR/log/$n.log informational
+service integrated-vtysh-config
+!
+EOF
+  [ "$3" = 1 ] && cat <<EOF
+vrf red
+ vni 20100
+ netns /run/netns/red
+exit-vrf
+!
+EOF
+  cat <<EOF
+router bgp $NODE_ASN
+ bgp router-id 198.18.0.$i
+ neighbor $TOR_ADDR remote-as $TOR_ASN
+ !
+ address-family ipv4 unicast
+  network 198.18.0.$i/32
+  neighbor $TOR_ADDR allowas-in origin
+ exit-address-family
+ !
+ address-family l2vpn evpn
+  neighbor $TOR_ADDR activate
+  neighbor $TOR_ADDR allowas-in origin
+  advertise-all-vni
+ exit-address-family
+!
+EOF
+  [ "$3" = 1 ] && cat <<EOF
+router bgp $NODE_ASN vrf red
+ bgp router-id 198.18.0.$i
+ !
+ address-family ipv4 unicast
+  redistribute connected
+ exit-address-family
+ !
+ address-family l2vpn evpn
+  advertise ipv4 unicast
+ exit-address-family
+!
+EOF
+  return 0
+}
+# Hot-apply a config the way the agent's direct driver does (no daemon restart).
+frr_apply() {
+  local n=$1 f=$2 pass
+  for pass in 1 2; do
+    "$FRR_LIB/frr-reload.py" --reload -N "$n" --stdout "$f" >>"$LAB_DIR/log/$n-reload.log" 2>&1 && return 0
+    say "frr-reload pass $pass on $n failed, retrying"
+  done
+  die "frr-reload failed on $n (see $LAB_DIR/log/$n-reload.log)"
+}
+
+# Capture one VXLAN packet of VNI on the TOR's port towards node 1 while pinging.
+capture_vni() {
+  local vni=$1 from=$2 to=$3 out=$LAB_DIR/capture pid
+  : >"$out.err"
+  nsx "$TOR" timeout "$TIMEOUT" tcpdump -nn -p -l -c 1 -i n1 \
+    "udp dst port 4789 and (udp[8] & 0x08) != 0 and (udp[12:4] >> 8) = $vni" >"$out" 2>"$out.err" &
+  pid=$!
+  wait_until "$TIMEOUT" grep -q 'listening on' "$out.err" || { kill "$pid" 2>/dev/null; return 1; }
+  ping1 "$from" "$to" >/dev/null || true
+  wait_until "$TIMEOUT" all_gone "$pid" || { kill "$pid" 2>/dev/null; return 1; }
+  wait "$pid" 2>/dev/null || true
+  grep -q 'VXLAN\|4789' "$out"
+}
+
+cmd_smoke() {
+  local kind=${1:-frr} count=${2:-2} i n t0 t_up
+  [ "$count" -ge 2 ] || die "smoke needs at least 2 nodes"
+  t0=$(now_ms)
+  ! is_up || die "the lab is up: lab.sh down first (smoke builds and removes its own)"
+  cmd_up "$kind" "$count"
+  t_up=$(($(now_ms) - t0))
+  echo "== smoke: $kind TOR, $count nodes (up took $t_up ms)"
+
+  # -- L2VNI 10100 with one pod per node
+  for n in $(nodes); do
+    i=$(node_index "$n")
+    smoke_node_l2 "$n" "$i"
+    smoke_frr_conf "$n" "$i" 0 >"$LAB_DIR/$n/smoke-l2.conf"
+    frr_apply "$n" "$LAB_DIR/$n/smoke-l2.conf"
+    cmd_pod "$n" "pod$i" evb10100 "198.19.100.1$i/24" --mac "02:00:c6:13:64:1$i"
+  done
+  for n in $(nodes); do
+    check "$n: IPv4 session to the TOR Established" bgp_established "$n" "ipv4 unicast"
+    check "$n: EVPN session to the TOR Established" bgp_established "$n" "l2vpn evpn"
+  done
+  check "TOR has type-3 of every node" tor_has_all_imet
+  check "TOR has type-2 of pod1" tor_has_evpn "[2]:[0]:[48]:[02:00:c6:13:64:11]" "[mac:02:00:c6:13:64:11]"
+  check "evl-n1: VTEP of n2 via BGP (allowas-in origin)" route_has evl-n1 198.18.0.2 "via $FABRIC_PREFIX"
+  check "evl-n1: evx10100 flood entry to 198.18.0.2" fdb_has evl-n1 evx10100 "^00:00:00:00:00:00 dst 198.18.0.2"
+  check "evl-n1: evx10100 fdb has pod2's MAC via 198.18.0.2" fdb_has evl-n1 evx10100 "^02:00:c6:13:64:12 dst 198.18.0.2"
+  check "pod1 -> pod2 ping over L2VNI 10100" ping1 evl-pod1 198.19.100.12
+  check "underlay carries VXLAN VNI 10100 (tcpdump on $TOR port n1)" capture_vni 10100 evl-pod1 198.19.100.12
+
+  # -- L3VNI 20100 in VRF red with one routed host subnet per node
+  for n in $(nodes); do
+    i=$(node_index "$n")
+    cmd_vrf "$n" red
+    smoke_node_l3 "$n" "$i"
+    cmd_host "$n" red "host$i" "198.19.1$i.10/24" "198.19.1$i.1"
+    smoke_frr_conf "$n" "$i" 1 >"$LAB_DIR/$n/smoke-l3.conf"
+    frr_apply "$n" "$LAB_DIR/$n/smoke-l3.conf"
+  done
+  check "evl-n1: L3VNI 20100 up in VRF red" vtysh_has evl-n1 "show evpn vni 20100" "State: Up"
+  check "TOR has type-5 198.19.11.0/24 of n1" tor_has_evpn "[5]:[0]:[24]:[198.19.11.0]" "[prefix:198.19.11.0/24]"
+  check "TOR has type-5 198.19.12.0/24 of n2" tor_has_evpn "[5]:[0]:[24]:[198.19.12.0]" "[prefix:198.19.12.0/24]"
+  check "evl-n1-red: route to 198.19.12.0/24 via VTEP 198.18.0.2" route_has evl-n1-red 198.19.12.0/24 "via 198.18.0.2 dev evb20100"
+  check "host1 -> host2 ping over L3VNI 20100" ping1 evl-host1 198.19.12.10
+  check "underlay carries VXLAN VNI 20100 (tcpdump on $TOR port n1)" capture_vni 20100 evl-host1 198.19.12.10
+
+  for n in $(nodes); do vtysh_ns "$n" "show running-config" >"$LAB_DIR/$n-running.conf" 2>&1 || true; done
+  if [ -n "${EVPN_LAB_SMOKE_KEEP:-}" ]; then
+    say "EVPN_LAB_SMOKE_KEEP set: leaving the lab up"
+  else
+    mkdir -p "${EVPN_LAB_SMOKE_OUT:-/tmp/evpn-lab-smoke}"
+    cp "$LAB_DIR"/evl-n*-running.conf "${EVPN_LAB_SMOKE_OUT:-/tmp/evpn-lab-smoke}/" 2>/dev/null || true
+    cmd_down
+  fi
+  echo "smoke ($kind) took $(($(now_ms) - t0)) ms"
+  echo "$PASS passed, $FAIL failed"
+  [ "$FAIL" = 0 ]
+}
+
+# ---------------------------------------------------------------- main
+
+usage() { sed -n '/^# Usage/,/^# NODE is/p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+
+main() {
+  local cmd=${1:-}
+  [ $# -eq 0 ] || shift
+  case $cmd in
+    up) cmd_up "$@" ;;
+    down) cmd_down ;;
+    vrf) cmd_vrf "$@" ;;
+    unvrf) cmd_unvrf "$@" ;;
+    host) cmd_host "$@" ;;
+    pod) cmd_pod "$@" ;;
+    vtysh)
+      [ $# -ge 2 ] || die "usage: lab.sh vtysh NODE CMD..."
+      local n; n=$(ns_name "$1"); shift
+      vtysh_ns "$n" "$*" ;;
+    gobgp) [ "$(tor_kind)" = gobgp ] || die "the TOR is not GoBGP"; gob "$@" ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    smoke) cmd_smoke "$@" ;;
+    -h | --help | help) usage 0 ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"
