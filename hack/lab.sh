@@ -218,9 +218,10 @@ EOF
 
 # ---------------------------------------------------------------- GoBGP TOR
 
-write_gobgp_conf() {
+write_gobgp_conf() { # NODES
+  local i
   cat >"$LAB_DIR/gobgpd.toml" <<EOF
-# GoBGP TOR: accepts every node of $FABRIC_PREFIX.0/24 (AS $NODE_ASN) for IPv4 and EVPN.
+# GoBGP TOR: eBGP with every lab node (AS $NODE_ASN) for IPv4 and EVPN.
 [global.config]
   as = $TOR_ASN
   router-id = "$TOR_ADDR"
@@ -229,25 +230,6 @@ write_gobgp_conf() {
     export-policy-list = ["next-hop-unchanged"]
     default-export-policy = "accept-route"
     default-import-policy = "accept-route"
-
-[[peer-groups]]
-  [peer-groups.config]
-    peer-group-name = "nodes"
-    peer-as = $NODE_ASN
-  # Nodes share one AS: without this GoBGP never sends a node the routes of its siblings.
-  [peer-groups.as-path-options.config]
-    replace-peer-as = true
-  [[peer-groups.afi-safis]]
-    [peer-groups.afi-safis.config]
-      afi-safi-name = "ipv4-unicast"
-  [[peer-groups.afi-safis]]
-    [peer-groups.afi-safis.config]
-      afi-safi-name = "l2vpn-evpn"
-
-[[dynamic-neighbors]]
-  [dynamic-neighbors.config]
-    prefix = "$FABRIC_PREFIX.0/24"
-    peer-group = "nodes"
 
 # EVPN next hop must stay the originating VTEP; IPv4 too, so VTEPs are reached across the LAN.
 [[policy-definitions]]
@@ -259,12 +241,34 @@ write_gobgp_conf() {
       [policy-definitions.statements.actions.bgp-actions]
         set-next-hop = "unchanged"
 EOF
+  # One neighbour per node rather than a dynamic range: GoBGP 3.10 does not carry a peer
+  # group's as-path-options over to dynamic neighbours, and without replace-peer-as it never
+  # sends a node the routes of its siblings (they carry the node's own AS).
+  for ((i = 1; i <= $1; i++)); do
+    cat >>"$LAB_DIR/gobgpd.toml" <<EOF
+
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "$FABRIC_PREFIX.1$i"
+    peer-as = $NODE_ASN
+  [neighbors.as-path-options.config]
+    replace-peer-as = true
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "l2vpn-evpn"
+EOF
+  done
 }
 
 gobgp_start() {
-  write_gobgp_conf
+  write_gobgp_conf "$1"
+  # Own UTS namespace: GoBGP announces its hostname to the nodes.
   # shellcheck disable=SC2016 # expanded by the inner shell
-  nsx "$TOR" sh -c 'gobgpd -f "$1" -p --pprof-disable --api-hosts "$2" >"$3" 2>&1 & echo $! >"$4"' \
+  nsx "$TOR" unshare --uts sh -c 'hostname evl-tor
+    gobgpd -f "$1" -p --pprof-disable --api-hosts "$2" >"$3" 2>&1 & echo $! >"$4"' \
     sh "$LAB_DIR/gobgpd.toml" "$GOBGP_API" "$LAB_DIR/log/$TOR-gobgpd.log" "$LAB_DIR/gobgpd.pid"
   wait_until "$TIMEOUT" gob global || die "gobgpd does not answer (see $LAB_DIR/log/$TOR-gobgpd.log)"
 }
@@ -284,8 +288,9 @@ cmd_up() {
   case $kind in frr | gobgp) ;; *) die "TOR kind must be frr or gobgp, not $kind" ;; esac
   [[ $count =~ ^[1-3]$ ]] || die "NODES must be 1, 2 or 3"
   if is_up; then
-    [ "$(tor_kind)" = "$kind" ] && [ "$(cat "$LAB_DIR/nodes")" = "$count" ] ||
+    if [ "$(tor_kind)" != "$kind" ] || [ "$(cat "$LAB_DIR/nodes")" != "$count" ]; then
       die "the lab is already up with a $(tor_kind) TOR and $(cat "$LAB_DIR/nodes") nodes: lab.sh down first"
+    fi
     say "already up ($kind TOR, $count nodes)"
     return 0
   fi
@@ -320,7 +325,7 @@ cmd_up() {
     frr_start "$TOR" ""
   else
     say "starting GoBGP on $TOR"
-    gobgp_start
+    gobgp_start "$count"
   fi
   echo "$count" >"$LAB_DIR/nodes"
   echo "$kind" >"$LAB_DIR/tor" # written last: "up" is complete
@@ -328,7 +333,7 @@ cmd_up() {
 }
 
 cmd_down() {
-  local ns m left pids
+  local ns left pids
   mapfile -t pids < <(lab_pids)
   if [ ${#pids[@]} -gt 0 ]; then
     say "stopping daemons (pids ${pids[*]})"
@@ -347,9 +352,9 @@ cmd_down() {
     fi
   done
   # VRF binds first, then the per-node directories (deepest mount point first).
-  for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^$(realpath -m "$FRR_RUN")/evl-" | awk '{print length, $0}' | sort -rn | cut -d' ' -f2-); do
-    umount -l "$m" 2>/dev/null || true
-  done
+  local run; run=$(realpath -m "$FRR_RUN")
+  awk -v p="$run/evl-" 'index($5, p) == 1 {print length($5), $5}' /proc/self/mountinfo | sort -rn |
+    while read -r _ m; do umount -l "$m" 2>/dev/null || true; done
   for ns in $(ip netns list 2>/dev/null | awk '/^evl-/{print $1}'); do
     ip netns del "$ns"
   done
@@ -358,7 +363,7 @@ cmd_down() {
   # Verify: nothing of ours may be left.
   local bad=""
   ip netns list 2>/dev/null | grep -q '^evl-' && bad+=" namespaces"
-  grep -q " $(realpath -m "$FRR_RUN")/evl-" /proc/self/mountinfo && bad+=" mounts"
+  grep -q " $run/evl-" /proc/self/mountinfo && bad+=" mounts"
   ls -d "$FRR_ETC"/evl-* >/dev/null 2>&1 && bad+=" /etc/frr links"
   [ -z "$bad" ] || die "left behind:$bad"
   say "down: no evl-* namespaces, mounts, daemons or files left"
@@ -439,8 +444,9 @@ cmd_pod() {
       *) args+=("$1"); shift ;;
     esac
   done
-  [ ${#args[@]} -ge 4 ] && [ ${#args[@]} -le 5 ] ||
+  if [ ${#args[@]} -lt 4 ] || [ ${#args[@]} -gt 5 ]; then
     die "usage: lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]"
+  fi
   need_up
   local node name br=${args[2]} addr=${args[3]} gw=${args[4]:-} where ifn
   node=$(ns_name "${args[0]}"); name=$(ns_name "${args[1]}")
@@ -634,18 +640,21 @@ frr_apply() {
   die "frr-reload failed on $n (see $LAB_DIR/log/$n-reload.log)"
 }
 
-# Capture one VXLAN packet of VNI on the TOR's port towards node 1 while pinging.
+# One VXLAN packet of VNI seen on the TOR's port towards node 1 while FROM pings TO. Called by
+# `check`, which retries it, so its own waits are short.
 capture_vni() {
-  local vni=$1 from=$2 to=$3 out=$LAB_DIR/capture pid
+  local vni=$1 from=$2 to=$3 out=$LAB_DIR/capture pid ok=1
   : >"$out.err"
-  nsx "$TOR" timeout "$TIMEOUT" tcpdump -nn -p -l -c 1 -i n1 \
+  nsx "$TOR" timeout 5 tcpdump -nn -p -l -c 1 -i n1 \
     "udp dst port 4789 and (udp[8] & 0x08) != 0 and (udp[12:4] >> 8) = $vni" >"$out" 2>"$out.err" &
   pid=$!
-  wait_until "$TIMEOUT" grep -q 'listening on' "$out.err" || { kill "$pid" 2>/dev/null; return 1; }
-  ping1 "$from" "$to" >/dev/null || true
-  wait_until "$TIMEOUT" all_gone "$pid" || { kill "$pid" 2>/dev/null; return 1; }
+  if wait_until 5 grep -q 'listening on' "$out.err"; then
+    ping1 "$from" "$to" >/dev/null || true
+    wait_until 5 all_gone "$pid" && grep -q "VXLAN.* vni $vni\$" "$out" && ok=0
+  fi
+  kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  grep -q 'VXLAN\|4789' "$out"
+  return "$ok"
 }
 
 cmd_smoke() {
@@ -653,6 +662,7 @@ cmd_smoke() {
   [ "$count" -ge 2 ] || die "smoke needs at least 2 nodes"
   t0=$(now_ms)
   ! is_up || die "the lab is up: lab.sh down first (smoke builds and removes its own)"
+  [ -n "${EVPN_LAB_SMOKE_KEEP:-}" ] || trap 'cmd_down' EXIT
   cmd_up "$kind" "$count"
   t_up=$(($(now_ms) - t0))
   echo "== smoke: $kind TOR, $count nodes (up took $t_up ms)"
@@ -671,7 +681,7 @@ cmd_smoke() {
   done
   check "TOR has type-3 of every node" tor_has_all_imet
   check "TOR has type-2 of pod1" tor_has_evpn "[2]:[0]:[48]:[02:00:c6:13:64:11]" "[mac:02:00:c6:13:64:11]"
-  check "evl-n1: VTEP of n2 via BGP (allowas-in origin)" route_has evl-n1 198.18.0.2 "via $FABRIC_PREFIX"
+  check "evl-n1: route to the VTEP of n2, learned through the TOR" route_has evl-n1 198.18.0.2 "via $FABRIC_PREFIX"
   check "evl-n1: evx10100 flood entry to 198.18.0.2" fdb_has evl-n1 evx10100 "^00:00:00:00:00:00 dst 198.18.0.2"
   check "evl-n1: evx10100 fdb has pod2's MAC via 198.18.0.2" fdb_has evl-n1 evx10100 "^02:00:c6:13:64:12 dst 198.18.0.2"
   check "pod1 -> pod2 ping over L2VNI 10100" ping1 evl-pod1 198.19.100.12
@@ -693,14 +703,17 @@ cmd_smoke() {
   check "host1 -> host2 ping over L3VNI 20100" ping1 evl-host1 198.19.12.10
   check "underlay carries VXLAN VNI 20100 (tcpdump on $TOR port n1)" capture_vni 20100 evl-host1 198.19.12.10
 
-  for n in $(nodes); do vtysh_ns "$n" "show running-config" >"$LAB_DIR/$n-running.conf" 2>&1 || true; done
+  # The node config the agent's renderer has to produce, as FRR itself prints it.
+  local out=${EVPN_LAB_SMOKE_OUT:-/tmp/evpn-lab-smoke/$kind}
+  mkdir -p "$out"
+  for n in $(nodes); do vtysh_ns "$n" "show running-config" >"$out/$n.conf" 2>&1 || true; done
   if [ -n "${EVPN_LAB_SMOKE_KEEP:-}" ]; then
     say "EVPN_LAB_SMOKE_KEEP set: leaving the lab up"
   else
-    mkdir -p "${EVPN_LAB_SMOKE_OUT:-/tmp/evpn-lab-smoke}"
-    cp "$LAB_DIR"/evl-n*-running.conf "${EVPN_LAB_SMOKE_OUT:-/tmp/evpn-lab-smoke}/" 2>/dev/null || true
+    trap - EXIT
     cmd_down
   fi
+  say "running configs of the nodes in $out"
   echo "smoke ($kind) took $(($(now_ms) - t0)) ms"
   echo "$PASS passed, $FAIL failed"
   [ "$FAIL" = 0 ]
