@@ -39,8 +39,13 @@
 #   lab.sh smoke [frr|gobgp] [NODES]   up + by-hand agent work + assertions + down
 # NODE is evl-nN or nN; NAME gets the evl- prefix when it lacks it.
 #
-# Environment: EVPN_LAB_DIR (run dir: node FRR configs, logs, pid files; default /tmp/evpn-lab),
-# EVPN_LAB_TIMEOUT (seconds for every wait; default 30).
+# Environment: EVPN_LAB_DIR (run dir: FRR configs, logs, GoBGP config and pid; default
+# /tmp/evpn-lab), EVPN_LAB_TIMEOUT (seconds for every wait; default 30), EVPN_LAB_SMOKE_KEEP
+# (smoke leaves the lab up), EVPN_LAB_SMOKE_OUT (where smoke saves the nodes' running configs).
+#
+# The FRR TOR takes any speaker on 198.18.255.0/24 (listen range, remote-as external); the GoBGP
+# TOR only the lab's nodes (see below). The nodes start with a minimal FRR config: the agent
+# renders and hot-applies BGP and EVPN, and puts the VTEP IP on lo.
 #
 # Why things are the way they are (FRR 8.4.4, kernel without the VRF device):
 # - Each node's FRR uses its own pathspace (-N evl-nN): sockets and pid files under
@@ -59,9 +64,11 @@
 # - The L3VNI's VXLAN device is created in the node netns and then moved into the VRF netns:
 #   its UDP socket stays in the underlay while the device sits in the VRF.
 # - All nodes share AS 65001, so a sibling's routes come back through the TOR with 65001 in
-#   the path: nodes need `allowas-in origin`. GoBGP does not even send such routes (it drops a
-#   route whose AS path holds the peer's AS), unless told to replace the peer's AS with its own
-#   (`replace-peer-as`, i.e. as-override). FRR sends them.
+#   the path: nodes need `allowas-in origin`. FRR as TOR sends such routes. GoBGP drops a route
+#   whose path holds the receiving peer's AS, unless it replaces that AS with its own
+#   (`replace-peer-as`, as-override); nodes behind it then see "65000 65000". GoBGP 3.10 does
+#   not pass a peer group's as-path-options on to dynamic neighbours, so the GoBGP TOR has one
+#   configured neighbour per node instead of a listen range.
 # - eBGP rewrites the next hop to the sender. EVPN routes must keep the originating VTEP as next
 #   hop: FRR keeps it for l2vpn evpn by itself, GoBGP needs `set-next-hop unchanged`. With the
 #   next hop unchanged for IPv4 too, nodes reach each other's VTEP directly across the fabric LAN,
@@ -283,6 +290,7 @@ new_netns() {
 }
 
 cmd_up() {
+  [[ ${1:-} =~ ^[0-9]+$ ]] && set -- frr "$1" # `up 3` = `up frr 3`
   local kind=${1:-frr} count=${2:-2} i n t0
   t0=$(now_ms)
   case $kind in frr | gobgp) ;; *) die "TOR kind must be frr or gobgp, not $kind" ;; esac
@@ -300,6 +308,8 @@ cmd_up() {
   mkdir -p "$LAB_DIR/log"
   chmod 755 "$LAB_DIR"
   chown frr:frr "$LAB_DIR/log"
+  runuser -u frr -- test -w "$LAB_DIR/log" ||
+    die "user frr cannot write $LAB_DIR/log (every parent of EVPN_LAB_DIR must be searchable)"
 
   new_netns "$TOR"
   ip -n "$TOR" link add fabric mtu 9000 type bridge stp_state 0
