@@ -650,8 +650,10 @@ frr_apply() {
   die "frr-reload failed on $n (see $LAB_DIR/log/$n-reload.log)"
 }
 
-# One VXLAN packet of VNI seen on the TOR's port towards node 1 while FROM pings TO. Called by
-# `check`, which retries it, so its own waits are short.
+# One VXLAN packet of VNI seen on the TOR's port towards node 1 while FROM pings TO. The port,
+# not the bridge "fabric": a bridge device only sees frames for its own stack or flooded ones,
+# not unicast it switches between two ports. Called by `check`, which retries it, so its own
+# waits are short.
 capture_vni() {
   local vni=$1 from=$2 to=$3 out=$LAB_DIR/capture pid ok=1
   : >"$out.err"
