@@ -109,7 +109,7 @@ node_index() { local n; n=$(ns_name "$1"); [[ $n =~ ^evl-n([1-3])$ ]] || die "no
 nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "evl-n$i"; done; }
 tor_kind() { cat "$LAB_DIR/tor" 2>/dev/null || true; }
 netns_exists() { [ -e "/run/netns/$1" ]; }
-is_up() { [ -f "$LAB_DIR/tor" ] && [ -f "$LAB_DIR/nodes" ]; }
+is_up() { [ -f "$LAB_DIR/tor" ] && [ -f "$LAB_DIR/nodes" ] && netns_exists "$TOR"; }
 need_up() { is_up || die "the lab is not up (lab.sh up)"; }
 vtysh_ns() { local ns=$1; shift; vtysh -N "$ns" -c "$*"; }
 gob() { nsx "$TOR" gobgp -u "${GOBGP_API%:*}" -p "${GOBGP_API#*:}" "$@"; }
