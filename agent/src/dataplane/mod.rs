@@ -20,7 +20,10 @@
 //!   lives in that namespace, and the VXLAN device is created in the node namespace and then
 //!   moved there, because a VXLAN device opens its UDP socket in the namespace it was created
 //!   in and the tunnel must stay in the underlay. A bridge cannot change namespace at all, so
-//!   a device that has to move is deleted and created again where it belongs.
+//!   a device that has to move is deleted and created again where it belongs. Every namespace
+//!   in that directory is taken for one of this node's VRFs and cleaned of devices of networks
+//!   that left the plan, so the directory must hold this node's VRFs only (as FRR's netns
+//!   backend requires anyway), never the namespaces of other lab nodes.
 //! - **Failure isolation.** Each network is realised on its own; its error is reported under
 //!   its name and the others carry on. Networks are worked on concurrently so that request
 //!   round trips overlap (the kernel still serialises them under its rtnl lock).
@@ -171,6 +174,8 @@ impl Dataplane {
                     return report;
                 }
                 Err(e) => {
+                    // Nothing of ours can be removed from it this time; its networks fail below.
+                    report.removals.push(e.clone());
                     unreadable.insert(ns.id, e);
                 }
             }
