@@ -517,6 +517,7 @@ async fn kernel_backend_enslaves_vrf_bridges_to_the_vrf_device() {
     }
     lab.ip(&["link", "add", "red", "type", "vrf", "table", "100"]);
     let mut dp = Dataplane::new(Some(lab.node_path()), BackendChoice::Kernel).await.expect("open");
+    assert_eq!(dp.backend(), VrfBackend::KernelVrf);
     let plan = node_plan(vec![irb("purple", "red", 300, 4000, &["10.30.0.1/24"]), l3("lost", "nowhere", 5000)]);
     let report = dp.apply(&plan).await;
     assert!(report.networks["purple"].is_ok(), "{:?}", report.networks["purple"]);
@@ -528,6 +529,13 @@ async fn kernel_backend_enslaves_vrf_bridges_to_the_vrf_device() {
     }
     assert_eq!(lab.addresses(None, "evb300").first().map(String::as_str), Some("10.30.0.1/24"));
     assert_eq!(dp.apply(&plan).await.changes, 0);
+
+    // IRB turned L2: the same bridge leaves the VRF, the IP-VRF's devices go.
+    let report = dp.apply(&node_plan(vec![l2("purple", 300)])).await;
+    assert_all_ok(&report);
+    assert!(lab.link(None, "evb300").expect("kept")["master"].is_null());
+    assert!(lab.link(None, "evb4000").is_none());
+    eprintln!("kernel VRF backend verified on this kernel");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
