@@ -55,14 +55,6 @@ pub enum DataplaneError {
         #[source]
         source: Box<rtnetlink::Error>,
     },
-    #[error("moving {device} from {from} into {to}: {source}")]
-    MoveLink {
-        device: String,
-        from: String,
-        to: String,
-        #[source]
-        source: Box<rtnetlink::Error>,
-    },
     #[error("adding address {address}/{prefix_len} to {device} in {ns}: {source}")]
     AddAddress {
         address: IpAddr,
@@ -105,7 +97,6 @@ impl DataplaneError {
             | DataplaneError::CreateLink { .. }
             | DataplaneError::ChangeLink { .. }
             | DataplaneError::DeleteLink { .. }
-            | DataplaneError::MoveLink { .. }
             | DataplaneError::AddAddress { .. }
             | DataplaneError::RemoveAddress { .. } => "NetlinkFailed",
             DataplaneError::VrfNotFound { .. } => "VrfNotFound",

@@ -17,10 +17,11 @@
 //! - **Two VRF backends.** With kernel VRF devices the VRF's bridges are enslaved to the device
 //!   named after the VRF. Kernels without them use one network namespace per VRF (the
 //!   namespace file `<dir>/<vrf>`, made by OVN-Kubernetes or a lab, never by us): the bridge
-//!   lives in that namespace, and the VXLAN device is created in the node namespace and then
-//!   moved there, because a VXLAN device opens its UDP socket in the namespace it was created
-//!   in and the tunnel must stay in the underlay. A bridge cannot change namespace at all, so
-//!   a device that has to move is deleted and created again where it belongs. Every namespace
+//!   lives in that namespace, and the VXLAN device is requested from the node namespace with
+//!   the VRF namespace as its home (`IFLA_NET_NS_FD`), because a VXLAN device opens its UDP
+//!   socket in the namespace the request came from and the tunnel must stay in the underlay.
+//!   A bridge cannot change namespace at all, so a device that has to move is deleted and
+//!   created again where it belongs. Every namespace
 //!   in that directory is taken for one of this node's VRFs and cleaned of devices of networks
 //!   that left the plan, so the directory must hold this node's VRFs only (as FRR's netns
 //!   backend requires anyway), never the namespaces of other lab nodes.
@@ -669,31 +670,24 @@ impl Ctx<'_> {
         if let Some(m) = mtu {
             b = b.mtu(m);
         }
+        b = b.controller(bridge).up();
         if scope_idx == NODE {
-            create_link(self.changes, ns, b.controller(bridge).up().build(), "VXLAN", name).await?;
+            create_link(self.changes, ns, b.build(), "VXLAN", name).await?;
         } else {
-            // Created in the node namespace so that its UDP socket is opened in the underlay,
-            // marked at once, then moved to the VRF namespace, where it gets its master.
+            // Requested from the node namespace but placed in the VRF namespace: the device
+            // opens its UDP socket in the namespace the request came from, the underlay. This
+            // is lab.sh's create-then-move in one request, so the device never sits in the
+            // node namespace, and the master index is resolved in the VRF namespace.
             let node = self.scopes[NODE].ns;
-            create_link(self.changes, node, b.build(), "VXLAN", name).await?;
-            change_link(self.changes, node, LinkUnspec::new_with_name(name).alias(owner).build(), "alias", name)
-                .await?;
             let target = ns.open_file()?;
-            let moved = node
-                .handle
-                .link()
-                .change(LinkUnspec::new_with_name(name).setns_by_fd(target.as_raw_fd()).build())
-                .execute()
-                .await;
-            moved.map_err(|source| DataplaneError::MoveLink {
+            let msg = b.setns_by_fd(target.as_raw_fd()).build();
+            node.handle.link().add(msg).execute().await.map_err(|source| DataplaneError::CreateLink {
+                kind: "VXLAN",
                 device: name.into(),
-                from: node.label.clone(),
-                to: ns.label.clone(),
+                ns: format!("{} from {}", ns.label, node.label),
                 source: Box::new(source),
             })?;
             self.changes.fetch_add(1, Ordering::Relaxed);
-            let enslave = LinkUnspec::new_with_name(name).controller(bridge).up().build();
-            change_link(self.changes, ns, enslave, "master and state", name).await?;
         }
         change_link(self.changes, ns, port_settings(name, owner), "bridge-port flags", name).await
     }
