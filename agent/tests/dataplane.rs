@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use evpn_agent::dataplane::{BackendChoice, Dataplane, DataplaneReport};
 use evpn_agent::plan::{
-    NetworkPlan, NodePlan, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac, bridge_name, vxlan_name,
+    NetworkPlan, NodePlan, PlanError, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac, bridge_name, vxlan_name,
 };
 use evpn_crds::common::RouteTargets;
 use evpn_crds::nodestate::VrfBackend;
@@ -323,11 +323,15 @@ async fn netns_backend_puts_irb_and_l3_bridges_in_the_vrf_netns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_vrf_netns_fails_only_its_network() {
+async fn missing_vrf_netns_or_overlong_name_fails_only_that_network() {
     require_root!();
     let lab = Lab::new();
     let mut dp = lab.dataplane().await;
-    let report = dp.apply(&node_plan(vec![l3("lost", "nowhere", 6000), l2("blue", 100)])).await;
+    let long = "x".repeat(250);
+    let report = dp.apply(&node_plan(vec![l3("lost", "nowhere", 6000), l2("blue", 100), l2(&long, 300)])).await;
+
+    assert_eq!(report.networks[&long].as_ref().unwrap_err().reason(), "NetworkNameTooLong");
+    assert!(lab.link(None, "evb300").is_none(), "nothing is made that could not be marked");
 
     let lost = report.networks["lost"].as_ref().expect_err("VRF nowhere does not exist");
     assert_eq!(lost.reason(), "VrfNotFound");
@@ -359,9 +363,20 @@ async fn removing_a_network_deletes_only_its_devices() {
     assert!(lab.link(None, "evb999").is_some(), "a bridge without our alias survives");
     assert!(lab.link(None, "admin-br").is_some(), "a bridge with a foreign alias survives");
 
+    // A network the plan rejects (say its VNI clashes) keeps its devices untouched.
+    let mut with_rejected = node_plan(vec![l2("blue", 100)]);
+    with_rejected.networks.push(l2("red", 200));
+    assert_all_ok(&dp.apply(&with_rejected).await);
+    with_rejected.networks.pop();
+    with_rejected.rejected.push(("red".into(), PlanError::VtepNotFound("elsewhere".into())));
+    let report = dp.apply(&with_rejected).await;
+    assert_eq!(report.changes, 0);
+    assert!(!report.networks.contains_key("red"), "rejected networks are the caller's to report");
+    assert!(lab.link(None, "evx200").is_some());
+
     // Nothing planned at all: every device of ours goes, the foreign ones stay.
     let report = dp.apply(&node_plan(Vec::new())).await;
-    assert_eq!(report.changes, 2);
+    assert_eq!(report.changes, 4);
     assert!(lab.link(None, "evb100").is_none());
     assert!(lab.link(None, "evb999").is_some());
 }
@@ -566,6 +581,7 @@ async fn thousand_l2_networks_timing() {
     assert!(lab.link(None, "evx10500").is_none());
     assert!(lab.link(None, "evx20500").is_some());
     let changed = report.changes;
+    assert_eq!(changed, 6, "two deletions, then bridge, its mark, VXLAN, its port flags and mark");
 
     eprintln!(
         "1,000 L2 networks: initial apply {initial:?} ({created} changes), \

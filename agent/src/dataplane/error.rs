@@ -83,6 +83,8 @@ pub enum DataplaneError {
     InvalidSviAddress { address: String, device: String },
     #[error("{device} in {ns} is not this network's ({holder}); refusing to change it")]
     DeviceConflict { device: String, ns: String, holder: String },
+    #[error("the owner mark {alias:?} is longer than the kernel's limit for an interface alias")]
+    OwnerMarkTooLong { alias: String },
     #[error("the VTEP is not usable, so no tunnel can be built: {0}")]
     VtepUnavailable(String),
 }
@@ -104,6 +106,7 @@ impl DataplaneError {
             DataplaneError::InvalidVtepCidr { .. } => "VtepCidrInvalid",
             DataplaneError::InvalidSviAddress { .. } => "SviAddressInvalid",
             DataplaneError::DeviceConflict { .. } => "DeviceConflict",
+            DataplaneError::OwnerMarkTooLong { .. } => "NetworkNameTooLong",
             DataplaneError::VtepUnavailable(_) => "VtepUnavailable",
         }
     }

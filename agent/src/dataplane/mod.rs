@@ -67,6 +67,8 @@ const LOOPBACK: &str = "lo";
 const CONCURRENCY: usize = 32;
 /// The probe VRF's routing table; the device is deleted right away and never carries routes.
 const PROBE_VRF_TABLE: u32 = 0x7fff_fffe;
+/// The longest interface alias the kernel takes (IFALIASZ - 1).
+const MAX_ALIAS_LEN: usize = 255;
 /// Scope index of the node namespace; VRF namespaces follow it.
 const NODE: usize = 0;
 
@@ -272,12 +274,10 @@ async fn refresh_vrf_netns(
     removals: &mut Vec<DataplaneError>,
 ) -> HashMap<String, Result<NsId, DataplaneError>> {
     let mut planned = HashMap::new();
-    let mut paths: Vec<(PathBuf, Option<String>)> = Vec::new();
+    // Every namespace file to open, with the planned VRF it is (None: only to clean up).
+    let mut paths: HashMap<PathBuf, Option<String>> = HashMap::new();
     for n in plan.networks.iter().filter(|n| n.ip_vrf.is_some()) {
         let vrf = &n.vrf;
-        if planned.contains_key(vrf) {
-            continue;
-        }
         // The name becomes a path: it must stay a single file inside the directory.
         if vrf.is_empty() || vrf == "." || vrf == ".." || vrf.contains('/') {
             planned.insert(vrf.clone(), Err(vrf_not_found(vrf, "not a valid namespace file name")));
@@ -289,15 +289,12 @@ async fn refresh_vrf_netns(
             planned.insert(vrf.clone(), Err(vrf_not_found(vrf, &detail)));
             continue;
         }
-        paths.push((path, Some(vrf.clone())));
+        paths.insert(path, Some(vrf.clone()));
     }
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             for entry in entries.flatten() {
-                let path = entry.path();
-                if paths.iter().all(|(p, _)| *p != path) {
-                    paths.push((path, None));
-                }
+                paths.entry(entry.path()).or_insert(None);
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -544,6 +541,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     async fn network(&self, n: &NetworkPlan, work: &[SegmentWork<'_>]) -> Result<(), DataplaneError> {
         let owner = n.owner_alias();
+        // Checked before anything is made: a device whose mark the kernel refuses would be left
+        // unmarked, and so beyond our cleanup.
+        if owner.len() > MAX_ALIAS_LEN {
+            return Err(DataplaneError::OwnerMarkTooLong { alias: owner });
+        }
         for w in work {
             let scope = &self.scopes[w.scope];
             let bridge = self.bridge(scope, &w.seg.bridge, &owner, w.master, w.svi.map(|s| s.mac)).await?;

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    BridgeStpState, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVxlan, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    BridgeStpState, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVxlan, LinkAttribute,
+    LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 
 use super::DataplaneError;
@@ -78,8 +79,9 @@ impl Snapshot {
                 source: Box::new(source),
             }
         };
-        let links: Vec<LinkMessage> =
-            ns.handle.link().get().execute().try_collect().await.map_err(dump_err("links"))?;
+        // Counters are never compared; leaving them out shrinks a large dump noticeably.
+        let links = ns.handle.link().get().set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
+        let links: Vec<LinkMessage> = links.execute().try_collect().await.map_err(dump_err("links"))?;
         let addrs: Vec<AddressMessage> =
             ns.handle.address().get().execute().try_collect().await.map_err(dump_err("addresses"))?;
         let mut snap = Snapshot::default();
