@@ -259,6 +259,15 @@ async fn l2_network_gets_bridge_and_vxlan_and_a_second_apply_changes_nothing() {
     assert_all_ok(&again);
     assert_eq!(again.changes, 0, "a second apply of the same plan must not touch the kernel");
 
+    // Drift is repaired with one request per device, whoever caused it.
+    lab.ip(&["link", "set", "evb100", "down", "type", "bridge", "mcast_snooping", "1"]);
+    lab.ip(&["link", "set", "evx100", "type", "bridge_slave", "learning", "on", "neigh_suppress", "off"]);
+    let report = dp.apply(&plan).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 2);
+    assert_bridge(&lab.link(None, "evb100").expect("bridge"), "evpn-agent:blue");
+    assert_vxlan(&lab.link(None, "evx100").expect("vxlan"), 100, "evb100", "evpn-agent:blue");
+
     // A fresh agent (after a restart) sees the same state as done, too.
     let mut restarted = lab.dataplane().await;
     assert_eq!(restarted.apply(&plan).await.changes, 0);
@@ -393,6 +402,13 @@ async fn a_foreign_device_with_a_planned_name_fails_the_network_and_survives() {
     assert_eq!(blue.reason(), "DeviceConflict");
     assert!(report.networks["red"].is_ok());
     assert_eq!(lab.link(None, "evb100").expect("survives")["linkinfo"]["info_kind"], "veth");
+
+    // An unmarked bridge that is exactly what the plan asks for (left by an apply interrupted
+    // before marking it) is adopted rather than refused.
+    lab.ip(&["link", "add", "evb300", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"]);
+    let report = dp.apply(&node_plan(vec![l2("green", 300)])).await;
+    assert_all_ok(&report);
+    assert_bridge(&lab.link(None, "evb300").expect("adopted"), "evpn-agent:green");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
