@@ -21,10 +21,10 @@
 //!   the VRF namespace as its home (`IFLA_NET_NS_FD`), because a VXLAN device opens its UDP
 //!   socket in the namespace the request came from and the tunnel must stay in the underlay.
 //!   A bridge cannot change namespace at all, so a device that has to move is deleted and
-//!   created again where it belongs. Every namespace
-//!   in that directory is taken for one of this node's VRFs and cleaned of devices of networks
-//!   that left the plan, so the directory must hold this node's VRFs only (as FRR's netns
-//!   backend requires anyway), never the namespaces of other lab nodes.
+//!   created again where it belongs. Every namespace in that directory is taken for one of
+//!   this node's VRFs and cleaned of devices of networks that left the plan, so the directory
+//!   must hold this node's VRFs only (as FRR's netns backend requires anyway), never the
+//!   namespaces of other lab nodes.
 //! - **Failure isolation.** Each network is realised on its own; its error is reported under
 //!   its name and the others carry on. Networks are worked on concurrently so that request
 //!   round trips overlap (the kernel still serialises them under its rtnl lock).
@@ -458,8 +458,11 @@ async fn ensure_vtep(
             return Err(DataplaneError::VtepUnavailable(format!("Managed VTEP {:?} has no address", vtep.name)));
         }
         (VtepMode::Unmanaged, _) => {
-            // Lowest interface and address first, so the choice is stable between applies.
-            let found = node.snap.all_addrs().filter(|a| in_cidrs(a.ip)).min_by_key(|a| (a.index, a.ip));
+            // Lowest interface and address first, so the choice is stable between applies; the
+            // SVIs of our own bridges are gateways inside the overlay, never the VTEP.
+            let ours = |index| node.snap.link_by_index(index).is_some_and(|l| owner_of(l).is_some());
+            let found =
+                node.snap.all_addrs().filter(|a| in_cidrs(a.ip) && !ours(a.index)).min_by_key(|a| (a.index, a.ip));
             return match found {
                 Some(a) => Ok(VtepStatus {
                     ip: a.ip,

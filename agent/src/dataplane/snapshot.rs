@@ -67,6 +67,7 @@ pub(crate) struct Addr {
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     links: HashMap<String, Link>,
+    names: HashMap<u32, String>,
     addrs: HashMap<u32, Vec<Addr>>,
 }
 
@@ -87,6 +88,7 @@ impl Snapshot {
         let mut snap = Snapshot::default();
         for m in links {
             let l = link(m);
+            snap.names.insert(l.index, l.name.clone());
             snap.links.insert(l.name.clone(), l);
         }
         for m in addrs {
@@ -102,7 +104,7 @@ impl Snapshot {
     }
 
     pub(crate) fn link_by_index(&self, index: u32) -> Option<&Link> {
-        self.links.values().find(|l| l.index == index)
+        self.links.get(self.names.get(&index)?)
     }
 
     pub(crate) fn links(&self) -> impl Iterator<Item = &Link> {
@@ -120,6 +122,7 @@ impl Snapshot {
     /// Forgets a link deleted during this apply, so later steps see it gone.
     pub(crate) fn forget(&mut self, name: &str) {
         if let Some(l) = self.links.remove(name) {
+            self.names.remove(&l.index);
             self.addrs.remove(&l.index);
         }
     }
