@@ -604,3 +604,13 @@ async fn thousand_l2_networks_timing() {
          unchanged re-apply {noop:?} (0 changes), one VNI changed {one_vni:?} ({changed} changes)"
     );
 }
+
+/// The agent runs applies on tokio tasks, so the data plane and its futures must be `Send`.
+#[test]
+fn apply_can_run_on_a_tokio_task() {
+    fn send<T: Send>(_: &T) {}
+    fn check(dp: &mut Dataplane, plan: &NodePlan) {
+        send(&dp.apply(plan));
+    }
+    let _ = check;
+}

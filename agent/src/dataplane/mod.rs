@@ -160,7 +160,11 @@ impl Dataplane {
                 namespaces.push(ns);
             }
         }
-        let dumps = futures::future::join_all(namespaces.iter().map(|ns| Snapshot::take(ns))).await;
+        let mut pending = Vec::with_capacity(namespaces.len());
+        for ns in &namespaces {
+            pending.push(Snapshot::take(ns));
+        }
+        let dumps = futures::future::join_all(pending).await;
         let mut scopes = Vec::new();
         let mut unreadable: HashMap<NsId, DataplaneError> = HashMap::new();
         for (ns, dump) in namespaces.into_iter().zip(dumps) {
@@ -228,11 +232,13 @@ impl Dataplane {
 
         if let (Ok(local), Some(vtep)) = (local, &plan.vtep) {
             let ctx = &Ctx { scopes: &scopes, local, vtep, changes: &changes };
-            let results: Vec<_> = futures::stream::iter(work.iter())
-                .map(|(n, w)| async move { (n.evpn.clone(), ctx.network(n, w).await) })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
+            // Futures built in a loop, not by a closure over borrowed items: rustc cannot prove
+            // such a closure's future `Send`, and apply() must run on a tokio task.
+            let mut pending = Vec::with_capacity(work.len());
+            for (n, w) in &work {
+                pending.push(async move { (n.evpn.clone(), ctx.network(n, w).await) });
+            }
+            let results: Vec<_> = futures::stream::iter(pending).buffer_unordered(CONCURRENCY).collect().await;
             for (evpn, r) in results {
                 if let Err(e) = &r {
                     tracing::warn!(evpn = %evpn, error = %e, "network not realised");
@@ -421,14 +427,12 @@ async fn remove_unwanted(
             doomed.push((i, l.index, l.name.clone()));
         }
     }
-    let results: Vec<_> = futures::stream::iter(doomed)
-        .map(|(i, index, name)| {
-            let ns = scopes[i].ns;
-            async move { (i, delete_link(changes, ns, index, &name).await.map(|()| name)) }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let mut pending = Vec::with_capacity(doomed.len());
+    for (i, index, name) in doomed {
+        let ns = scopes[i].ns;
+        pending.push(async move { (i, delete_link(changes, ns, index, &name).await.map(|()| name)) });
+    }
+    let results: Vec<_> = futures::stream::iter(pending).buffer_unordered(CONCURRENCY).collect().await;
     for (i, r) in results {
         match r {
             Ok(name) => scopes[i].snap.forget(&name),
