@@ -610,6 +610,7 @@ async fn thousand_l2_networks_timing() {
 fn apply_can_run_on_a_tokio_task() {
     fn send<T: Send>(_: &T) {}
     fn check(dp: &mut Dataplane, plan: &NodePlan) {
+        send(&Dataplane::new(None, BackendChoice::Auto));
         send(&dp.apply(plan));
     }
     let _ = check;
