@@ -1,0 +1,472 @@
+//! The node's data plane over netlink: bridges, VXLAN devices, SVI and VTEP addresses.
+//!
+//! Design decisions:
+//!
+//! - **A diff, not a script.** [`Dataplane::apply`] dumps the links and addresses of every
+//!   namespace it manages once, compares them with the [`NodePlan`] in memory and sends only
+//!   the requests that change something. A second apply of the same plan sends none (the
+//!   report's `changes` counts them), and the cost of an apply grows with what changed, plus
+//!   two dumps per namespace, rather than with one request per device.
+//! - **Ownership by alias.** Every device created here carries the interface alias
+//!   `evpn-agent:<evpn>` ([`OWNER_ALIAS_PREFIX`]). Only such devices are ever deleted: a device
+//!   of ours that no planned network wants where it is (its network left the plan, its VNI
+//!   changed, it must move to another namespace) is removed, and anything without the mark is
+//!   left alone. The alias cannot be given at creation (the kernel ignores `IFLA_IFALIAS` in a
+//!   new link), so an interrupted apply can leave an unmarked device with one of our names; it
+//!   is adopted only if it already is exactly what the plan asks for.
+//! - **Two VRF backends.** With kernel VRF devices the VRF's bridges are enslaved to the device
+//!   named after the VRF. Kernels without them use one network namespace per VRF (the
+//!   namespace file `<dir>/<vrf>`, made by OVN-Kubernetes or a lab, never by us): the bridge
+//!   lives in that namespace, and the VXLAN device is requested from the node namespace with
+//!   the VRF namespace as its home (`IFLA_NET_NS_FD`), because a VXLAN device opens its UDP
+//!   socket in the namespace the request came from and the tunnel must stay in the underlay.
+//!   A bridge cannot change namespace at all, so a device that has to move is deleted and
+//!   created again where it belongs. Every namespace in that directory is taken for one of
+//!   this node's VRFs and cleaned of devices of networks that left the plan, so the directory
+//!   must hold this node's VRFs only (as FRR's netns backend requires anyway), never the
+//!   namespaces of other lab nodes.
+//! - **Failure isolation.** Each network is realised on its own; its error is reported under
+//!   its name and the others carry on. Networks are worked on concurrently so that request
+//!   round trips overlap (the kernel still serialises them under its rtnl lock).
+
+mod error;
+mod netns;
+mod network;
+mod requests;
+mod snapshot;
+mod vtep;
+
+pub use error::DataplaneError;
+pub use vtep::VTEP_DEVICE;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+
+use evpn_crds::nodestate::VrfBackend;
+use futures::StreamExt;
+use netlink_packet_route::link::InfoKind;
+use nix::errno::Errno;
+use rtnetlink::{LinkUnspec, LinkVrf};
+
+use crate::plan::{NetworkPlan, NodePlan, OWNER_ALIAS_PREFIX, SegmentPlan, SviPlan};
+use error::errno;
+use netns::{Netns, NsId};
+use network::Ctx;
+use requests::delete_link;
+use snapshot::{Link, Snapshot};
+use vtep::ensure_vtep;
+
+/// Where the netns-VRF backend finds VRF namespaces unless told otherwise.
+pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
+/// Networks worked on at once: enough to keep the netlink socket busy, few enough to keep the
+/// kernel's socket buffer from overflowing with acknowledgements.
+const CONCURRENCY: usize = 32;
+/// The probe VRF's routing table; the device is deleted right away and never carries routes.
+const PROBE_VRF_TABLE: u32 = 0x7fff_fffe;
+/// The longest interface alias the kernel takes (IFALIASZ - 1).
+const MAX_ALIAS_LEN: usize = 255;
+/// Scope index of the node namespace; VRF namespaces follow it.
+const NODE: usize = 0;
+
+/// Which VRF backend to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Kernel VRF devices if the kernel can create one, else network namespaces in
+    /// [`DEFAULT_NETNS_DIR`].
+    Auto,
+    /// Kernel VRF devices, named after the VRF.
+    Kernel,
+    /// VRF `X` is the network namespace file `<dir>/X`.
+    Netns { dir: PathBuf },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Backend {
+    Kernel,
+    Netns { dir: PathBuf },
+}
+
+/// The node's data plane; keeps its netlink connections between applies.
+pub struct Dataplane {
+    node: Netns,
+    backend: Backend,
+    /// Connections to VRF namespaces by file path, reopened when the file names another one.
+    vrf_netns: HashMap<PathBuf, Netns>,
+    /// Whether the kernel can make the dummy VTEP device; `None` until first tried.
+    dummy_supported: Option<bool>,
+}
+
+/// What an apply did.
+#[derive(Debug)]
+pub struct DataplaneReport {
+    /// The VTEP in use; `None` when the plan has no VTEP.
+    pub vtep: Option<Result<VtepStatus, DataplaneError>>,
+    /// Every planned network by EVPN name.
+    pub networks: BTreeMap<String, Result<(), DataplaneError>>,
+    /// Failures to remove devices no planned network wants.
+    pub removals: Vec<DataplaneError>,
+    /// Netlink requests that changed something.
+    pub changes: usize,
+}
+
+/// The VTEP address in use and the device that carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VtepStatus {
+    pub ip: IpAddr,
+    pub device: String,
+}
+
+impl Dataplane {
+    /// Connects to the node namespace (`None`: the agent's own) and settles the VRF backend.
+    pub async fn new(node_netns: Option<PathBuf>, choice: BackendChoice) -> Result<Self, DataplaneError> {
+        let node = Netns::open(node_netns.as_deref()).await?;
+        let backend = match choice {
+            BackendChoice::Kernel => Backend::Kernel,
+            BackendChoice::Netns { dir } => Backend::Netns { dir },
+            BackendChoice::Auto if probe_vrf(&node).await? => Backend::Kernel,
+            BackendChoice::Auto => Backend::Netns { dir: DEFAULT_NETNS_DIR.into() },
+        };
+        tracing::info!(backend = ?backend, node = %node.label, "data plane ready");
+        Ok(Dataplane { node, backend, vrf_netns: HashMap::new(), dummy_supported: None })
+    }
+
+    /// The VRF backend in use.
+    pub fn backend(&self) -> VrfBackend {
+        match self.backend {
+            Backend::Kernel => VrfBackend::KernelVrf,
+            Backend::Netns { .. } => VrfBackend::NetnsVrf,
+        }
+    }
+
+    /// Makes the node's devices match `plan`, changing only what differs.
+    pub async fn apply(&mut self, plan: &NodePlan) -> DataplaneReport {
+        let changes = AtomicUsize::new(0);
+        let mut report = DataplaneReport { vtep: None, networks: BTreeMap::new(), removals: Vec::new(), changes: 0 };
+
+        let vrf_ids = match &self.backend {
+            Backend::Kernel => HashMap::new(),
+            Backend::Netns { dir } => {
+                refresh_vrf_netns(&self.node, dir, &mut self.vrf_netns, plan, &mut report.removals).await
+            }
+        };
+        let Dataplane { node, backend, vrf_netns, dummy_supported } = self;
+
+        // One scope per distinct namespace; two files naming one namespace share a scope.
+        let mut namespaces: Vec<&Netns> = vec![node];
+        for ns in vrf_netns.values() {
+            if namespaces.iter().all(|n| n.id != ns.id) {
+                namespaces.push(ns);
+            }
+        }
+        let mut pending = Vec::with_capacity(namespaces.len());
+        for ns in &namespaces {
+            pending.push(Snapshot::take(ns));
+        }
+        let dumps = futures::future::join_all(pending).await;
+        let mut scopes = Vec::new();
+        let mut unreadable: HashMap<NsId, DataplaneError> = HashMap::new();
+        for (ns, dump) in namespaces.into_iter().zip(dumps) {
+            match dump {
+                Ok(snap) => scopes.push(Scope { ns, snap }),
+                Err(e) if ns.id == node.id => {
+                    // Without the node's state nothing can be compared: every network fails.
+                    report.vtep = plan.vtep.as_ref().map(|_| Err(e.clone()));
+                    for n in &plan.networks {
+                        report.networks.insert(n.evpn.clone(), Err(e.clone()));
+                    }
+                    return report;
+                }
+                Err(e) => {
+                    // Nothing of ours can be removed from it this time; its networks fail below.
+                    report.removals.push(e.clone());
+                    unreadable.insert(ns.id, e);
+                }
+            }
+        }
+        let vrf_scopes: HashMap<&str, Result<usize, DataplaneError>> = vrf_ids
+            .iter()
+            .map(|(vrf, id)| {
+                let scope =
+                    id.as_ref().map_err(Clone::clone).and_then(|id| match scopes.iter().position(|s| s.ns.id == *id) {
+                        Some(i) => Ok(i),
+                        None => Err(unreadable.get(id).cloned().unwrap_or_else(|| vrf_not_found(vrf, "not opened"))),
+                    });
+                (vrf.as_str(), scope)
+            })
+            .collect();
+
+        let vtep = match &plan.vtep {
+            Some(v) => {
+                let r = ensure_vtep(&mut scopes[NODE], v, dummy_supported, &changes).await;
+                if let Err(e) = &r {
+                    tracing::warn!(vtep = %v.name, error = %e, "VTEP not usable");
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let local = match &vtep {
+            Some(Ok(s)) => Ok(s.ip),
+            Some(Err(e)) => Err(DataplaneError::VtepUnavailable(e.to_string())),
+            None => Err(DataplaneError::VtepUnavailable("the plan has no VTEP".into())),
+        };
+
+        let mut work = Vec::new();
+        let mut protected: HashSet<&str> = plan.rejected.iter().map(|(evpn, _)| evpn.as_str()).collect();
+        for n in &plan.networks {
+            let placed = local.clone().and_then(|_| place(n, backend, &scopes[NODE].snap, &vrf_scopes));
+            match placed {
+                Ok(w) => work.push((n, w)),
+                Err(e) => {
+                    // A network that cannot be realised keeps what it has: never tear down what
+                    // cannot be rebuilt.
+                    protected.insert(n.evpn.as_str());
+                    report.networks.insert(n.evpn.clone(), Err(e));
+                }
+            }
+        }
+
+        remove_unwanted(&mut scopes, &work, &protected, &changes, &mut report.removals).await;
+
+        if let (Ok(local), Some(vtep)) = (local, &plan.vtep) {
+            let ctx = &Ctx { scopes: &scopes, local, vtep, changes: &changes };
+            // Futures built in a loop, not by a closure over borrowed items: rustc cannot prove
+            // such a closure's future `Send`, and apply() must run on a tokio task.
+            let mut pending = Vec::with_capacity(work.len());
+            for (n, w) in &work {
+                pending.push(async move { (n.evpn.clone(), ctx.network(n, w).await) });
+            }
+            let results: Vec<_> = futures::stream::iter(pending).buffer_unordered(CONCURRENCY).collect().await;
+            for (evpn, r) in results {
+                if let Err(e) = &r {
+                    tracing::warn!(evpn = %evpn, error = %e, "network not realised");
+                }
+                report.networks.insert(evpn, r);
+            }
+        }
+        report.vtep = vtep;
+        report.changes = changes.into_inner();
+        report
+    }
+}
+
+/// Whether the kernel can create a VRF device: creates a throwaway one and deletes it.
+async fn probe_vrf(ns: &Netns) -> Result<bool, DataplaneError> {
+    const PROBE: &str = "evpn-vrfprobe";
+    let fail = |source: rtnetlink::Error| DataplaneError::ProbeVrf { ns: ns.label.clone(), source: Box::new(source) };
+    match ns.handle.link().add(LinkVrf::new(PROBE, PROBE_VRF_TABLE).build()).execute().await {
+        Ok(()) => {}
+        // Left behind by an interrupted probe: the kind exists.
+        Err(e) if errno(&e) == Some(Errno::EEXIST as i32) => {}
+        Err(e) if errno(&e) == Some(Errno::EOPNOTSUPP as i32) => return Ok(false),
+        Err(e) => return Err(fail(e)),
+    }
+    ns.handle.link().del_with_message(LinkUnspec::new_with_name(PROBE).build()).execute().await.map_err(fail)?;
+    Ok(true)
+}
+
+/// Opens connections to the VRF namespaces in `dir`: those the plan needs and every other one
+/// there (it may hold devices of networks that left the plan). Returns, per planned VRF, the
+/// namespace or why it is unusable.
+async fn refresh_vrf_netns(
+    node: &Netns,
+    dir: &Path,
+    cache: &mut HashMap<PathBuf, Netns>,
+    plan: &NodePlan,
+    removals: &mut Vec<DataplaneError>,
+) -> HashMap<String, Result<NsId, DataplaneError>> {
+    let mut planned = HashMap::new();
+    // Every namespace file to open, with the planned VRF it is (None: only to clean up).
+    let mut paths: HashMap<PathBuf, Option<String>> = HashMap::new();
+    for n in plan.networks.iter().filter(|n| n.ip_vrf.is_some()) {
+        let vrf = &n.vrf;
+        // The name becomes a path: it must stay a single file inside the directory.
+        if vrf.is_empty() || vrf == "." || vrf == ".." || vrf.contains('/') {
+            planned.insert(vrf.clone(), Err(vrf_not_found(vrf, "not a valid namespace file name")));
+            continue;
+        }
+        let path = dir.join(vrf);
+        if !path.exists() {
+            let detail = format!("no network namespace file {}", path.display());
+            planned.insert(vrf.clone(), Err(vrf_not_found(vrf, &detail)));
+            continue;
+        }
+        paths.insert(path, Some(vrf.clone()));
+    }
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                paths.entry(entry.path()).or_insert(None);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => removals.push(DataplaneError::open_namespace(format!("directory {}", dir.display()), e)),
+    }
+
+    let mut keep = HashSet::new();
+    for (path, vrf) in paths {
+        let opened = open_cached(node, cache, &path).await;
+        match (opened, vrf) {
+            (Ok(id), Some(vrf)) => {
+                keep.insert(path);
+                planned.insert(vrf, Ok(id));
+            }
+            (Ok(_), None) => {
+                keep.insert(path);
+            }
+            (Err(e), Some(vrf)) => {
+                planned.insert(vrf, Err(e));
+            }
+            // Not every file in a netns directory is a usable namespace (a half-made one, a
+            // stray file); one we cannot open holds nothing we could have made.
+            (Err(e), None) => tracing::debug!(error = %e, "skipping namespace file"),
+        }
+    }
+    cache.retain(|p, _| keep.contains(p));
+    planned
+}
+
+/// The connection to the namespace at `path`, reusing the cached one while the file still names
+/// the same namespace. The node's own namespace is refused: it is not a VRF.
+async fn open_cached(node: &Netns, cache: &mut HashMap<PathBuf, Netns>, path: &Path) -> Result<NsId, DataplaneError> {
+    let label = format!("netns {}", path.display());
+    let id = NsId::of(path).map_err(|e| DataplaneError::open_namespace(label.clone(), e))?;
+    if id == node.id {
+        return Err(vrf_not_found(&path.to_string_lossy(), "the file names the node's own namespace"));
+    }
+    if cache.get(path).is_some_and(|ns| ns.id == id) {
+        return Ok(id);
+    }
+    let ns = Netns::open(Some(path)).await?;
+    let id = ns.id;
+    cache.insert(path.to_owned(), ns);
+    Ok(id)
+}
+
+fn vrf_not_found(vrf: &str, detail: &str) -> DataplaneError {
+    DataplaneError::VrfNotFound { vrf: vrf.to_owned(), detail: detail.to_owned() }
+}
+
+/// A namespace and its state at the start of this apply.
+struct Scope<'a> {
+    ns: &'a Netns,
+    snap: Snapshot,
+}
+
+/// Where one segment of a network goes.
+struct SegmentWork<'p> {
+    seg: &'p SegmentPlan,
+    scope: usize,
+    /// Index of the kernel VRF device to enslave the bridge to; 0 for none.
+    master: u32,
+    /// The SVI the bridge carries (IRB MAC-VRF only).
+    svi: Option<&'p SviPlan>,
+}
+
+/// Resolves where each segment of `n` lives, or why it cannot.
+fn place<'p>(
+    n: &'p NetworkPlan,
+    backend: &Backend,
+    node: &Snapshot,
+    vrf_scopes: &HashMap<&str, Result<usize, DataplaneError>>,
+) -> Result<Vec<SegmentWork<'p>>, DataplaneError> {
+    let vrf = match (&n.ip_vrf, backend) {
+        (None, _) => None,
+        (Some(_), Backend::Kernel) => match node.link(&n.vrf) {
+            Some(l) if l.kind == Some(InfoKind::Vrf) => Some((NODE, l.index)),
+            _ => return Err(vrf_not_found(&n.vrf, "no VRF device of that name in the node namespace")),
+        },
+        (Some(_), Backend::Netns { .. }) => match vrf_scopes.get(n.vrf.as_str()) {
+            Some(Ok(scope)) => Some((*scope, 0)),
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(vrf_not_found(&n.vrf, "not resolved")),
+        },
+    };
+    let mut work = Vec::new();
+    if let Some(seg) = &n.mac_vrf {
+        let (scope, master, svi) = match vrf {
+            Some((scope, master)) if n.bridge_in_vrf() => (scope, master, n.svi.as_ref()),
+            _ => (NODE, 0, None),
+        };
+        work.push(SegmentWork { seg, scope, master, svi });
+    }
+    if let (Some(seg), Some((scope, master))) = (&n.ip_vrf, vrf) {
+        work.push(SegmentWork { seg, scope, master, svi: None });
+    }
+    Ok(work)
+}
+
+fn owner_of(l: &Link) -> Option<&str> {
+    l.alias.as_deref()?.strip_prefix(OWNER_ALIAS_PREFIX)
+}
+
+/// Deletes our devices that no planned network wants where they are.
+async fn remove_unwanted(
+    scopes: &mut [Scope<'_>],
+    work: &[(&NetworkPlan, Vec<SegmentWork<'_>>)],
+    protected: &HashSet<&str>,
+    changes: &AtomicUsize,
+    removals: &mut Vec<DataplaneError>,
+) {
+    let mut wanted: HashSet<(usize, &str, &str)> = HashSet::new();
+    for (n, segments) in work {
+        for w in segments {
+            wanted.insert((w.scope, &w.seg.bridge, &n.evpn));
+            wanted.insert((w.scope, &w.seg.vxlan, &n.evpn));
+        }
+    }
+    let mut doomed = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        for l in scope.snap.links() {
+            let Some(owner) = owner_of(l) else { continue };
+            if protected.contains(owner) || wanted.contains(&(i, l.name.as_str(), owner)) {
+                continue;
+            }
+            doomed.push((i, l.index, l.name.clone()));
+        }
+    }
+    let mut pending = Vec::with_capacity(doomed.len());
+    for (i, index, name) in doomed {
+        let ns = scopes[i].ns;
+        pending.push(async move { (i, delete_link(changes, ns, index, &name).await.map(|()| name)) });
+    }
+    let results: Vec<_> = futures::stream::iter(pending).buffer_unordered(CONCURRENCY).collect().await;
+    for (i, r) in results {
+        match r {
+            Ok(name) => scopes[i].snap.forget(&name),
+            Err(e) => removals.push(e),
+        }
+    }
+}
+
+fn host_prefix_len(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(_) => false,
+        IpAddr::V6(a) => a.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
+/// `"10.0.0.1/24"` to `(10.0.0.1, 24)`, the prefix length checked against the family.
+fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    (len <= host_prefix_len(ip)).then_some((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_link_local_is_recognised() {
+        assert!(is_link_local("fe80::1".parse().unwrap()));
+        assert!(!is_link_local("fd00::1".parse().unwrap()));
+    }
+}
