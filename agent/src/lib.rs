@@ -5,4 +5,5 @@
 //! realise it; the reconciler ties them to the API. One network's failure is reported for that
 //! network alone: every stage works network by network.
 
+pub mod frr;
 pub mod plan;

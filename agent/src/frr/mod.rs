@@ -1,0 +1,16 @@
+//! The agent's FRR driver: renders the node plan to FRR configuration and applies it.
+//!
+//! The first apply, and any apply after FRR restarted, is a full hot reload with frr-reload.py
+//! (no daemon restart). Every later one diffs the new configuration against the last applied one
+//! (the baseline) and sends only the changed lines through vtysh, one command group per network:
+//! with a thousand VNIs a one-VNI change costs one short vtysh run instead of a full reload that
+//! re-reads and compares the whole running configuration. The baseline only claims what FRR took,
+//! so a failed network is retried on the next sync.
+
+mod config;
+mod diff;
+mod render;
+
+pub use config::{Config, RunningConfig, Stanza};
+pub use diff::{CommandGroup, diff};
+pub use render::{RenderOptions, neighbor_name, render};
