@@ -80,10 +80,23 @@ impl Stanza {
         for child in &from.children {
             match self.children.iter_mut().find(|c| c.header == child.header) {
                 Some(mine) => mine.merge_owned(child, owner),
-                None if &child.owner == owner => self.children.push(child.clone()),
-                None => {}
+                None => self.children.extend(child.owned_part(owner)),
             }
         }
+    }
+
+    /// What `owner` has in this stanza, inside bare copies of the contexts that lead to it.
+    fn owned_part(&self, owner: &Option<String>) -> Option<Stanza> {
+        if &self.owner == owner {
+            return Some(self.clone());
+        }
+        let children: Vec<Stanza> = self.children.iter().filter_map(|c| c.owned_part(owner)).collect();
+        (!children.is_empty()).then(|| Stanza {
+            header: self.header.clone(),
+            owner: self.owner.clone(),
+            lines: Vec::new(),
+            children,
+        })
     }
 
     fn collect_owners(&self, owners: &mut Vec<Option<String>>) {
@@ -158,8 +171,7 @@ impl Config {
         for stanza in &from.stanzas {
             match config.stanzas.iter_mut().find(|s| s.header == stanza.header) {
                 Some(mine) => mine.merge_owned(stanza, owner),
-                None if &stanza.owner == owner => config.stanzas.push(stanza.clone()),
-                None => {}
+                None => config.stanzas.extend(stanza.owned_part(owner)),
             }
         }
         config.sort();
@@ -302,5 +314,10 @@ mod tests {
         assert_eq!(without.stanzas, vec![Stanza::new("router bgp 65001", None)]);
         assert_eq!(without.with_owner_from(&with_blue, &Some("blue".into())), with_blue);
         assert_eq!(with_blue.owners(), [Some("blue".to_owned()), None]);
+        let only_blue = Config::default().with_owner_from(&with_blue, &Some("blue".into()));
+        assert_eq!(
+            only_blue.stanzas[1],
+            Stanza::new("router bgp 65001", None).child(with_blue.stanzas[1].children[0].clone())
+        );
     }
 }

@@ -9,8 +9,10 @@
 
 mod config;
 mod diff;
+mod driver;
 mod render;
 
 pub use config::{Config, RunningConfig, Stanza};
 pub use diff::{CommandGroup, diff};
+pub use driver::{Frr, FrrError, OwnerResult, SyncMethod, SyncReport};
 pub use render::{RenderOptions, neighbor_name, render};

@@ -1,0 +1,322 @@
+//! The FRR driver against a real FRR 8.4.4 (zebra + bgpd in a scratch netns, own pathspace).
+//!
+//! Needs root and Debian's `frr` + `frr-pythontools`; otherwise each test says why it skips.
+//! Every wait polls a condition against a deadline. The lab is torn down by a Drop guard, so a
+//! failed assertion does not leave daemons or namespaces behind.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use evpn_agent::frr::{Config, Frr, FrrError, RenderOptions, SyncMethod, render};
+use evpn_agent::plan::{NetworkPlan, NodePlan, SegmentPlan, VtepPlan, bridge_name, vxlan_name};
+use evpn_crds::RouteTargets;
+use evpn_crds::nodestate::VrfBackend;
+use evpn_crds::vtep::{Bgp, BgpNeighbor, VtepMode};
+
+const FRR_BINARIES: [&str; 4] =
+    ["/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/bin/vtysh", "/usr/lib/frr/frr-reload.py"];
+const VTEP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 1));
+
+/// Why this machine cannot run the tests, if it cannot.
+fn skip_reason() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        return Some("not running as root (netns and FRR daemons need it)".into());
+    }
+    FRR_BINARIES.iter().find(|b| !Path::new(b).exists()).map(|b| format!("{b} is not installed"))
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// zebra + bgpd of pathspace `name` in netns `name`; removed with everything else on drop.
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    fn start(tag: &str) -> Lab {
+        let name = format!("evpnt-{tag}-{}", std::process::id());
+        // The guard exists before the first resource, so a failing setup is cleaned up too.
+        let lab = Lab { name };
+        let n = lab.name.as_str();
+        sh("ip", &["netns", "add", n]).expect("netns");
+        sh("ip", &["-n", n, "link", "set", "lo", "up"]).expect("lo up");
+        sh("ip", &["-n", n, "addr", "add", "198.18.0.1/32", "dev", "lo"]).expect("VTEP address");
+        let conf_dir = format!("/etc/frr/{n}");
+        std::fs::create_dir_all(&conf_dir).expect("config dir");
+        let header = format!("frr defaults datacenter\nhostname {n}\nservice integrated-vtysh-config\n");
+        std::fs::write(format!("{conf_dir}/frr.conf"), &header).expect("frr.conf");
+        std::fs::write(format!("{conf_dir}/vtysh.conf"), format!("service integrated-vtysh-config\nhostname {n}\n"))
+            .expect("vtysh.conf");
+        sh("chown", &["-R", "frr:frr", &conf_dir]).expect("chown config");
+        sh("install", &["-d", "-o", "frr", "-g", "frr", &lab.run_dir()]).expect("run dir");
+        lab.start_daemons();
+        lab
+    }
+
+    fn run_dir(&self) -> String {
+        format!("/var/run/frr/{}", self.name)
+    }
+
+    fn pid(&self, daemon: &str) -> Option<String> {
+        std::fs::read_to_string(format!("{}/{daemon}.pid", self.run_dir())).ok().map(|p| p.trim().to_owned())
+    }
+
+    fn start_daemons(&self) {
+        let n = self.name.as_str();
+        for daemon in ["zebra", "bgpd"] {
+            let pid_file = format!("{}/{daemon}.pid", self.run_dir());
+            let binary = format!("/usr/lib/frr/{daemon}");
+            sh("ip", &["netns", "exec", n, &binary, "-d", "-N", n, "-P", "0", "-i", &pid_file]).expect(daemon);
+        }
+        wait_for("vtysh to reach zebra and bgpd", Duration::from_secs(20), || {
+            sh("vtysh", &["-N", n, "-c", "show bgp summary"]).is_ok()
+                && sh("vtysh", &["-N", n, "-c", "show zebra"]).is_ok()
+        });
+    }
+
+    fn stop_daemons(&self) {
+        let pids: Vec<String> = ["bgpd", "zebra"].iter().filter_map(|d| self.pid(d)).collect();
+        for pid in &pids {
+            let _ = sh("kill", &[pid]);
+        }
+        let start = Instant::now();
+        while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in &pids {
+            let _ = sh("kill", &["-9", pid]);
+        }
+    }
+
+    fn restart_daemons(&self) {
+        let before = (self.pid("zebra"), self.pid("bgpd"));
+        self.stop_daemons();
+        self.start_daemons();
+        assert_ne!(before, (self.pid("zebra"), self.pid("bgpd")), "FRR came back with the same pids");
+    }
+
+    fn running_config(&self) -> String {
+        sh("vtysh", &["-N", &self.name, "-c", "show running-config"]).expect("show running-config")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_daemons();
+        let _ = sh("ip", &["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(format!("/etc/frr/{}", self.name));
+        let _ = std::fs::remove_dir_all(self.run_dir());
+    }
+}
+
+fn l2_network(evpn: &str, vni: u32, import: &str) -> NetworkPlan {
+    let segment = SegmentPlan {
+        vni,
+        bridge: bridge_name(vni),
+        vxlan: vxlan_name(vni),
+        route_targets: RouteTargets { import: vec![import.into()], export: vec![format!("65000:{vni}")] },
+        rd_index: vni,
+    };
+    NetworkPlan { evpn: evpn.into(), generation: 1, vrf: evpn.into(), mac_vrf: Some(segment), ip_vrf: None, svi: None }
+}
+
+fn node(networks: Vec<NetworkPlan>) -> NodePlan {
+    let neighbor = BgpNeighbor {
+        address: Some("198.18.1.1".into()),
+        interface: None,
+        asn: Some(65000),
+        dynamic_asn: None,
+        password_secret: None,
+        bfd_profile: None,
+    };
+    NodePlan {
+        vtep: Some(VtepPlan {
+            name: "fabric".into(),
+            mode: VtepMode::Managed,
+            ip: Some(VTEP),
+            cidrs: vec!["198.18.0.0/24".into()],
+            udp_port: 4789,
+            mtu: None,
+            bgp: Some(Bgp { asn: 65001, neighbors: vec![neighbor], bfd_profiles: Vec::new() }),
+        }),
+        networks,
+        rejected: Vec::new(),
+    }
+}
+
+fn config(lab: &Lab, networks: Vec<NetworkPlan>) -> Config {
+    let opts = RenderOptions {
+        hostname: lab.name.clone(),
+        vrf_backend: VrfBackend::KernelVrf,
+        vrf_netns_dir: "/run/netns".into(),
+        passwords: Default::default(),
+    };
+    render(&node(networks), VTEP, &opts)
+}
+
+/// The lines of `vni <vni>`'s block in a running configuration.
+fn vni_block(running: &str, vni: u32) -> String {
+    let start = format!("  vni {vni}\n");
+    running
+        .split_once(&start)
+        .and_then(|(_, rest)| rest.split_once("  exit-vni"))
+        .map(|(b, _)| b.to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn syncs_incrementally_isolates_failures_and_reloads_after_restart() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let lab = Lab::start("sync");
+    let mut frr = Frr::new(Some(lab.name.clone()));
+
+    // First sync: nothing to diff against, a full reload.
+    let two = || vec![l2_network("blue", 100, "65000:100"), l2_network("green", 200, "65000:200")];
+    let report = frr.sync(&config(&lab, two())).await;
+    assert_eq!(report.method, SyncMethod::FullReload);
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    for line in [
+        "router bgp 65001\n",
+        " neighbor 198.18.1.1 remote-as 65000\n",
+        "  neighbor 198.18.1.1 allowas-in origin\n",
+        "  advertise-all-vni\n",
+    ] {
+        assert!(running.contains(line), "{line:?} missing from\n{running}");
+    }
+    assert_eq!(
+        vni_block(&running, 100),
+        "   rd 198.18.0.1:100\n   route-target import 65000:100\n   route-target export 65000:100\n"
+    );
+    assert_eq!(frr.sync(&config(&lab, two())).await.method, SyncMethod::NoChange);
+
+    // One VNI's route target: an incremental change of that VNI only.
+    let changed = || vec![l2_network("blue", 100, "65000:100"), l2_network("green", 200, "65000:201")];
+    let report = frr.sync(&config(&lab, changed())).await;
+    assert_eq!(report.method, SyncMethod::Incremental);
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    assert_eq!(
+        vni_block(&running, 200),
+        "   rd 198.18.0.1:200\n   route-target import 65000:201\n   route-target export 65000:200\n"
+    );
+    assert!(vni_block(&running, 100).contains("import 65000:100"));
+
+    // A route target FRR rejects fails its network alone; another network's change still lands.
+    let with_bad = || {
+        vec![
+            l2_network("blue", 100, "65000:101"),
+            l2_network("green", 200, "65000:201"),
+            l2_network("bad", 300, "70000:70000"),
+        ]
+    };
+    let report = frr.sync(&config(&lab, with_bad())).await;
+    assert_eq!(report.method, SyncMethod::Incremental);
+    assert!(matches!(report.result(Some("bad")), Some(Err(FrrError::CommandFailed { .. }))), "{report:?}");
+    assert!(matches!(report.result(Some("blue")), Some(Ok(()))), "{report:?}");
+    assert!(matches!(report.result(None), Some(Ok(()))), "{report:?}");
+    assert!(vni_block(&lab.running_config(), 100).contains("route-target import 65000:101"));
+    assert!(
+        !frr.baseline().is_some_and(|b| b.owners().contains(&Some("bad".into()))),
+        "the baseline claims a failed network"
+    );
+    // Still failing on retry; removing the network then cleans what the failed group left.
+    let report = frr.sync(&config(&lab, with_bad())).await;
+    assert!(report.result(Some("bad")).is_some_and(|r| r.is_err()), "{report:?}");
+    let without_bad = || vec![l2_network("blue", 100, "65000:101"), l2_network("green", 200, "65000:201")];
+    let report = frr.sync(&config(&lab, without_bad())).await;
+    assert!(report.is_ok(), "{report:?}");
+    assert!(!lab.running_config().contains("  vni 300\n"), "the failed network's partial VNI block stayed");
+
+    // FRR restarted: the baseline is stale, the next sync reloads fully.
+    lab.restart_daemons();
+    let report = frr.sync(&config(&lab, without_bad())).await;
+    assert_eq!(report.method, SyncMethod::FullReload);
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    assert!(vni_block(&running, 200).contains("route-target import 65000:201"), "{running}");
+    assert_eq!(frr.sync(&config(&lab, without_bad())).await.method, SyncMethod::NoChange);
+
+    // State readers on live output.
+    let sessions = frr.bgp_sessions().await.expect("bgp sessions");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].neighbor, "198.18.1.1");
+    assert_ne!(sessions[0].state, "Established");
+    assert!(frr.vnis().await.expect("vnis").is_empty(), "no VXLAN devices, so zebra knows no VNI");
+    assert!(!frr.vrf_active("red").await.expect("show vrf"));
+}
+
+/// Timing of one incremental one-VNI change against a full frr-reload.py, with ~1000 L2VNIs.
+/// `cargo test -p evpn-agent --test frr -- --ignored --nocapture`
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "benchmark: takes about a minute"]
+async fn one_vni_change_with_1000_vnis_incremental_vs_full_reload() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let lab = Lab::start("bench");
+    let mut frr = Frr::new(Some(lab.name.clone()));
+    let networks = |changed_rt: &str| -> Vec<NetworkPlan> {
+        (1..=1000)
+            .map(|i| l2_network(&format!("net{i}"), 10_000 + i, if i == 500 { changed_rt } else { "65000:1" }))
+            .collect()
+    };
+    let start = Instant::now();
+    let report = frr.sync(&config(&lab, networks("65000:1"))).await;
+    println!("initial full reload of 1000 VNIs: {:?}", start.elapsed());
+    assert!(report.is_ok(), "{report:?}");
+
+    let rounds = 5;
+    let mut incremental = Vec::new();
+    let mut full = Vec::new();
+    for round in 0..rounds {
+        let rt = format!("65000:{}", 2 + round);
+        let start = Instant::now();
+        let report = frr.sync(&config(&lab, networks(&rt))).await;
+        incremental.push(start.elapsed());
+        assert_eq!(report.method, SyncMethod::Incremental);
+        assert!(report.is_ok(), "{report:?}");
+
+        let rt = format!("65000:{}", 100 + round);
+        frr.forget_baseline();
+        let start = Instant::now();
+        let report = frr.sync(&config(&lab, networks(&rt))).await;
+        full.push(start.elapsed());
+        assert_eq!(report.method, SyncMethod::FullReload);
+        assert!(report.is_ok(), "{report:?}");
+    }
+    incremental.sort();
+    full.sort();
+    println!("one-VNI change with 1000 VNIs, {rounds} rounds (sync() incl. render input, min / median / max):");
+    println!(
+        "  incremental vtysh: {:?} / {:?} / {:?}",
+        incremental[0],
+        incremental[rounds / 2],
+        incremental[rounds - 1]
+    );
+    println!("  full reload:       {:?} / {:?} / {:?}", full[0], full[rounds / 2], full[rounds - 1]);
+}
