@@ -200,31 +200,33 @@ impl Config {
     pub fn missing_from(&self, running: &RunningConfig, owner: &Option<String>) -> Vec<String> {
         let mut missing = Vec::new();
         for stanza in &self.stanzas {
-            missing_lines(stanza, &running.stanzas, &mut Vec::new(), owner, &mut missing);
+            missing_lines(stanza, (&[], &running.stanzas), &mut Vec::new(), owner, &mut missing);
         }
         missing
     }
 }
 
+/// Looks `stanza` up in the running context given as (plain lines, sub-stanzas). A context FRR
+/// shows without lines (`profile fast` with default timers) parses as a plain line.
 fn missing_lines<'a>(
     stanza: &'a Stanza,
-    running: &[Stanza],
+    (running_lines, running_stanzas): (&[String], &[Stanza]),
     path: &mut Vec<&'a str>,
     owner: &Option<String>,
     missing: &mut Vec<String>,
 ) {
     path.push(&stanza.header);
-    let found = running.iter().find(|r| r.header == stanza.header);
+    let found = running_stanzas.iter().find(|r| r.header == stanza.header);
     if &stanza.owner == owner {
         let lines = stanza.lines.iter().filter(|l| found.is_none_or(|r| !r.lines.contains(l)));
         missing.extend(lines.map(|l| format!("{} > {l}", path.join(" > "))));
-        if found.is_none() && stanza.lines.is_empty() {
+        if found.is_none() && stanza.lines.is_empty() && !running_lines.contains(&stanza.header) {
             missing.push(path.join(" > "));
         }
     }
-    let running_children = found.map(|r| r.children.as_slice()).unwrap_or_default();
+    let inside = found.map(|r| (r.lines.as_slice(), r.children.as_slice())).unwrap_or_default();
     for child in &stanza.children {
-        missing_lines(child, running_children, path, owner, missing);
+        missing_lines(child, inside, path, owner, missing);
     }
     path.pop();
 }

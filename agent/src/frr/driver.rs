@@ -151,7 +151,10 @@ impl Frr {
             None => desired.clone(),
         };
         let zebra_and_bgpd_known = daemons.iter().take(2).all(Option::is_some);
-        let current = previous.filter(|b| b.daemons == daemons && zebra_and_bgpd_known);
+        // A new ASN means a new default BGP instance, which FRR refuses while the old one and
+        // its VRF instances exist: only a full reload can replace them in the right order.
+        let same_asn = |b: &Baseline| underlay_instance(&b.config) == underlay_instance(&effective);
+        let current = previous.filter(|b| b.daemons == daemons && zebra_and_bgpd_known && same_asn(b));
         let (method, owners, applied) = match current {
             Some(current) => {
                 let mut old = current.config;
@@ -394,6 +397,12 @@ impl Frr {
         }
         identity
     }
+}
+
+/// The header of the node-wide BGP instance (`router bgp <asn>`).
+fn underlay_instance(config: &Config) -> Option<&str> {
+    let is_underlay = |h: &&str| h.starts_with("router bgp ") && !h.contains(" vrf ");
+    config.stanzas.iter().map(|s| s.header.as_str()).find(is_underlay)
 }
 
 /// Every owner of `config` plus those with groups, each with its error or `Ok`.

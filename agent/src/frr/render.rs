@@ -15,6 +15,10 @@ use evpn_crds::vtep::{Bgp, BgpNeighbor, DynamicAsn};
 use super::config::{Config, Stanza};
 use crate::plan::{NetworkPlan, NodePlan, route_distinguisher, router_id};
 
+/// bfdd's timer defaults (FRR 8.4.4).
+const BFD_DEFAULT_INTERVAL_MS: u32 = 300;
+const BFD_DEFAULT_MULTIPLIER: u32 = 3;
+
 /// What the renderer needs beyond the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderOptions {
@@ -49,12 +53,20 @@ pub fn render(plan: &NodePlan, vtep_ip: IpAddr, opts: &RenderOptions) -> Config 
     if !bgp.bfd_profiles.is_empty() {
         let mut bfd = Stanza::new("bfd", None);
         for p in &bgp.bfd_profiles {
-            bfd.children.push(
-                Stanza::new(format!("profile {}", p.name), None)
-                    .line(format!("receive-interval {}", p.receive_interval))
-                    .line(format!("transmit-interval {}", p.transmit_interval))
-                    .line(format!("detect-multiplier {}", p.detect_multiplier)),
-            );
+            // FRR leaves default timers out of its running configuration; rendering them would
+            // make the driver's check of what FRR applied see them as missing.
+            let settings = [
+                ("receive-interval", p.receive_interval, BFD_DEFAULT_INTERVAL_MS),
+                ("transmit-interval", p.transmit_interval, BFD_DEFAULT_INTERVAL_MS),
+                ("detect-multiplier", p.detect_multiplier, BFD_DEFAULT_MULTIPLIER),
+            ];
+            let mut profile = Stanza::new(format!("profile {}", p.name), None);
+            for (setting, value, default) in settings {
+                if value != default {
+                    profile.lines.push(format!("{setting} {value}"));
+                }
+            }
+            bfd.children.push(profile);
         }
         config.stanzas.push(bfd);
     }
@@ -342,7 +354,7 @@ exit
         bgp.bfd_profiles.push(BfdProfile {
             name: "fast".into(),
             receive_interval: 100,
-            transmit_interval: 150,
+            transmit_interval: 300,
             detect_multiplier: 4,
         });
         let mut o = opts(VrfBackend::KernelVrf);
@@ -351,7 +363,6 @@ exit
         let expected = "bfd
  profile fast
   receive-interval 100
-  transmit-interval 150
   detect-multiplier 4
  exit
 exit
