@@ -178,8 +178,8 @@ impl Frr {
         let groups = diff(old, new);
         let method = if groups.is_empty() { SyncMethod::NoChange } else { SyncMethod::Incremental };
         let mut failed = Vec::new();
-        for group in &groups {
-            if let Err(e) = self.run_group(group).await {
+        for (group, outcome) in groups.iter().zip(self.run_groups(&groups).await) {
+            if let Err(e) = outcome {
                 failed.push((group.owner.clone(), e));
             }
         }
@@ -255,26 +255,35 @@ impl Frr {
         }
     }
 
-    async fn run_group(&self, group: &CommandGroup) -> Result<(), FrrError> {
+    /// Runs every group in one vtysh session: starting vtysh (it builds the command tree of every
+    /// daemon) costs more than a one-VNI change, and a thousand groups must not mean a thousand
+    /// vtysh runs. Each group is wrapped in `configure terminal` ... `end`, so one whose failure
+    /// leaves vtysh in an unexpected context cannot derail the next; `--echo` prints each command
+    /// before its output, which attributes every error line to its group.
+    async fn run_groups(&self, groups: &[CommandGroup]) -> Vec<Result<(), FrrError>> {
+        let session = Session::new(groups);
         let mut args = self.vtysh_prefix();
-        args.extend(["-c".into(), "configure terminal".into()]);
-        for command in &group.commands {
-            args.extend(["-c".into(), command.clone()]);
+        args.push("--echo".into());
+        for (_, command) in &session.commands {
+            args.extend(["-c".into(), (*command).to_owned()]);
         }
-        let (ok, output) = run(&self.vtysh, &args, VTYSH_TIMEOUT).await?;
-        let errors = error_lines(&output);
-        let all_benign = errors.split("; ").all(|e| e.is_empty() || ALREADY_ABSENT.contains(&e));
-        if all_benign && (ok || !errors.is_empty()) {
-            return Ok(());
-        }
-        let group_name = match &group.owner {
-            Some(evpn) => format!("network {evpn}"),
-            None => "the node-wide configuration".into(),
+        let outcomes = match run(&self.vtysh, &args, VTYSH_TIMEOUT).await {
+            Ok((_, output)) => session.outcomes(&output),
+            Err(e) => vec![Err(e.to_string()); groups.len()],
         };
-        Err(FrrError::CommandFailed {
-            group: group_name,
-            output: if errors.is_empty() { tail(&output) } else { errors },
-        })
+        groups
+            .iter()
+            .zip(outcomes)
+            .map(|(group, outcome)| {
+                outcome.map_err(|output| FrrError::CommandFailed {
+                    group: match &group.owner {
+                        Some(evpn) => format!("network {evpn}"),
+                        None => "the node-wide configuration".into(),
+                    },
+                    output,
+                })
+            })
+            .collect()
     }
 
     /// Runs a vtysh show command; fails on a non-zero exit or a `%` error line.
@@ -405,6 +414,62 @@ fn underlay_instance(config: &Config) -> Option<&str> {
     config.stanzas.iter().map(|s| s.header.as_str()).find(is_underlay)
 }
 
+/// The flat command list of one vtysh session, each command with the index of its group.
+struct Session<'a> {
+    commands: Vec<(usize, &'a str)>,
+    groups: usize,
+}
+
+impl<'a> Session<'a> {
+    fn new(groups: &'a [CommandGroup]) -> Self {
+        let mut commands = Vec::new();
+        for (i, group) in groups.iter().enumerate() {
+            commands.push((i, "configure terminal"));
+            commands.extend(group.commands.iter().map(|c| (i, c.as_str())));
+            commands.push((i, "end"));
+        }
+        Session { commands, groups: groups.len() }
+    }
+
+    /// Each group's outcome from vtysh's echoed output: an error with its lines when one of them
+    /// is a rejection (`% ...`, except removals of what is already gone), or when vtysh stopped
+    /// before the group's last command.
+    fn outcomes(&self, output: &str) -> Vec<Result<(), String>> {
+        let mut lines: Vec<Vec<&str>> = vec![Vec::new(); self.groups];
+        let mut echoed = 0;
+        for line in output.lines() {
+            if let Some((_, command)) = self.commands.get(echoed)
+                && line.strip_suffix(command).is_some_and(|prompt| prompt.ends_with("# "))
+            {
+                echoed += 1;
+                continue;
+            }
+            let line = line.trim();
+            // Lines before the first echo are vtysh's own (e.g. it could not connect).
+            if let (false, Some((group, _))) =
+                (line.is_empty(), echoed.checked_sub(1).and_then(|c| self.commands.get(c)))
+            {
+                lines[*group].push(line);
+            }
+        }
+        let last_command = |group: usize| self.commands.iter().rposition(|(g, _)| *g == group).unwrap_or_default();
+        lines
+            .into_iter()
+            .enumerate()
+            .map(|(group, lines)| {
+                let rejected = lines.iter().any(|l| l.starts_with('%') && !ALREADY_ABSENT.contains(l));
+                if echoed <= last_command(group) {
+                    Err(format!("vtysh stopped before the group ran: {}", tail(output)))
+                } else if rejected {
+                    Err(lines.join("; "))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+}
+
 /// Every owner of `config` plus those with groups, each with its error or `Ok`.
 fn owner_results(
     config: &Config,
@@ -497,6 +562,27 @@ mod tests {
         );
         assert_eq!(error_lines("Building configuration...\n"), "");
         assert_eq!(tail("a\n\nb\nc\nd\ne\nf\n"), "b; c; d; e; f");
+    }
+
+    #[test]
+    fn echoed_output_attributes_errors_to_their_group() {
+        let groups = [
+            CommandGroup {
+                owner: Some("bad".into()),
+                commands: vec!["router bgp 65001".into(), "vni 300".into(), "exit".into()],
+            },
+            CommandGroup { owner: Some("gone".into()), commands: vec!["router bgp 65001".into(), "no vni 200".into()] },
+            CommandGroup { owner: None, commands: vec!["router bgp 65001".into(), "exit".into()] },
+        ];
+        let session = Session::new(&groups);
+        let output = "n1# configure terminal\nn1(config)# router bgp 65001\nn1(config-router)# vni 300\n\
+            % Configuration failed.\nError description: VNI 300 is bad\nn1(config-router)# exit\nn1(config)# end\n\
+            n1# configure terminal\nn1(config)# router bgp 65001\nn1(config-router)# no vni 200\n\
+            % Specified VNI does not exist\nn1(config-router)# end\nn1# configure terminal\n";
+        let outcomes = session.outcomes(output);
+        assert_eq!(outcomes[0], Err("% Configuration failed.; Error description: VNI 300 is bad".into()));
+        assert_eq!(outcomes[1], Ok(()), "removing what is gone is no failure");
+        assert!(outcomes[2].as_ref().is_err_and(|e| e.starts_with("vtysh stopped")), "{outcomes:?}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! The first apply, and any apply after FRR restarted, is a full hot reload with frr-reload.py
 //! (no daemon restart). Every later one diffs the new configuration against the last applied one
-//! (the baseline) and sends only the changed lines through vtysh, one command group per network:
-//! with a thousand VNIs a one-VNI change costs one short vtysh run instead of a full reload that
-//! re-reads and compares the whole running configuration. The baseline only claims what FRR took,
-//! so a failed network is retried on the next sync.
+//! (the baseline) and sends only the changed lines through vtysh, one command group per network,
+//! all groups in one vtysh session: with a thousand VNIs a one-VNI change costs one short vtysh
+//! run instead of a full reload that re-reads and compares the whole running configuration. A
+//! group's errors are its network's alone, and the baseline only claims what FRR took, so a
+//! failed network is retried on the next sync.
 
 mod config;
 mod diff;
