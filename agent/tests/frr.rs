@@ -51,14 +51,28 @@ fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool)
 /// zebra, bgpd and bfdd of pathspace `name` in netns `name`; removed with everything else on drop.
 struct Lab {
     name: String,
+    /// With the netns VRF backend: the directory zebra sees as /run/netns (see `start_netns`).
+    vrf_dir: Option<String>,
 }
 
 impl Lab {
     fn start(tag: &str) -> Lab {
+        Lab::setup(tag, false)
+    }
+
+    /// zebra with the netns VRF backend (`-n`). It turns every file in /run/netns into a VRF, so
+    /// the daemons run in a private mount namespace whose /run/netns is this lab's own directory,
+    /// a shared mount so VRFs bound later show up inside (the recipe of the reference lab).
+    fn start_netns(tag: &str) -> Lab {
+        Lab::setup(tag, true)
+    }
+
+    fn setup(tag: &str, netns_vrfs: bool) -> Lab {
         let name = format!("evpnt-{tag}-{}", std::process::id());
         // The guard exists before the first resource, so a failing setup is cleaned up too.
-        let lab = Lab { name };
-        let n = lab.name.as_str();
+        let mut lab = Lab { name, vrf_dir: None };
+        let n = lab.name.clone();
+        let n = n.as_str();
         sh("ip", &["netns", "add", n]).expect("netns");
         sh("ip", &["-n", n, "link", "set", "lo", "up"]).expect("lo up");
         sh("ip", &["-n", n, "addr", "add", "198.18.0.1/32", "dev", "lo"]).expect("VTEP address");
@@ -70,8 +84,30 @@ impl Lab {
             .expect("vtysh.conf");
         sh("chown", &["-R", "frr:frr", &conf_dir]).expect("chown config");
         sh("install", &["-d", "-o", "frr", "-g", "frr", &lab.run_dir()]).expect("run dir");
+        if netns_vrfs {
+            let dir = format!("{}/netns", lab.run_dir());
+            sh("install", &["-d", "-o", "frr", "-g", "frr", &dir]).expect("VRF dir");
+            lab.vrf_dir = Some(dir.clone());
+            sh("mount", &["--bind", &dir, &dir]).expect("bind VRF dir");
+            sh("mount", &["--make-shared", &dir]).expect("share VRF dir");
+        }
         lab.start_daemons();
         lab
+    }
+
+    /// Binds a fresh netns as VRF `vrf` of this FRR and waits until zebra has bound it.
+    async fn add_vrf(&self, frr: &Frr, vrf: &str) {
+        let dir = self.vrf_dir.as_deref().expect("a netns VRF lab");
+        let netns = format!("{}-{vrf}", self.name);
+        sh("ip", &["netns", "add", &netns]).expect("VRF netns");
+        let target = format!("{dir}/{vrf}");
+        std::fs::write(&target, "").expect("VRF mount point");
+        sh("mount", &["--bind", &format!("/run/netns/{netns}"), &target]).expect("bind VRF netns");
+        let start = Instant::now();
+        while !frr.vrf_active(vrf).await.expect("show vrf") {
+            assert!(start.elapsed() < Duration::from_secs(20), "zebra did not bind netns VRF {vrf}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn run_dir(&self) -> String {
@@ -84,14 +120,31 @@ impl Lab {
 
     fn start_daemons(&self) {
         let n = self.name.as_str();
-        for daemon in DAEMONS {
-            let pid_file = format!("{}/{daemon}.pid", self.run_dir());
-            let binary = format!("/usr/lib/frr/{daemon}");
-            sh("ip", &["netns", "exec", n, &binary, "-d", "-N", n, "-P", "0", "-i", &pid_file]).expect(daemon);
+        let commands: Vec<String> = DAEMONS
+            .iter()
+            .map(|daemon| {
+                let vrf_backend = if *daemon == "zebra" && self.vrf_dir.is_some() { " -n" } else { "" };
+                format!("/usr/lib/frr/{daemon} -d -N {n}{vrf_backend} -P 0 -i {}/{daemon}.pid", self.run_dir())
+            })
+            .collect();
+        match &self.vrf_dir {
+            Some(dir) => {
+                let script = format!("mount --rbind {dir} /run/netns\n{}", commands.join("\n"));
+                let args = ["netns", "exec", n, "unshare", "-m", "--propagation", "slave", "sh", "-ec", &script];
+                sh("ip", &args).expect("daemons in a private mount namespace");
+            }
+            None => {
+                for command in &commands {
+                    let mut args = vec!["netns", "exec", n];
+                    args.extend(command.split(' '));
+                    sh("ip", &args).expect("daemon");
+                }
+            }
         }
-        wait_for("vtysh to reach zebra and bgpd", Duration::from_secs(20), || {
-            sh("vtysh", &["-N", n, "-c", "show bgp summary"]).is_ok()
-                && sh("vtysh", &["-N", n, "-c", "show zebra"]).is_ok()
+        wait_for("vtysh to reach the daemons", Duration::from_secs(20), || {
+            ["show zebra", "show bgp summary", "show bfd peers"]
+                .iter()
+                .all(|c| sh("vtysh", &["-N", n, "-c", c]).is_ok())
         });
     }
 
@@ -126,6 +179,14 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_daemons();
+        if let Some(dir) = &self.vrf_dir {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let vrf = entry.file_name().to_string_lossy().into_owned();
+                let _ = sh("umount", &["-l", &entry.path().to_string_lossy()]);
+                let _ = sh("ip", &["netns", "del", &format!("{}-{vrf}", self.name)]);
+            }
+            let _ = sh("umount", &["-l", dir]);
+        }
         let _ = sh("ip", &["netns", "del", &self.name]);
         let _ = std::fs::remove_dir_all(format!("/etc/frr/{}", self.name));
         let _ = std::fs::remove_dir_all(self.run_dir());
@@ -359,6 +420,53 @@ async fn applies_and_removes_layer3_irb_bfd_and_passwords() {
     let running = lab.running_config();
     assert!(running.contains("router bgp 65002\n") && running.contains("router bgp 65002 vrf green\n"), "{running}");
     assert!(!running.contains("65001"), "{running}");
+}
+
+/// The netns VRF traps of FRR 8.4.4: the VRF is configured only once zebra bound its netns, and
+/// removing the network keeps the `vrf` stanza with its `netns` line, so the network can come
+/// back (a VRF unbound from its netns cannot be bound again: "Invalid NSID").
+#[tokio::test(flavor = "current_thread")]
+async fn netns_vrf_survives_removal_and_comes_back() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let lab = Lab::start_netns("ns");
+    let mut frr = Frr::new(Some(lab.name.clone()));
+    lab.add_vrf(&frr, "red").await;
+    let mut opts = options(&lab);
+    opts.vrf_backend = VrfBackend::NetnsVrf;
+    let with_red = || render(&node(vec![l3_network("red", 4000, None)]), VTEP, &opts);
+    let without_red = || render(&node(Vec::new()), VTEP, &opts);
+
+    let report = frr.sync(&with_red()).await;
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    assert!(running.contains("vrf red\n vni 4000\n netns /run/netns/red\nexit-vrf"), "{running}");
+    assert!(running.contains("router bgp 65001 vrf red\n"), "{running}");
+
+    let report = frr.sync(&without_red()).await;
+    assert_eq!(report.method, SyncMethod::Incremental);
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    assert!(running.contains("vrf red\n netns /run/netns/red\nexit-vrf"), "{running}");
+    assert!(!running.contains("4000") && !running.contains("vrf red\n bgp"), "{running}");
+    assert!(frr.vrf_active("red").await.expect("show vrf"), "the VRF lost its netns");
+
+    // A full reload without the network (e.g. after an agent restart) keeps the binding too.
+    frr.forget_baseline();
+    let report = frr.sync(&without_red()).await;
+    assert_eq!(report.method, SyncMethod::FullReload);
+    assert!(report.is_ok(), "{report:?}");
+    assert!(frr.vrf_active("red").await.expect("show vrf"), "the full reload unbound the VRF");
+
+    let report = frr.sync(&with_red()).await;
+    assert_eq!(report.method, SyncMethod::Incremental);
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    assert!(running.contains("vrf red\n vni 4000\n netns /run/netns/red\nexit-vrf"), "{running}");
+    let vnis = frr.vnis().await.expect("vnis");
+    assert!(vnis.iter().any(|v| v.vni == 4000 && v.type_ == "L3" && !v.up), "no VXLAN device yet: {vnis:?}");
 }
 
 /// Timing of one incremental one-VNI change against a full frr-reload.py, with ~1000 L2VNIs.

@@ -181,9 +181,9 @@ impl Config {
     /// This configuration plus the netns-bound VRFs of `old` that it dropped, reduced to their
     /// `netns` line: FRR 8.4.4 cannot bind a VRF to its netns again once `no netns` or `no vrf`
     /// unbound it ("Invalid NSID"), so the binding stays for as long as FRR runs.
-    pub fn retaining_netns_vrfs(&self, old: &Config) -> Config {
+    pub fn retaining_netns_vrfs(&self, old: &[Stanza]) -> Config {
         let mut config = self.clone();
-        for stanza in &old.stanzas {
+        for stanza in old {
             let Some(netns) = stanza.netns_line() else { continue };
             if config.stanzas.iter().any(|s| s.header == stanza.header) {
                 continue;

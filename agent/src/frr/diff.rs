@@ -305,9 +305,9 @@ mod tests {
         );
         assert_eq!(diff(&old, &without), std::slice::from_ref(&expected));
         // What the driver keeps as baseline: the netns binding stays and is not touched again.
-        let retained = without.retaining_netns_vrfs(&old);
+        let retained = without.retaining_netns_vrfs(&old.stanzas);
         assert_eq!(diff(&old, &retained), [expected]);
-        assert_eq!(diff(&retained, &retained.retaining_netns_vrfs(&retained)), []);
+        assert_eq!(diff(&retained, &retained.retaining_netns_vrfs(&retained.stanzas)), []);
 
         let kernel = diff(
             &config(&with_red, VrfBackend::KernelVrf),

@@ -30,7 +30,8 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// What vtysh says when asked to remove what is already gone: the goal is met. A removal is
 /// retried after a partial failure, so this is expected (and 8.4.4 then exits 1).
 const ALREADY_ABSENT: [&str; 2] = ["% Specified VNI does not exist", "% Can't find BGP instance"];
-/// The daemons whose restart loses configuration the agent applied.
+/// The daemons whose restart loses configuration the agent applied; zebra and bgpd first, they
+/// always run.
 const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
 
 /// Why talking to FRR failed.
@@ -102,7 +103,8 @@ struct Baseline {
     unsure: Config,
 }
 
-/// The contents of the daemons' pid files; `None` where a file could not be read.
+/// The contents of the daemons' pid files, in [`DAEMONS`] order; `None` where a file could not
+/// be read.
 type DaemonIdentity = Vec<Option<String>>;
 
 /// One FRR instance (a pathspace, for FRR running as `-N <name>`, or the default one).
@@ -144,27 +146,36 @@ impl Frr {
     pub async fn sync(&mut self, desired: &Config) -> SyncReport {
         let daemons = self.daemon_identity().await;
         let previous = self.baseline.take();
-        // Netns-bound VRFs outlive their network (see `Config::retaining_netns_vrfs`), even
-        // across an FRR restart that makes the rest of the previous baseline stale.
-        let effective = match &previous {
-            Some(b) => desired.retaining_netns_vrfs(&b.config),
-            None => desired.clone(),
-        };
-        let zebra_and_bgpd_known = daemons.iter().take(2).all(Option::is_some);
+        let zebra_and_bgpd_known = daemons[..2].iter().all(Option::is_some);
         // A new ASN means a new default BGP instance, which FRR refuses while the old one and
         // its VRF instances exist: only a full reload can replace them in the right order.
-        let same_asn = |b: &Baseline| underlay_instance(&b.config) == underlay_instance(&effective);
-        let current = previous.filter(|b| b.daemons == daemons && zebra_and_bgpd_known && same_asn(b));
-        let (method, owners, applied) = match current {
+        let same_asn = |b: &Baseline| underlay_instance(&b.config) == underlay_instance(desired);
+        let (current, stale) = match previous {
+            Some(b) if b.daemons == daemons && zebra_and_bgpd_known && same_asn(&b) => (Some(b), None),
+            other => (None, other),
+        };
+        // Netns-bound VRFs outlive their network (see `Config::retaining_netns_vrfs`).
+        let (method, owners, applied, effective) = match current {
             Some(current) => {
+                let effective = desired.retaining_netns_vrfs(&current.config.stanzas);
                 let mut old = current.config;
                 let desired_owners = effective.owners();
                 for owner in current.unsure.owners().iter().filter(|o| !desired_owners.contains(o)) {
                     old = old.with_owner_from(&current.unsure, owner);
                 }
-                self.sync_incremental(&old, &effective).await
+                let (method, owners, applied) = self.sync_incremental(&old, &effective).await;
+                (method, owners, applied, effective)
             }
-            None => self.sync_full(&effective).await,
+            None => {
+                // Without a valid baseline, FRR itself says which VRFs are bound (after an agent
+                // restart), and so does the stale baseline (incremental additions that FRR's
+                // saved file, loaded by a restarted FRR, lacks).
+                let mut bound = self.running_config().await.map(|r| r.stanzas).unwrap_or_default();
+                bound.extend(stale.into_iter().flat_map(|b| b.config.stanzas));
+                let effective = desired.retaining_netns_vrfs(&bound);
+                let (method, owners, applied) = self.sync_full(&effective).await;
+                (method, owners, applied, effective)
+            }
         };
         let mut unsure = Config::default();
         for failed in owners.iter().filter(|o| o.result.is_err()) {
