@@ -114,6 +114,36 @@ impl Lab {
         format!("/var/run/frr/{}", self.name)
     }
 
+    /// The L3VNI's VXLAN device and bridge in the VRF's netns. The VXLAN device is created in
+    /// the node's netns and then moved, so its UDP socket stays in the underlay.
+    fn add_l3vni_devices(&self, vrf: &str, vni: u32) {
+        let (node, vrf_netns) = (self.name.as_str(), format!("{}-{vrf}", self.name));
+        let (vxlan, bridge, vni) = (vxlan_name(vni), bridge_name(vni), vni.to_string());
+        let ip = |args: &[&str]| sh("ip", args).expect("L3VNI devices");
+        ip(&[
+            "-n",
+            node,
+            "link",
+            "add",
+            &vxlan,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "local",
+            "198.18.0.1",
+            "dstport",
+            "4789",
+            "nolearning",
+        ]);
+        ip(&["-n", node, "link", "set", &vxlan, "netns", &vrf_netns]);
+        ip(&["-n", &vrf_netns, "link", "add", &bridge, "type", "bridge", "stp_state", "0"]);
+        ip(&["-n", &vrf_netns, "link", "set", &vxlan, "master", &bridge]);
+        for device in ["lo", vxlan.as_str(), bridge.as_str()] {
+            ip(&["-n", &vrf_netns, "link", "set", device, "up"]);
+        }
+    }
+
     fn pid(&self, daemon: &str) -> Option<String> {
         std::fs::read_to_string(format!("{}/{daemon}.pid", self.run_dir())).ok().map(|p| p.trim().to_owned())
     }
@@ -422,9 +452,23 @@ async fn applies_and_removes_layer3_irb_bfd_and_passwords() {
     assert!(!running.contains("65001"), "{running}");
 }
 
-/// The netns VRF traps of FRR 8.4.4: the VRF is configured only once zebra bound its netns, and
-/// removing the network keeps the `vrf` stanza with its `netns` line, so the network can come
-/// back (a VRF unbound from its netns cannot be bound again: "Invalid NSID").
+async fn wait_for_l3vni_up(frr: &Frr, vni: u32) {
+    let start = Instant::now();
+    loop {
+        let vnis = frr.vnis().await.expect("vnis");
+        if vnis.iter().any(|v| v.vni == vni && v.type_ == "L3" && v.up) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "L3VNI {vni} not up: {vnis:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The netns VRF traps of FRR 8.4.4, with a live L3VNI (its VXLAN device and bridge in the VRF):
+/// the VRF is configured only once zebra bound its netns; removing the network unbinds the VNI
+/// before deleting the VRF's BGP instance, and keeps the `vrf` stanza with its `netns` line so the
+/// network can come back (a VRF unbound from its netns cannot be bound again: "Invalid NSID");
+/// frr-reload.py needs its second pass to remove a live L3VNI.
 #[tokio::test(flavor = "current_thread")]
 async fn netns_vrf_survives_removal_and_comes_back() {
     if let Some(reason) = skip_reason() {
@@ -434,39 +478,46 @@ async fn netns_vrf_survives_removal_and_comes_back() {
     let lab = Lab::start_netns("ns");
     let mut frr = Frr::new(Some(lab.name.clone()));
     lab.add_vrf(&frr, "red").await;
+    lab.add_l3vni_devices("red", 4000);
     let mut opts = options(&lab);
     opts.vrf_backend = VrfBackend::NetnsVrf;
     let with_red = || render(&node(vec![l3_network("red", 4000, None)]), VTEP, &opts);
     let without_red = || render(&node(Vec::new()), VTEP, &opts);
+    let assert_removed = |frr_vrf_active: bool| {
+        let running = lab.running_config();
+        assert!(running.contains("vrf red\n netns /run/netns/red\nexit-vrf"), "{running}");
+        assert!(!running.contains("4000") && !running.contains("vrf red\n bgp"), "{running}");
+        assert!(frr_vrf_active, "the VRF lost its netns");
+    };
 
     let report = frr.sync(&with_red()).await;
     assert!(report.is_ok(), "{report:?}");
     let running = lab.running_config();
     assert!(running.contains("vrf red\n vni 4000\n netns /run/netns/red\nexit-vrf"), "{running}");
     assert!(running.contains("router bgp 65001 vrf red\n"), "{running}");
+    wait_for_l3vni_up(&frr, 4000).await;
 
     let report = frr.sync(&without_red()).await;
     assert_eq!(report.method, SyncMethod::Incremental);
     assert!(report.is_ok(), "{report:?}");
-    let running = lab.running_config();
-    assert!(running.contains("vrf red\n netns /run/netns/red\nexit-vrf"), "{running}");
-    assert!(!running.contains("4000") && !running.contains("vrf red\n bgp"), "{running}");
-    assert!(frr.vrf_active("red").await.expect("show vrf"), "the VRF lost its netns");
-
-    // A full reload without the network (e.g. after an agent restart) keeps the binding too.
-    frr.forget_baseline();
-    let report = frr.sync(&without_red()).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
-    assert!(report.is_ok(), "{report:?}");
-    assert!(frr.vrf_active("red").await.expect("show vrf"), "the full reload unbound the VRF");
+    assert_removed(frr.vrf_active("red").await.expect("show vrf"));
 
     let report = frr.sync(&with_red()).await;
     assert_eq!(report.method, SyncMethod::Incremental);
     assert!(report.is_ok(), "{report:?}");
-    let running = lab.running_config();
-    assert!(running.contains("vrf red\n vni 4000\n netns /run/netns/red\nexit-vrf"), "{running}");
-    let vnis = frr.vnis().await.expect("vnis");
-    assert!(vnis.iter().any(|v| v.vni == 4000 && v.type_ == "L3" && !v.up), "no VXLAN device yet: {vnis:?}");
+    wait_for_l3vni_up(&frr, 4000).await;
+
+    // The same removal by a full reload (e.g. after an agent restart): the binding stays too.
+    frr.forget_baseline();
+    let report = frr.sync(&without_red()).await;
+    assert_eq!(report.method, SyncMethod::FullReload);
+    assert!(report.is_ok(), "{report:?}");
+    assert_removed(frr.vrf_active("red").await.expect("show vrf"));
+
+    let report = frr.sync(&with_red()).await;
+    assert_eq!(report.method, SyncMethod::Incremental);
+    assert!(report.is_ok(), "{report:?}");
+    wait_for_l3vni_up(&frr, 4000).await;
 }
 
 /// Timing of one incremental one-VNI change against a full frr-reload.py, with ~1000 L2VNIs.
