@@ -6,4 +6,5 @@
 //! network alone: every stage works network by network.
 
 pub mod dataplane;
+pub mod frr;
 pub mod plan;

@@ -1,0 +1,607 @@
+//! Applies a [`Config`] to a running FRR and reads its state back.
+//!
+//! FRR is driven through its own tools, never through a shell: `vtysh [-N ns] -c ...` for
+//! incremental changes and state queries, `frr-reload.py --reload` for full reloads.
+//!
+//! Two facts of FRR 8.4.4 shape the error handling: vtysh keeps executing after a rejected command
+//! and still exits 0 (the rejection is only a `%` line in its output), and frr-reload.py may exit
+//! 0 although lines were rejected. So a group fails on a `%` line or a non-zero exit, and after a
+//! full reload the running configuration is read back and each owner's lines are looked up in it.
+//!
+//! FRR restarts are detected by the daemons' pid files: a restarted FRR loads the file the last
+//! full reload wrote (frr-reload.py `-N` always does `write memory`), not the incremental changes
+//! made since, so the next sync must be a full reload again.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use evpn_crds::nodestate::{BgpSessionState, VniState};
+use serde::Deserialize;
+use tokio::process::Command;
+
+use super::config::{Config, RunningConfig};
+use super::diff::{CommandGroup, diff};
+
+/// Longest a vtysh run may take; a wedged daemon must not wedge the agent.
+const VTYSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one frr-reload.py pass may take (it reads and compares the whole configuration).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// What vtysh says when asked to remove what is already gone: the goal is met. A removal is
+/// retried after a partial failure, so this is expected (and 8.4.4 then exits 1).
+const ALREADY_ABSENT: [&str; 2] = ["% Specified VNI does not exist", "% Can't find BGP instance"];
+/// The daemons whose restart loses configuration the agent applied; zebra and bgpd first, they
+/// always run.
+const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
+
+/// Why talking to FRR failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrrError {
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+    #[error("FRR rejected the commands of {group}: {output}")]
+    CommandFailed { group: String, output: String },
+    #[error("frr-reload.py failed: {output}")]
+    ReloadFailed { output: String },
+    #[error("FRR did not take {} line(s), first: {}", missing.len(), missing.first().map(String::as_str).unwrap_or_default())]
+    NotApplied { missing: Vec<String> },
+    #[error("cannot write the configuration to {path}: {source}")]
+    WriteConfig { path: PathBuf, source: std::io::Error },
+    #[error("vtysh `{command}` failed: {output}")]
+    Query { command: String, output: String },
+    #[error("unexpected output of vtysh `{command}`: {reason}")]
+    ParseState { command: String, reason: String },
+}
+
+/// How a sync reached the desired configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMethod {
+    /// FRR already had it.
+    NoChange,
+    /// Only the changed lines were sent through vtysh.
+    Incremental,
+    /// frr-reload.py compared and applied the whole configuration.
+    FullReload,
+}
+
+/// The outcome of one owner's part of a sync.
+#[derive(Debug)]
+pub struct OwnerResult {
+    /// `None`: node-wide; `Some(evpn)`: that network.
+    pub owner: Option<String>,
+    pub result: Result<(), FrrError>,
+}
+
+/// What a sync did, owner by owner.
+#[derive(Debug)]
+pub struct SyncReport {
+    pub method: SyncMethod,
+    /// Every owner of the desired configuration, plus removed owners that had commands to run.
+    pub owners: Vec<OwnerResult>,
+}
+
+impl SyncReport {
+    /// The outcome of `owner`, if the sync concerned it.
+    pub fn result(&self, owner: Option<&str>) -> Option<&Result<(), FrrError>> {
+        self.owners.iter().find(|o| o.owner.as_deref() == owner).map(|o| &o.result)
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.owners.iter().all(|o| o.result.is_ok())
+    }
+}
+
+/// What the agent last applied, and to which daemon processes.
+#[derive(Clone, Debug)]
+struct Baseline {
+    config: Config,
+    daemons: DaemonIdentity,
+    /// What failed owners were last sent: a failed group may have applied part of it, so an
+    /// owner that is then removed gets all of it removed.
+    unsure: Config,
+}
+
+/// The contents of the daemons' pid files, in [`DAEMONS`] order; `None` where a file could not
+/// be read.
+type DaemonIdentity = Vec<Option<String>>;
+
+/// One FRR instance (a pathspace, for FRR running as `-N <name>`, or the default one).
+#[derive(Clone, Debug)]
+pub struct Frr {
+    /// FRR's `-N` pathspace: sockets and pid files in `<run_dir>/<pathspace>/`.
+    pub pathspace: Option<String>,
+    pub vtysh: PathBuf,
+    pub reload_script: PathBuf,
+    /// FRR's state directory (`/var/run/frr`).
+    pub run_dir: PathBuf,
+    baseline: Option<Baseline>,
+}
+
+impl Frr {
+    /// The Debian install locations.
+    pub fn new(pathspace: Option<String>) -> Self {
+        Frr {
+            pathspace,
+            vtysh: "/usr/bin/vtysh".into(),
+            reload_script: "/usr/lib/frr/frr-reload.py".into(),
+            run_dir: "/var/run/frr".into(),
+            baseline: None,
+        }
+    }
+
+    /// The configuration the last syncs are known to have applied.
+    pub fn baseline(&self) -> Option<&Config> {
+        self.baseline.as_ref().map(|b| &b.config)
+    }
+
+    /// Makes the next sync a full reload.
+    pub fn forget_baseline(&mut self) {
+        self.baseline = None;
+    }
+
+    /// Brings FRR to `desired`: incrementally when FRR still holds the baseline, else by a full
+    /// reload. The baseline afterwards holds only what FRR took.
+    pub async fn sync(&mut self, desired: &Config) -> SyncReport {
+        let daemons = self.daemon_identity().await;
+        let previous = self.baseline.take();
+        let zebra_and_bgpd_known = daemons[..2].iter().all(Option::is_some);
+        // A new ASN means a new default BGP instance, which FRR refuses while the old one and
+        // its VRF instances exist: only a full reload can replace them in the right order.
+        let same_asn = |b: &Baseline| underlay_instance(&b.config) == underlay_instance(desired);
+        let (current, stale) = match previous {
+            Some(b) if b.daemons == daemons && zebra_and_bgpd_known && same_asn(&b) => (Some(b), None),
+            other => (None, other),
+        };
+        // Netns-bound VRFs outlive their network (see `Config::retaining_netns_vrfs`).
+        let (method, owners, applied, effective) = match current {
+            Some(current) => {
+                let effective = desired.retaining_netns_vrfs(&current.config.stanzas);
+                let mut old = current.config;
+                let desired_owners = effective.owners();
+                for owner in current.unsure.owners().iter().filter(|o| !desired_owners.contains(o)) {
+                    old = old.with_owner_from(&current.unsure, owner);
+                }
+                let (method, owners, applied) = self.sync_incremental(&old, &effective).await;
+                (method, owners, applied, effective)
+            }
+            None => {
+                // Without a valid baseline, FRR itself says which VRFs are bound (after an agent
+                // restart), and so does the stale baseline (incremental additions that FRR's
+                // saved file, loaded by a restarted FRR, lacks).
+                let mut bound = self.running_config().await.map(|r| r.stanzas).unwrap_or_default();
+                bound.extend(stale.into_iter().flat_map(|b| b.config.stanzas));
+                let effective = desired.retaining_netns_vrfs(&bound);
+                let (method, owners, applied) = self.sync_full(&effective).await;
+                (method, owners, applied, effective)
+            }
+        };
+        let mut unsure = Config::default();
+        for failed in owners.iter().filter(|o| o.result.is_err()) {
+            unsure = unsure.with_owner_from(&effective, &failed.owner);
+        }
+        self.baseline = applied.map(|config| Baseline { config, daemons, unsure });
+        SyncReport { method, owners }
+    }
+
+    async fn sync_incremental(&self, old: &Config, new: &Config) -> (SyncMethod, Vec<OwnerResult>, Option<Config>) {
+        let groups = diff(old, new);
+        let method = if groups.is_empty() { SyncMethod::NoChange } else { SyncMethod::Incremental };
+        let mut failed = Vec::new();
+        for (group, outcome) in groups.iter().zip(self.run_groups(&groups).await) {
+            if let Err(e) = outcome {
+                failed.push((group.owner.clone(), e));
+            }
+        }
+        let mut baseline = new.clone();
+        for (owner, _) in &failed {
+            if owner.is_none() {
+                // The underlay holds everything else: start over with a full reload.
+                return (method, owner_results(new, &groups, failed), None);
+            }
+            // A failed addition is retried as a whole; a failed removal is retried from the old.
+            baseline = if new.owners().contains(owner) {
+                baseline.without_owner(owner)
+            } else {
+                baseline.with_owner_from(old, owner)
+            };
+        }
+        (method, owner_results(new, &groups, failed), Some(baseline))
+    }
+
+    async fn sync_full(&self, desired: &Config) -> (SyncMethod, Vec<OwnerResult>, Option<Config>) {
+        let running = match self.full_reload(desired).await {
+            Ok(running) => running,
+            Err(e) => {
+                // Without the underlay nothing applied can be trusted: every owner gets the error.
+                let message = e.to_string();
+                let owners = desired.owners().into_iter();
+                let results = owners
+                    .map(|owner| OwnerResult { owner, result: Err(FrrError::ReloadFailed { output: message.clone() }) })
+                    .collect();
+                return (SyncMethod::FullReload, results, None);
+            }
+        };
+        let mut baseline = desired.clone();
+        let mut failed = Vec::new();
+        for owner in desired.owners() {
+            let missing = desired.missing_from(&running, &owner);
+            if !missing.is_empty() {
+                baseline = baseline.without_owner(&owner);
+                failed.push((owner, FrrError::NotApplied { missing }));
+            }
+        }
+        (SyncMethod::FullReload, owner_results(desired, &[], failed), Some(baseline))
+    }
+
+    /// frr-reload.py, a second time when the first reported errors: removing an L3VNI together
+    /// with its VRF's BGP instance needs two passes ("Please unconfigure l3vni"). Returns the
+    /// running configuration afterwards; fails when the node-wide lines did not make it (the
+    /// caller checks each network's lines).
+    async fn full_reload(&self, desired: &Config) -> Result<RunningConfig, FrrError> {
+        let path = self.state_dir().join("evpn-agent-frr.conf");
+        write_private(&path, &desired.text())
+            .await
+            .map_err(|source| FrrError::WriteConfig { path: path.clone(), source })?;
+        let mut args: Vec<String> = vec!["--reload".into()];
+        if let Some(ns) = &self.pathspace {
+            args.extend(["-N".into(), ns.clone()]);
+        }
+        args.extend(["--stdout".into(), path.display().to_string()]);
+        let mut last_error = String::new();
+        for _pass in 0..2 {
+            let (ok, output) = run(&self.reload_script, &args, RELOAD_TIMEOUT).await?;
+            let errors = error_lines(&output);
+            if ok && errors.is_empty() {
+                return self.running_config().await;
+            }
+            last_error = if errors.is_empty() { tail(&output) } else { errors };
+        }
+        let running = self.running_config().await?;
+        if desired.missing_from(&running, &None).is_empty() {
+            Ok(running)
+        } else {
+            Err(FrrError::ReloadFailed { output: last_error })
+        }
+    }
+
+    /// Runs every group in one vtysh session: starting vtysh (it builds the command tree of every
+    /// daemon) costs more than a one-VNI change, and a thousand groups must not mean a thousand
+    /// vtysh runs. Each group is wrapped in `configure terminal` ... `end`, so one whose failure
+    /// leaves vtysh in an unexpected context cannot derail the next; `--echo` prints each command
+    /// before its output, which attributes every error line to its group.
+    async fn run_groups(&self, groups: &[CommandGroup]) -> Vec<Result<(), FrrError>> {
+        let session = Session::new(groups);
+        let mut args = self.vtysh_prefix();
+        args.push("--echo".into());
+        for (_, command) in &session.commands {
+            args.extend(["-c".into(), (*command).to_owned()]);
+        }
+        let outcomes = match run(&self.vtysh, &args, VTYSH_TIMEOUT).await {
+            Ok((_, output)) => session.outcomes(&output),
+            Err(e) => vec![Err(e.to_string()); groups.len()],
+        };
+        groups
+            .iter()
+            .zip(outcomes)
+            .map(|(group, outcome)| {
+                outcome.map_err(|output| FrrError::CommandFailed {
+                    group: match &group.owner {
+                        Some(evpn) => format!("network {evpn}"),
+                        None => "the node-wide configuration".into(),
+                    },
+                    output,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a vtysh show command; fails on a non-zero exit or a `%` error line.
+    pub async fn show(&self, command: &str) -> Result<String, FrrError> {
+        let mut args = self.vtysh_prefix();
+        args.extend(["-c".into(), command.into()]);
+        let (ok, output) = run(&self.vtysh, &args, VTYSH_TIMEOUT).await?;
+        let errors = error_lines(&output);
+        if !ok || !errors.is_empty() {
+            let output = if errors.is_empty() { tail(&output) } else { errors };
+            return Err(FrrError::Query { command: command.into(), output });
+        }
+        Ok(output)
+    }
+
+    /// FRR's running configuration, parsed.
+    pub async fn running_config(&self) -> Result<RunningConfig, FrrError> {
+        Ok(RunningConfig::parse(&self.show("show running-config").await?))
+    }
+
+    /// The underlay BGP sessions with their BFD state (from `show bgp neighbors json`, which has
+    /// both in one query).
+    pub async fn bgp_sessions(&self) -> Result<Vec<BgpSessionState>, FrrError> {
+        const COMMAND: &str = "show bgp neighbors json";
+        #[derive(Deserialize)]
+        struct Neighbor {
+            #[serde(rename = "bgpState")]
+            bgp_state: Option<String>,
+            #[serde(rename = "peerBfdInfo")]
+            bfd: Option<Bfd>,
+        }
+        #[derive(Deserialize)]
+        struct Bfd {
+            status: Option<String>,
+        }
+        let output = self.show(COMMAND).await?;
+        let Some(map) = parse_json::<serde_json::Map<String, serde_json::Value>>(COMMAND, &output)? else {
+            return Ok(Vec::new());
+        };
+        let mut sessions = Vec::new();
+        for (name, value) in map {
+            // Other keys (none in 8.4.4, but versions differ) are not neighbors: skip them.
+            let Ok(neighbor) = serde_json::from_value::<Neighbor>(value) else { continue };
+            let Some(state) = neighbor.bgp_state else { continue };
+            sessions.push(BgpSessionState { neighbor: name, state, bfd: neighbor.bfd.and_then(|b| b.status) });
+        }
+        Ok(sessions)
+    }
+
+    /// The VNIs zebra knows (from `show evpn vni detail json`): an L2VNI is up when it has its
+    /// VXLAN device, an L3VNI when zebra says so (device, VRF and router MAC all present).
+    pub async fn vnis(&self) -> Result<Vec<VniState>, FrrError> {
+        const COMMAND: &str = "show evpn vni detail json";
+        #[derive(Deserialize)]
+        struct Vni {
+            vni: u32,
+            #[serde(rename = "type")]
+            type_: Option<String>,
+            #[serde(rename = "vxlanInterface")]
+            vxlan_interface: Option<String>,
+            state: Option<String>,
+        }
+        let output = self.show(COMMAND).await?;
+        let Some(value) = parse_json::<serde_json::Value>(COMMAND, &output)? else { return Ok(Vec::new()) };
+        let entries: Vec<serde_json::Value> = match value {
+            serde_json::Value::Array(entries) => entries,
+            serde_json::Value::Object(map) => map.into_iter().map(|(_, v)| v).collect(),
+            _ => {
+                return Err(FrrError::ParseState {
+                    command: COMMAND.into(),
+                    reason: "neither a list nor a map".into(),
+                });
+            }
+        };
+        let mut vnis = Vec::new();
+        for entry in entries {
+            let Ok(vni) = serde_json::from_value::<Vni>(entry) else { continue };
+            let type_ = vni.type_.unwrap_or_default();
+            let up = match type_.as_str() {
+                "L3" => vni.state.as_deref() == Some("Up"),
+                _ => vni.vxlan_interface.is_some_and(|i| i != "None"),
+            };
+            vnis.push(VniState { vni: vni.vni, type_, up });
+        }
+        Ok(vnis)
+    }
+
+    /// Whether zebra has bound VRF `name` (to its device or netns). With the netns backend a
+    /// `vrf` stanza configured before that stays "inactive (configured)" for good on 8.4.4, so
+    /// the caller waits for this before rendering the network's VRF.
+    pub async fn vrf_active(&self, name: &str) -> Result<bool, FrrError> {
+        // 8.4.4 has no `show vrf json`; active lines read `vrf red id 5 netns /run/netns/red`,
+        // inactive ones `vrf red inactive (configured)`.
+        let output = self.show("show vrf").await?;
+        Ok(output.lines().any(|line| {
+            let mut words = line.split_whitespace();
+            words.next() == Some("vrf") && words.next() == Some(name) && words.next() == Some("id")
+        }))
+    }
+
+    fn vtysh_prefix(&self) -> Vec<String> {
+        match &self.pathspace {
+            Some(ns) => vec!["-N".into(), ns.clone()],
+            None => Vec::new(),
+        }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        match &self.pathspace {
+            Some(ns) => self.run_dir.join(ns),
+            None => self.run_dir.clone(),
+        }
+    }
+
+    async fn daemon_identity(&self) -> DaemonIdentity {
+        let mut identity = Vec::new();
+        for daemon in DAEMONS {
+            let pid = tokio::fs::read_to_string(self.state_dir().join(format!("{daemon}.pid"))).await.ok();
+            identity.push(pid.map(|p| p.trim().to_owned()));
+        }
+        identity
+    }
+}
+
+/// The header of the node-wide BGP instance (`router bgp <asn>`).
+fn underlay_instance(config: &Config) -> Option<&str> {
+    let is_underlay = |h: &&str| h.starts_with("router bgp ") && !h.contains(" vrf ");
+    config.stanzas.iter().map(|s| s.header.as_str()).find(is_underlay)
+}
+
+/// The flat command list of one vtysh session, each command with the index of its group.
+struct Session<'a> {
+    commands: Vec<(usize, &'a str)>,
+    groups: usize,
+}
+
+impl<'a> Session<'a> {
+    fn new(groups: &'a [CommandGroup]) -> Self {
+        let mut commands = Vec::new();
+        for (i, group) in groups.iter().enumerate() {
+            commands.push((i, "configure terminal"));
+            commands.extend(group.commands.iter().map(|c| (i, c.as_str())));
+            commands.push((i, "end"));
+        }
+        Session { commands, groups: groups.len() }
+    }
+
+    /// Each group's outcome from vtysh's echoed output: an error with its lines when one of them
+    /// is a rejection (`% ...`, except removals of what is already gone), or when vtysh stopped
+    /// before the group's last command.
+    fn outcomes(&self, output: &str) -> Vec<Result<(), String>> {
+        let mut lines: Vec<Vec<&str>> = vec![Vec::new(); self.groups];
+        let mut echoed = 0;
+        for line in output.lines() {
+            if let Some((_, command)) = self.commands.get(echoed)
+                && line.strip_suffix(command).is_some_and(|prompt| prompt.ends_with("# "))
+            {
+                echoed += 1;
+                continue;
+            }
+            let line = line.trim();
+            // Lines before the first echo are vtysh's own (e.g. it could not connect).
+            if let (false, Some((group, _))) =
+                (line.is_empty(), echoed.checked_sub(1).and_then(|c| self.commands.get(c)))
+            {
+                lines[*group].push(line);
+            }
+        }
+        let last_command = |group: usize| self.commands.iter().rposition(|(g, _)| *g == group).unwrap_or_default();
+        lines
+            .into_iter()
+            .enumerate()
+            .map(|(group, lines)| {
+                let rejected = lines.iter().any(|l| l.starts_with('%') && !ALREADY_ABSENT.contains(l));
+                if echoed <= last_command(group) {
+                    Err(format!("vtysh stopped before the group ran: {}", tail(output)))
+                } else if rejected {
+                    Err(lines.join("; "))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every owner of `config` plus those with groups, each with its error or `Ok`.
+fn owner_results(
+    config: &Config,
+    groups: &[CommandGroup],
+    failed: Vec<(Option<String>, FrrError)>,
+) -> Vec<OwnerResult> {
+    let mut owners = config.owners();
+    for group in groups {
+        if !owners.contains(&group.owner) {
+            owners.push(group.owner.clone());
+        }
+    }
+    let mut failed: Vec<Option<(Option<String>, FrrError)>> = failed.into_iter().map(Some).collect();
+    owners
+        .into_iter()
+        .map(|owner| {
+            let error = failed.iter_mut().find(|f| f.as_ref().is_some_and(|(o, _)| *o == owner)).and_then(Option::take);
+            OwnerResult { result: error.map_or(Ok(()), |(_, e)| Err(e)), owner }
+        })
+        .collect()
+}
+
+/// Runs `program` without a shell; returns whether it exited 0 and its stdout + stderr.
+async fn run(program: &Path, args: &[String], timeout: Duration) -> Result<(bool, String), FrrError> {
+    let name = program.display().to_string();
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| FrrError::Spawn { program: name.clone(), source })?;
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| FrrError::Timeout { program: name.clone(), timeout })?
+        .map_err(|source| FrrError::Spawn { program: name, source })?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.success(), text))
+}
+
+/// FRR's error lines (`% ...`), joined; empty when there are none.
+fn error_lines(output: &str) -> String {
+    output.lines().map(str::trim).filter(|l| l.starts_with('%')).collect::<Vec<_>>().join("; ")
+}
+
+/// The last lines of an output, for an error message when FRR printed no `%` line.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join("; ")
+}
+
+/// Parses vtysh JSON output; `None` when FRR printed nothing (e.g. no BGP instance yet).
+fn parse_json<T: serde::de::DeserializeOwned>(command: &str, output: &str) -> Result<Option<T>, FrrError> {
+    if output.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(output)
+        .map(Some)
+        .map_err(|e| FrrError::ParseState { command: command.into(), reason: e.to_string() })
+}
+
+/// Writes a file readable by its owner only: it carries the BGP passwords.
+async fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (path, text) = (path.to_owned(), text.to_owned());
+    let write = move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?
+            .write_all(text.as_bytes())
+    };
+    tokio::task::spawn_blocking(write).await.map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_and_tails_keep_messages_short() {
+        assert_eq!(
+            error_lines("ok\n% Malformed Route Target list\n  % Unknown command\n"),
+            "% Malformed Route Target list; % Unknown command"
+        );
+        assert_eq!(error_lines("Building configuration...\n"), "");
+        assert_eq!(tail("a\n\nb\nc\nd\ne\nf\n"), "b; c; d; e; f");
+    }
+
+    #[test]
+    fn echoed_output_attributes_errors_to_their_group() {
+        let groups = [
+            CommandGroup {
+                owner: Some("bad".into()),
+                commands: vec!["router bgp 65001".into(), "vni 300".into(), "exit".into()],
+            },
+            CommandGroup { owner: Some("gone".into()), commands: vec!["router bgp 65001".into(), "no vni 200".into()] },
+            CommandGroup { owner: None, commands: vec!["router bgp 65001".into(), "exit".into()] },
+        ];
+        let session = Session::new(&groups);
+        let output = "n1# configure terminal\nn1(config)# router bgp 65001\nn1(config-router)# vni 300\n\
+            % Configuration failed.\nError description: VNI 300 is bad\nn1(config-router)# exit\nn1(config)# end\n\
+            n1# configure terminal\nn1(config)# router bgp 65001\nn1(config-router)# no vni 200\n\
+            % Specified VNI does not exist\nn1(config-router)# end\nn1# configure terminal\n";
+        let outcomes = session.outcomes(output);
+        assert_eq!(outcomes[0], Err("% Configuration failed.; Error description: VNI 300 is bad".into()));
+        assert_eq!(outcomes[1], Ok(()), "removing what is gone is no failure");
+        assert!(outcomes[2].as_ref().is_err_and(|e| e.starts_with("vtysh stopped")), "{outcomes:?}");
+    }
+
+    #[test]
+    fn json_parsing_tolerates_empty_and_rejects_garbage() {
+        assert_eq!(parse_json::<serde_json::Value>("c", "  \n").ok().flatten(), None);
+        assert!(matches!(
+            parse_json::<serde_json::Value>("c", "% bgpd is not running"),
+            Err(FrrError::ParseState { .. })
+        ));
+    }
+}
