@@ -432,6 +432,9 @@ async fn applies_and_removes_layer3_irb_bfd_and_passwords() {
         assert!(running.contains(expected), "{expected:?} missing from\n{running}");
     }
 
+    let sessions = frr.bgp_sessions().await.expect("bgp sessions");
+    assert!(sessions.iter().all(|s| s.bfd.is_some()), "BFD runs on the session: {sessions:?}");
+
     // Removing the Layer3 network: its VRF's VNI, then its BGP instance, then the VRF.
     let report = frr.sync(&render(&node_with(vec![l3_network("green", 5000, Some(200))], bgp), VTEP, &opts)).await;
     assert_eq!(report.method, SyncMethod::Incremental);
