@@ -114,7 +114,7 @@ impl Stanza {
 pub struct Config {
     /// Written on the `hostname` line, which frr-reload.py would otherwise remove.
     pub hostname: String,
-    /// Top-level stanzas in the order FRR needs them: see [`top_level_rank`].
+    /// Top-level stanzas in the order FRR needs them (VRFs first, see [`Config::sort`]).
     pub stanzas: Vec<Stanza>,
 }
 

@@ -3,9 +3,10 @@
 //! FRR is driven through its own tools, never through a shell: `vtysh [-N ns] -c ...` for
 //! incremental changes and state queries, `frr-reload.py --reload` for full reloads.
 //!
-//! Two facts of FRR 8.4.4 shape the error handling: vtysh keeps executing after a rejected command
-//! and still exits 0 (the rejection is only a `%` line in its output), and frr-reload.py may exit
-//! 0 although lines were rejected. So a group fails on a `%` line or a non-zero exit, and after a
+//! Two facts of FRR 8.4.4 shape the error handling. vtysh keeps executing after a rejected command
+//! and its exit status says little (0 after "% Malformed Route Target list", 1 after the harmless
+//! "% Specified VNI does not exist"): a group fails on a `%` line attributed to it, or when vtysh
+//! stopped before its last command. frr-reload.py may exit 0 although lines were rejected: after a
 //! full reload the running configuration is read back and each owner's lines are looked up in it.
 //!
 //! FRR restarts are detected by the daemons' pid files: a restarted FRR loads the file the last
@@ -428,25 +429,28 @@ fn underlay_instance(config: &Config) -> Option<&str> {
 /// The flat command list of one vtysh session, each command with the index of its group.
 struct Session<'a> {
     commands: Vec<(usize, &'a str)>,
-    groups: usize,
+    /// Per group, the index of its last command (its `end`).
+    group_ends: Vec<usize>,
 }
 
 impl<'a> Session<'a> {
     fn new(groups: &'a [CommandGroup]) -> Self {
         let mut commands = Vec::new();
+        let mut group_ends = Vec::new();
         for (i, group) in groups.iter().enumerate() {
             commands.push((i, "configure terminal"));
             commands.extend(group.commands.iter().map(|c| (i, c.as_str())));
             commands.push((i, "end"));
+            group_ends.push(commands.len() - 1);
         }
-        Session { commands, groups: groups.len() }
+        Session { commands, group_ends }
     }
 
     /// Each group's outcome from vtysh's echoed output: an error with its lines when one of them
     /// is a rejection (`% ...`, except removals of what is already gone), or when vtysh stopped
     /// before the group's last command.
     fn outcomes(&self, output: &str) -> Vec<Result<(), String>> {
-        let mut lines: Vec<Vec<&str>> = vec![Vec::new(); self.groups];
+        let mut lines: Vec<Vec<&str>> = vec![Vec::new(); self.group_ends.len()];
         let mut echoed = 0;
         for line in output.lines() {
             if let Some((_, command)) = self.commands.get(echoed)
@@ -463,13 +467,12 @@ impl<'a> Session<'a> {
                 lines[*group].push(line);
             }
         }
-        let last_command = |group: usize| self.commands.iter().rposition(|(g, _)| *g == group).unwrap_or_default();
         lines
             .into_iter()
             .enumerate()
             .map(|(group, lines)| {
                 let rejected = lines.iter().any(|l| l.starts_with('%') && !ALREADY_ABSENT.contains(l));
-                if echoed <= last_command(group) {
+                if echoed <= self.group_ends[group] {
                     Err(format!("vtysh stopped before the group ran: {}", tail(output)))
                 } else if rejected {
                     Err(lines.join("; "))
