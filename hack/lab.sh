@@ -31,6 +31,8 @@
 #   lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]
 #                                      netns NAME on bridge BRIDGE of NODE (or of NODE-VRF);
 #                                      MAC may also come from $POD_MAC
+#   lab.sh restart-frr NODE            kill NODE's FRR daemons (SIGKILL) and start them again from
+#                                      the config they last saved, as after a crash
 #   lab.sh vtysh NODE CMD...           vtysh in NODE's (or evl-tor's) FRR
 #   lab.sh gobgp ARGS...               gobgp CLI against the GoBGP TOR
 #   lab.sh status                      human-readable dump of everything
@@ -377,6 +379,26 @@ cmd_down() {
   ls -d "$FRR_ETC"/evl-* >/dev/null 2>&1 && bad+=" /etc/frr links"
   [ -z "$bad" ] || die "left behind:$bad"
   say "down: no evl-* namespaces, mounts, daemons or files left"
+}
+
+# A crashed and restarted FRR comes back with whatever frr.conf last saved, not with the changes
+# made since through vtysh: what the agent must notice and repair.
+cmd_restart_frr() {
+  [ $# -eq 1 ] || die "usage: lab.sh restart-frr NODE"
+  need_up
+  local n f pid pids=()
+  n=$(ns_name "$1")
+  node_index "$n" >/dev/null
+  for f in "$FRR_RUN/$n/zebra.pid" "$FRR_RUN/$n/bgpd.pid"; do
+    pid=$(cat "$f" 2>/dev/null) || continue
+    pids+=("$pid")
+  done
+  say "killing FRR of $n (pids ${pids[*]:-none})"
+  [ ${#pids[@]} -eq 0 ] || kill -9 "${pids[@]}" 2>/dev/null || true
+  wait_until "$TIMEOUT" all_gone "${pids[@]}" || die "FRR of $n did not die"
+  rm -f "$FRR_RUN/$n"/*.pid "$FRR_RUN/$n"/*.vty
+  frr_start "$n" -n
+  say "FRR of $n restarted"
 }
 
 # ---------------------------------------------------------------- VRFs, hosts, pods
@@ -745,6 +767,7 @@ main() {
     unvrf) cmd_unvrf "$@" ;;
     host) cmd_host "$@" ;;
     pod) cmd_pod "$@" ;;
+    restart-frr) cmd_restart_frr "$@" ;;
     vtysh)
       [ $# -ge 2 ] || die "usage: lab.sh vtysh NODE CMD..."
       local n; n=$(ns_name "$1"); shift

@@ -8,3 +8,5 @@
 pub mod dataplane;
 pub mod frr;
 pub mod plan;
+pub mod reconcile;
+pub mod report;

@@ -1,9 +1,84 @@
-//! `evpn-agent`: the node agent. The data plane and FRR driver land with their own issue; this
-//! entry point only reports that.
+//! `evpn-agent`: makes this node an EVPN PE router as its `EVPNNodeState` says.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-fn main() -> ExitCode {
-    eprintln!("evpn-agent {}: the node agent is not implemented yet", env!("CARGO_PKG_VERSION"));
-    ExitCode::FAILURE
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use evpn_agent::dataplane::{BackendChoice, Dataplane};
+use evpn_agent::frr::{Frr, RenderOptions};
+use evpn_agent::reconcile::Agent;
+use evpn_crds::EvpnNodeState;
+use kube::Api;
+
+/// The node agent of evpn-operator: programs the node's bridge, VXLAN, SVI, VTEP IP and FRR.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Name of this node (and of its EVPNNodeState).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Program the data plane inside this network namespace instead of the agent's own (labs
+    /// that run nodes as namespaces).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// How VRFs are realised: kernel VRF devices, network namespaces, or whichever the kernel
+    /// supports.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    vrf_backend: Backend,
+    /// Where the network namespaces of netns-VRFs are (the netns backend).
+    #[arg(long, default_value = "/run/netns")]
+    vrf_netns_dir: PathBuf,
+    /// FRR pathspace (`vtysh -N`), when FRR runs with one.
+    #[arg(long)]
+    frr_pathspace: Option<String>,
+    /// Seconds between full reconciles that repair drift (FRR restarted, a device removed).
+    #[arg(long, default_value_t = 10)]
+    resync_seconds: u64,
+    /// Log filter, e.g. `info` or `evpn_agent=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    Auto,
+    Kernel,
+    Netns,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt().with_env_filter(args.log.as_str()).init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let choice = match args.vrf_backend {
+        Backend::Auto => BackendChoice::Auto,
+        Backend::Kernel => BackendChoice::Kernel,
+        Backend::Netns => BackendChoice::Netns { dir: args.vrf_netns_dir.clone() },
+    };
+    let dataplane = Dataplane::new(args.netns.clone(), choice).await.context("opening the data plane")?;
+    tracing::info!(node = args.node_name, backend = ?dataplane.backend(), "data plane ready");
+    let render = RenderOptions {
+        hostname: args.node_name.clone(),
+        vrf_backend: dataplane.backend(),
+        // zebra names a netns-VRF by the path it sees, /run/netns/<vrf> (its own mount namespace
+        // may map that elsewhere); the rendered config must say the same or a reload detaches it.
+        vrf_netns_dir: "/run/netns".into(),
+        passwords: Default::default(),
+    };
+    let frr = Frr::new(args.frr_pathspace.clone());
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let api: Api<EvpnNodeState> = Api::all(client);
+    Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds)).run(api).await
 }

@@ -1,0 +1,259 @@
+//! The agent's loop: watch this node's `EVPNNodeState`, realise it, report back.
+//!
+//! Only the latest spec matters, so the watch feeds a single-slot channel and a burst of updates
+//! becomes one reconcile. Every reconcile runs the whole plan (the data plane and FRR each apply
+//! only the difference), and a periodic resync repairs what changed underneath: FRR restarted,
+//! a VRF appeared, a device was deleted by hand. Exiting leaves the data plane and FRR as they
+//! are, so restarting the agent never interrupts traffic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use evpn_crds::nodestate::{AgentInfo, FrrDriver, VtepState};
+use evpn_crds::{EvpnNodeState, EvpnNodeStateSpec, EvpnNodeStateStatus};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::dataplane::Dataplane;
+use crate::frr::{self, Frr, RenderOptions};
+use crate::plan::{self, NodePlan};
+use crate::report::{self, Observed, Outcome};
+
+/// Field manager of the agent's status writes.
+const FIELD_MANAGER: &str = "evpn-agent";
+
+/// The agent of one node.
+pub struct Agent {
+    pub node: String,
+    pub dataplane: Dataplane,
+    pub frr: Frr,
+    pub render: RenderOptions,
+    pub resync: Duration,
+    /// Networks this agent realised and has not yet confirmed removed.
+    known: BTreeSet<String>,
+    /// The status last written, to write only on change.
+    written: Option<EvpnNodeStateStatus>,
+}
+
+impl Agent {
+    pub fn new(node: String, dataplane: Dataplane, frr: Frr, render: RenderOptions, resync: Duration) -> Self {
+        Self { node, dataplane, frr, render, resync, known: BTreeSet::new(), written: None }
+    }
+
+    /// Runs until the process is told to stop.
+    pub async fn run(mut self, api: Api<EvpnNodeState>) -> anyhow::Result<()> {
+        // `None` until the first list: reconciling before it would take "no object yet" for "no
+        // networks" and tear the node down, as a restarted agent must never do.
+        let (tx, mut rx) = watch::channel::<Option<Option<EvpnNodeState>>>(None);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
+        let node = self.node.clone();
+        let watch_api = api.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(watch_api, config).default_backoff().boxed();
+            let mut listed_object = false;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => listed_object = false,
+                    Ok(watcher::Event::InitApply(obj)) => {
+                        listed_object = true;
+                        tx.send_replace(Some(Some(obj)));
+                    }
+                    Ok(watcher::Event::InitDone) if !listed_object => {
+                        tx.send_replace(Some(None));
+                    }
+                    Ok(watcher::Event::InitDone) => {}
+                    Ok(watcher::Event::Apply(obj)) => {
+                        tx.send_replace(Some(Some(obj)));
+                    }
+                    Ok(watcher::Event::Delete(_)) => {
+                        tx.send_replace(Some(None));
+                    }
+                    Err(e) => warn!(node, "watching the node state: {e}"),
+                }
+            }
+        });
+        let mut tick = tokio::time::interval(self.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { anyhow::bail!("the node state watch ended") },
+                _ = tick.tick() => {}
+                _ = shutdown() => {
+                    info!("stopping; devices and FRR configuration stay as they are");
+                    return Ok(());
+                }
+            }
+            let Some(state) = rx.borrow_and_update().clone() else { continue };
+            if self.written.is_none() {
+                // A restarted agent learns from its last report which networks may still need
+                // removing.
+                let reported = state.iter().flat_map(|s| s.status.iter()).flat_map(|st| &st.networks);
+                self.known.extend(reported.map(|n| n.evpn.clone()));
+            }
+            let spec = state.as_ref().map(|s| s.spec.clone()).unwrap_or_default();
+            let observed = self.reconcile(&spec, state.as_ref().and_then(|s| s.metadata.generation)).await;
+            if let Some(state) = state {
+                self.write_status(&api, &state, &observed).await;
+            }
+        }
+    }
+
+    /// Realises `spec` and says how each network fared.
+    pub async fn reconcile(&mut self, spec: &EvpnNodeStateSpec, generation: Option<i64>) -> Observed {
+        let plan = plan::plan(spec);
+        let dp = self.dataplane.apply(&plan).await;
+        let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+        for (evpn, e) in &plan.rejected {
+            outcomes.insert(evpn.clone(), Outcome::Failed { reason: e.reason().into(), message: e.to_string() });
+        }
+        let vtep_ip = match &dp.vtep {
+            Some(Ok(vtep)) => Some(vtep.ip),
+            Some(Err(e)) => {
+                for n in &plan.networks {
+                    outcomes.insert(n.evpn.clone(), failed(e.reason(), e.to_string()));
+                }
+                None
+            }
+            None => None,
+        };
+        for (evpn, result) in &dp.networks {
+            if let Err(e) = result {
+                outcomes.insert(evpn.clone(), failed(e.reason(), e.to_string()));
+            }
+        }
+        // Networks whose VRF zebra has not bound yet stay out of FRR: configuring a netns VRF
+        // before zebra sees it leaves it inactive for good.
+        let mut frr_plan = NodePlan { vtep: plan.vtep.clone(), networks: Vec::new(), rejected: Vec::new() };
+        for n in &plan.networks {
+            if outcomes.contains_key(&n.evpn) {
+                continue;
+            }
+            if n.ip_vrf.is_some() && !self.frr.vrf_active(&n.vrf).await.unwrap_or(false) {
+                outcomes.insert(
+                    n.evpn.clone(),
+                    Outcome::Pending {
+                        reason: "VrfNotReady".into(),
+                        message: format!("FRR does not see VRF {:?} yet", n.vrf),
+                    },
+                );
+                continue;
+            }
+            frr_plan.networks.push(n.clone());
+        }
+        let mut frr_removals = BTreeMap::new();
+        if let Some(ip) = vtep_ip {
+            let config = frr::render(&frr_plan, ip, &self.render);
+            let sync = self.frr.sync(&config).await;
+            let node_wide = sync.result(None).and_then(|r| r.as_ref().err()).map(|e| e.to_string());
+            for n in &frr_plan.networks {
+                let outcome = match (&node_wide, sync.result(Some(&n.evpn))) {
+                    (Some(e), _) => failed("FrrNodeConfigFailed", format!("FRR's node-wide configuration: {e}")),
+                    (None, Some(Err(e))) => failed("FrrConfigFailed", e.to_string()),
+                    (None, _) => Outcome::Applied { generation: n.generation },
+                };
+                outcomes.insert(n.evpn.clone(), outcome);
+            }
+            for owner in &sync.owners {
+                if let (Some(evpn), Err(e)) = (&owner.owner, &owner.result) {
+                    frr_removals.insert(evpn.clone(), e.to_string());
+                }
+            }
+        }
+
+        // Networks gone from the spec: reported until both the data plane and FRR let them go.
+        // The data plane's cleanup errors name devices, not networks, so any of them keeps every
+        // departing network listed: an EVPN's VNIs must not be reused while a device may remain.
+        let planned: BTreeSet<String> = spec.networks.iter().map(|n| n.evpn.clone()).collect();
+        let mut removing = Vec::new();
+        for evpn in self.known.difference(&planned) {
+            let problem = match (frr_removals.get(evpn), dp.removals.first()) {
+                (Some(e), _) => Some(("FrrRemovalFailed", e.clone())),
+                (None, Some(e)) => Some((e.reason(), e.to_string())),
+                (None, None) => None,
+            };
+            match problem {
+                Some((reason, message)) => {
+                    removing.push((evpn.clone(), Outcome::RemovalFailed { reason: reason.into(), message }))
+                }
+                None => info!(evpn, "removed"),
+            }
+        }
+        self.known = planned.clone();
+        self.known.extend(removing.iter().map(|(e, _)| e.clone()));
+
+        let mut networks: Vec<(String, Outcome)> = spec
+            .networks
+            .iter()
+            .map(|n| {
+                let outcome = outcomes.remove(&n.evpn).unwrap_or_else(|| Outcome::Pending {
+                    reason: "NoVtep".into(),
+                    message: "the node has no VTEP address yet".into(),
+                });
+                (n.evpn.clone(), outcome)
+            })
+            .collect();
+        networks.extend(removing);
+
+        Observed {
+            generation,
+            agent: Some(AgentInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                vrf_backend: self.dataplane.backend(),
+                frr_driver: FrrDriver::Direct,
+            }),
+            vteps: plan
+                .vtep
+                .iter()
+                .map(|v| VtepState { name: v.name.clone(), ip: vtep_ip.map(|ip: IpAddr| ip.to_string()) })
+                .collect(),
+            sessions: self.frr.bgp_sessions().await.unwrap_or_else(|e| {
+                warn!("reading BGP sessions from FRR: {e}");
+                Vec::new()
+            }),
+            networks,
+            vnis: self.frr.vnis().await.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
+            network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
+        }
+    }
+
+    async fn write_status(&mut self, api: &Api<EvpnNodeState>, state: &EvpnNodeState, observed: &Observed) {
+        let previous = self.written.as_ref().or(state.status.as_ref());
+        let status = report::status(observed, previous, Time(k8s_openapi::jiff::Timestamp::now()));
+        if state.status.as_ref() == Some(&status) || self.written.as_ref() == Some(&status) {
+            return;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "evpn.k8s.ovn.org/v1alpha1",
+            "kind": "EVPNNodeState",
+            "status": status,
+        });
+        match api.patch_status(&self.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+            Ok(_) => self.written = Some(status),
+            Err(e) => warn!(node = self.node, "writing the node state's status: {e}"),
+        }
+    }
+}
+
+fn failed(reason: &str, message: String) -> Outcome {
+    Outcome::Failed { reason: reason.into(), message }
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

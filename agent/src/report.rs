@@ -1,0 +1,175 @@
+//! What the agent tells the cluster: the node state's status, built purely from the outcome of
+//! one reconcile.
+//!
+//! The operator reads it to count ready and failed nodes and to release an EVPN's VNIs only once
+//! no node reports the EVPN any more, so a network is listed while it is in the spec or still
+//! being removed, and dropped only after its devices and FRR configuration are gone.
+
+use std::collections::BTreeMap;
+
+use evpn_crds::EvpnNodeStateStatus;
+use evpn_crds::common::Condition;
+use evpn_crds::nodestate::{AgentInfo, BgpSessionState, NetworkPhase, NetworkState, VniState, VtepState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// How one network fared in this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Devices and FRR configuration of this generation are in place.
+    Applied { generation: i64 },
+    /// Not realised yet for a reason that resolves itself (e.g. the VRF is not there yet).
+    Pending { reason: String, message: String },
+    /// Realising it failed; the reason is for machines, the message for people.
+    Failed { reason: String, message: String },
+    /// Left the spec, but removing it failed; retried on the next reconcile.
+    RemovalFailed { reason: String, message: String },
+}
+
+/// Everything one reconcile learned.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub agent: Option<AgentInfo>,
+    pub vteps: Vec<VtepState>,
+    pub sessions: Vec<BgpSessionState>,
+    /// Per EVPN, in spec order first, then the ones being removed.
+    pub networks: Vec<(String, Outcome)>,
+    /// VNI states as FRR reports them, by VNI.
+    pub vnis: BTreeMap<u32, VniState>,
+    /// VNIs of each network, to attach FRR's view of them.
+    pub network_vnis: BTreeMap<String, Vec<u32>>,
+}
+
+/// Builds the status. `previous` supplies the applied generation of a network that failed
+/// afterwards (what is still programmed) and the transition times of unchanged conditions.
+pub fn status(observed: &Observed, previous: Option<&EvpnNodeStateStatus>, now: Time) -> EvpnNodeStateStatus {
+    let previously_applied = |evpn: &str| {
+        previous.and_then(|p| p.networks.iter().find(|n| n.evpn == evpn)).and_then(|n| n.applied_generation)
+    };
+    let networks: Vec<NetworkState> = observed
+        .networks
+        .iter()
+        .map(|(evpn, outcome)| {
+            let vnis = observed
+                .network_vnis
+                .get(evpn)
+                .into_iter()
+                .flatten()
+                .filter_map(|vni| observed.vnis.get(vni).cloned())
+                .collect();
+            let (phase, applied_generation, reason, message) = match outcome {
+                Outcome::Applied { generation } => (NetworkPhase::Applied, Some(*generation), None, None),
+                Outcome::Pending { reason, message } => {
+                    (NetworkPhase::Pending, previously_applied(evpn), Some(reason.clone()), Some(message.clone()))
+                }
+                Outcome::Failed { reason, message } => {
+                    (NetworkPhase::Failed, previously_applied(evpn), Some(reason.clone()), Some(message.clone()))
+                }
+                Outcome::RemovalFailed { reason, message } => {
+                    (NetworkPhase::Removing, previously_applied(evpn), Some(reason.clone()), Some(message.clone()))
+                }
+            };
+            NetworkState { evpn: evpn.clone(), applied_generation, phase, reason, message, vnis }
+        })
+        .collect();
+    let count = |phase| networks.iter().filter(|n| n.phase == phase).count() as u32;
+    let (applied, failed) = (count(NetworkPhase::Applied), count(NetworkPhase::Failed));
+    let not_ready = networks.iter().find(|n| n.phase != NetworkPhase::Applied);
+    let (ready, reason, message) = match not_ready {
+        None => ("True", "AllNetworksApplied", format!("{applied} networks applied")),
+        Some(n) => (
+            "False",
+            if failed > 0 { "NetworksFailed" } else { "NetworksPending" },
+            format!(
+                "{applied} of {} networks applied; {} is {:?}: {}",
+                networks.len(),
+                n.evpn,
+                n.phase,
+                n.message.as_deref().unwrap_or("no detail")
+            ),
+        ),
+    };
+    let previous_ready = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == "Ready"));
+    let last_transition_time = match previous_ready {
+        Some(c) if c.status == ready => c.last_transition_time.clone(),
+        _ => now,
+    };
+    EvpnNodeStateStatus {
+        observed_generation: observed.generation,
+        agent: observed.agent.clone(),
+        vteps: observed.vteps.clone(),
+        bgp_sessions: observed.sessions.clone(),
+        networks,
+        applied_networks: applied,
+        failed_networks: failed,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: ready.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time,
+            observed_generation: observed.generation,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn observed(networks: Vec<(&str, Outcome)>) -> Observed {
+        Observed {
+            generation: Some(3),
+            networks: networks.into_iter().map(|(n, o)| (n.to_owned(), o)).collect(),
+            network_vnis: [("blue".to_owned(), vec![100])].into(),
+            vnis: [(100, VniState { vni: 100, type_: "L2".into(), up: true })].into(),
+            ..Default::default()
+        }
+    }
+
+    fn failed(reason: &str) -> Outcome {
+        Outcome::Failed { reason: reason.into(), message: "the VRF red does not exist".into() }
+    }
+
+    #[test]
+    fn all_applied_is_ready() {
+        let s = status(&observed(vec![("blue", Outcome::Applied { generation: 2 })]), None, at(10));
+        assert_eq!(s.applied_networks, 1);
+        assert_eq!(s.networks[0].applied_generation, Some(2));
+        assert_eq!(s.networks[0].vnis.len(), 1, "FRR's view of the network's VNIs is attached");
+        assert_eq!((s.conditions[0].status.as_str(), s.conditions[0].reason.as_str()), ("True", "AllNetworksApplied"));
+    }
+
+    #[test]
+    fn a_failure_keeps_what_is_still_programmed_and_names_the_network() {
+        let first = status(&observed(vec![("blue", Outcome::Applied { generation: 2 })]), None, at(10));
+        let s = status(&observed(vec![("blue", failed("VrfNotFound"))]), Some(&first), at(20));
+        let blue = &s.networks[0];
+        assert_eq!((blue.phase, blue.applied_generation), (NetworkPhase::Failed, Some(2)));
+        assert_eq!(s.failed_networks, 1);
+        let ready = &s.conditions[0];
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NetworksFailed"));
+        assert!(ready.message.contains("blue") && ready.message.contains("VRF red"), "{}", ready.message);
+        assert_eq!(ready.last_transition_time, at(20));
+    }
+
+    #[test]
+    fn transition_time_kept_while_the_condition_holds() {
+        let first = status(&observed(vec![("blue", Outcome::Applied { generation: 2 })]), None, at(10));
+        let again = status(&observed(vec![("blue", Outcome::Applied { generation: 3 })]), Some(&first), at(20));
+        assert_eq!(again.conditions[0].last_transition_time, at(10));
+    }
+
+    #[test]
+    fn removal_in_progress_is_listed_until_done() {
+        let removing = Outcome::RemovalFailed { reason: "FrrCommandFailed".into(), message: "busy".into() };
+        let s = status(&observed(vec![("red", removing)]), None, at(10));
+        assert_eq!(s.networks[0].phase, NetworkPhase::Removing);
+        assert_eq!(s.conditions[0].reason, "NetworksPending");
+    }
+}
