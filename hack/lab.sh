@@ -23,6 +23,7 @@
 # our own namespaces; every namespace is called evl-*, so `down` can find all of it.
 #
 # Usage (run as root):
+#   lab.sh install                     the Debian packages the lab needs (FRR, GoBGP, tcpdump, ...)
 #   lab.sh up [frr|gobgp] [NODES]      fabric + daemons; TOR kind defaults to frr, NODES to 2 (1-3)
 #   lab.sh vrf NODE VRF                netns NODE-VRF becomes VRF VRF of NODE's FRR
 #   lab.sh unvrf NODE VRF              takes it away again and deletes the netns
@@ -761,6 +762,7 @@ main() {
   local cmd=${1:-}
   [ $# -eq 0 ] || shift
   case $cmd in
+    install) apt_install "${PACKAGES[@]}" ;;
     up) cmd_up "$@" ;;
     down) cmd_down ;;
     vrf) cmd_vrf "$@" ;;

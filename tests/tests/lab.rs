@@ -145,17 +145,17 @@ where
     eprintln!("ok   {what} (held for {window:?})");
 }
 
-/// The `evpn-agent` binary next to this test binary, built if missing.
+/// The `evpn-agent` binary next to this test binary, brought up to date first: `cargo test`
+/// builds another package's tests but not its binary.
 fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("evpn-agent");
-    if !bin.exists() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo).args(["build", "-p", "evpn-agent"]).status().unwrap();
         assert!(status.success(), "building evpn-agent");
-    }
-    bin
+    });
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().join("evpn-agent")
 }
 
 /// One node's agent, killed when dropped.
