@@ -273,8 +273,9 @@ impl Fabric {
         fabric
     }
 
-    /// EVPNs of an earlier run that stopped half-way: they would hold VNIs and, re-applied with
-    /// fewer fields, trip v1.20's server-side apply (which leaves `null` behind).
+    /// This fabric's EVPNs, at the end of a test and left over from an earlier run that stopped
+    /// half-way: they would hold VNIs and, re-applied with fewer fields, trip v1.20's server-side
+    /// apply (which leaves `null` behind).
     async fn remove_leftovers(&self) {
         let api: Api<Evpn> = Api::all(self.client.clone());
         let suffix = format!("-{}", self.tor);
@@ -547,6 +548,7 @@ async fn fabric_with_an_frr_tor() {
     })
     .await;
     until("delete: cyan unaffected", || ping("evl-cyan1", "10.10.0.22")).await;
+    f.remove_leftovers().await;
 }
 
 #[tokio::test]
@@ -573,4 +575,5 @@ async fn fabric_with_a_gobgp_tor() {
     })
     .await;
     until("GoBGP L3: gred-h1 -> gred-h2", || ping("evl-red-g-h1", "10.60.2.10")).await;
+    f.remove_leftovers().await;
 }
