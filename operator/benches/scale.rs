@@ -27,6 +27,16 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+/// The operator process, killed however the bench ends (a failed run must not leave it behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -71,13 +81,14 @@ async fn main() {
     let agent_writes = Arc::new(AtomicU64::new(0));
     let agents = tokio::spawn(agents(client.clone(), nodes.iter().cloned().collect(), agent_writes.clone()));
     let metrics_port = free_port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_evpn-operator"))
+    let operator = Command::new(env!("CARGO_BIN_EXE_evpn-operator"))
         .args(["--no-webhook", "--lease-name", &id, "--identity", "scale-bench", "--system-mac", "02:00:00:00:00:01"])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .env("KUBECONFIG", cp.admin_kubeconfig())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     // Let it take the lease and settle on what already exists before the clock starts.
     let leading = Instant::now();
@@ -124,9 +135,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let writes_after = writes(metrics_port).await;
-    let rss = peak_rss_mib(operator.id());
-    let _ = operator.kill();
-    let _ = operator.wait();
+    let rss = peak_rss_mib(operator.0.id());
+    drop(operator);
     agents.abort();
 
     println!(
