@@ -79,6 +79,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let frr = Frr::new(args.frr_pathspace.clone());
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let api: Api<EvpnNodeState> = Api::all(client);
-    Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds)).run(api).await
+    let api: Api<EvpnNodeState> = Api::all(client.clone());
+    let mut agent = Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds));
+    agent.secrets = Some(client);
+    agent.run(api).await
 }

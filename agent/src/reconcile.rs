@@ -13,6 +13,7 @@ use std::time::Duration;
 use evpn_crds::nodestate::{AgentInfo, FrrDriver, VtepState};
 use evpn_crds::{EvpnNodeState, EvpnNodeStateSpec, EvpnNodeStateStatus};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -31,6 +32,8 @@ const FIELD_MANAGER: &str = "evpn-agent";
 /// The agent of one node.
 pub struct Agent {
     pub node: String,
+    /// Reads the Secrets that hold BGP passwords; `None` where the agent runs without an API.
+    pub secrets: Option<kube::Client>,
     pub dataplane: Dataplane,
     pub frr: Frr,
     pub render: RenderOptions,
@@ -43,7 +46,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(node: String, dataplane: Dataplane, frr: Frr, render: RenderOptions, resync: Duration) -> Self {
-        Self { node, dataplane, frr, render, resync, known: BTreeSet::new(), written: None }
+        Self { node, secrets: None, dataplane, frr, render, resync, known: BTreeSet::new(), written: None }
     }
 
     /// Runs until the process is told to stop.
@@ -147,6 +150,19 @@ impl Agent {
             frr_plan.networks.push(n.clone());
         }
         let mut frr_removals = BTreeMap::new();
+        let vtep_ip = match self.passwords(&plan).await {
+            Ok(passwords) => {
+                self.render.passwords = passwords;
+                vtep_ip
+            }
+            // Never bring a session up without the password the admin asked for.
+            Err(message) => {
+                for n in &frr_plan.networks {
+                    outcomes.insert(n.evpn.clone(), failed("BgpPasswordUnavailable", message.clone()));
+                }
+                None
+            }
+        };
         if let Some(ip) = vtep_ip {
             let config = frr::render(&frr_plan, ip, &self.render);
             let sync = self.frr.sync(&config).await;
@@ -220,6 +236,29 @@ impl Agent {
             vnis: self.frr.vnis().await.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
             network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
         }
+    }
+
+    /// The TCP MD5 passwords of the VTEP's BGP neighbors, read from their Secrets.
+    async fn passwords(&self, plan: &NodePlan) -> Result<BTreeMap<String, String>, String> {
+        let mut passwords = BTreeMap::new();
+        let neighbors = plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);
+        for n in neighbors {
+            let (Some(secret), Some(name)) = (&n.password_secret, frr::neighbor_name(n)) else { continue };
+            let what = format!(
+                "BGP password of neighbor {name} (Secret {}/{} key {:?})",
+                secret.namespace, secret.name, secret.key
+            );
+            let client = self.secrets.clone().ok_or_else(|| format!("{what}: no Kubernetes client to read it"))?;
+            let api: Api<Secret> = Api::namespaced(client, &secret.namespace);
+            let found = api.get(&secret.name).await.map_err(|e| format!("{what}: {e}"))?;
+            let value = found
+                .data
+                .and_then(|d| d.get(&secret.key).cloned())
+                .ok_or_else(|| format!("{what}: the key is missing"))?;
+            let password = String::from_utf8(value.0).map_err(|_| format!("{what}: not UTF-8"))?;
+            passwords.insert(name.to_owned(), password);
+        }
+        Ok(passwords)
     }
 
     async fn write_status(&mut self, api: &Api<EvpnNodeState>, state: &EvpnNodeState, observed: &Observed) {
