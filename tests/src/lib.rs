@@ -25,6 +25,8 @@ use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource};
 use tokio::sync::OnceCell;
 
+pub mod lab;
+
 /// Field manager of everything the harness applies.
 const FIELD_MANAGER: &str = "evpn-test-harness";
 

@@ -1,0 +1,374 @@
+//! The lab fabric of `hack/lab.sh` with the cluster side around it: the control plane, the
+//! operator's controllers in this process, and one real `evpn-agent` process per node. Shared by
+//! the end-to-end suite (`tests/lab.rs`) and the apply-to-first-ping benchmark
+//! (`benches/lab.rs`).
+//!
+//! Needs root and network namespaces; [`unavailable`] says why not. The lab is one set of
+//! namespaces, so only one user at a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a fixture that cannot build its input should panic")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use evpn_crds::{Evpn, EvpnNodeState};
+use evpn_operator::controller::Config;
+use evpn_operator::leader::Election;
+use evpn_operator::metrics::Metrics;
+use kube::Client;
+use kube::api::{Api, DeleteParams};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::{apply, control_plane, repo_root, unique_name};
+
+/// How long a fabric condition (BGP, routes, pings) may take before the test fails.
+pub const FABRIC_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Nodes of the lab: namespace `evl-nN` is Kubernetes node `worker-N`.
+pub const NODES: [(&str, &str); 2] = [("evl-n1", "worker-1"), ("evl-n2", "worker-2")];
+
+/// Why the lab cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !nix_is_root() {
+        return Some("needs root (network namespaces, FRR)".into());
+    }
+    let probe = std::process::Command::new("ip").args(["netns", "list"]).output();
+    match probe {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("`ip netns` does not work here: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Some(format!("no `ip` command: {e}")),
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The lab's namespaces and daemons; torn down when dropped.
+pub struct Lab {
+    pub script: PathBuf,
+}
+
+impl Lab {
+    pub async fn up(tor: &str) -> Self {
+        let lab = Lab { script: repo_root().join("hack/lab.sh") };
+        lab.sh(&["down"]).await;
+        let out = lab.sh(&["up", tor]).await;
+        assert!(out.status.success(), "lab.sh up {tor} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    pub async fn sh(&self, args: &[&str]) -> Output {
+        Command::new("bash").arg(&self.script).args(args).stdin(Stdio::null()).output().await.unwrap()
+    }
+
+    pub async fn ok(&self, args: &[&str]) {
+        let out = self.sh(args).await;
+        assert!(
+            out.status.success(),
+            "lab.sh {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub async fn vtysh(&self, node: &str, cmd: &str) -> String {
+        String::from_utf8_lossy(&self.sh(&["vtysh", node, cmd]).await.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // EVPN_LAB_KEEP=1 leaves a failed run's fabric up to look at (`hack/lab.sh status`).
+        if std::env::var_os("EVPN_LAB_KEEP").is_some() {
+            return;
+        }
+        let _ = std::process::Command::new("bash").arg(&self.script).arg("down").output();
+    }
+}
+
+/// Runs `cmd` inside network namespace `ns`.
+pub async fn in_ns(ns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip").args(["netns", "exec", ns]).args(cmd).stdin(Stdio::null()).output().await.unwrap()
+}
+
+pub async fn ping(from: &str, to: &str) -> bool {
+    in_ns(from, &["ping", "-c1", "-W1", to]).await.status.success()
+}
+
+/// Polls `check` until it holds or [`FABRIC_DEADLINE`] passes; panics naming `what`.
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            eprintln!("ok   {what} ({:.2}s)", start.elapsed().as_secs_f64());
+            return;
+        }
+        assert!(start.elapsed() < FABRIC_DEADLINE, "{what}: not within {FABRIC_DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that `check` keeps failing for `window` (isolation: something must NOT happen).
+pub async fn never<F, Fut>(what: &str, window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert!(!check().await, "{what}: happened, and must not");
+    }
+    eprintln!("ok   {what} (held for {window:?})");
+}
+
+/// The `evpn-agent` binary next to this test binary, brought up to date first: `cargo test`
+/// builds another package's tests but not its binary.
+pub fn agent_binary() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // A benchmark runs from target/release: its agents are release builds too.
+        let mut args = vec!["build", "-p", "evpn-agent"];
+        if dir.ends_with("release") {
+            args.push("--release");
+        }
+        let status = std::process::Command::new(cargo).args(args).status().unwrap();
+        assert!(status.success(), "building evpn-agent");
+    });
+    dir.join("evpn-agent")
+}
+
+/// One node's agent, killed when dropped.
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    pub fn start(lab_node: &str, node: &str) -> Self {
+        let cp_dir = std::env::var("EVPN_TEST_CONTROL_PLANE").ok();
+        let kubeconfig = match cp_dir {
+            Some(d) => PathBuf::from(d).join(format!("node-{node}.kubeconfig")),
+            None => control_plane_dir().join(format!("node-{node}.kubeconfig")),
+        };
+        let log = std::env::temp_dir().join(format!("evpn-lab-agent-{node}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(agent_binary())
+            .args(["--node-name", node, "--netns", &format!("/run/netns/{lab_node}")])
+            .args(["--vrf-backend", "netns", "--vrf-netns-dir", &format!("/var/run/frr/{lab_node}/netns")])
+            .args(["--frr-pathspace", lab_node, "--resync-seconds", "2"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,evpn_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        AgentProcess { child }
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+pub fn control_plane_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("evpn-operator/test-{}", std::process::id()))
+}
+
+/// The operator's controllers, in this process; aborted when dropped.
+pub struct Operator(JoinHandle<()>);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub fn operator(client: &Client) -> Operator {
+    let election = Election {
+        namespace: "evpn-system".into(),
+        name: unique_name("lab-lease"),
+        identity: "lab".into(),
+        duration: Duration::from_secs(5),
+        renew: Duration::from_secs(1),
+    };
+    let config =
+        Config { debounce: Duration::from_millis(20), max_delay: Duration::from_millis(200), ..Config::default() };
+    Operator(tokio::spawn(evpn_operator::run_controllers(
+        client.clone(),
+        election,
+        config,
+        Arc::new(Metrics::default()),
+    )))
+}
+
+/// Everything the scenarios share: the lab, the cluster side, the agents.
+pub struct Fabric {
+    pub lab: Lab,
+    pub client: Client,
+    pub tor: &'static str,
+    pub vtep: String,
+    pub agents: Vec<Option<AgentProcess>>,
+    _operator: Operator,
+}
+
+impl Fabric {
+    pub async fn up(tor: &'static str) -> Self {
+        let lab = Lab::up(tor).await;
+        let cp = control_plane().await.unwrap();
+        let client = cp.admin().await.unwrap();
+        let id = unique_name("lab");
+        for (_, node) in NODES {
+            apply(
+                &client,
+                &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"evpn-lab": id}}}),
+            )
+            .await
+            .unwrap();
+        }
+        let vtep = format!("{id}-vtep");
+        apply(
+            &client,
+            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": vtep}, "spec": {
+                "cidrs": ["198.18.0.0/24"], "mode": "Managed", "nodeSelector": {"matchLabels": {"evpn-lab": id}},
+                "vniRanges": [{"start": 10000, "end": 19999}],
+                "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}}}),
+        )
+        .await
+        .unwrap();
+        let operator = operator(&client);
+        let agents = NODES.iter().map(|(lab_node, node)| Some(AgentProcess::start(lab_node, node))).collect();
+        let fabric = Fabric { lab, client, tor: &tor[..1], vtep, agents, _operator: operator };
+        fabric.remove_leftovers().await;
+        for (lab_node, node) in NODES {
+            let states: Api<EvpnNodeState> = Api::all(fabric.client.clone());
+            until(&format!("{node}: BGP session to the TOR Established, as its agent reports"), || async {
+                let Ok(s) = states.get(node).await else { return false };
+                s.status.is_some_and(|st| st.bgp_sessions.iter().any(|b| b.state == "Established"))
+            })
+            .await;
+            let _ = lab_node;
+        }
+        fabric
+    }
+
+    /// This fabric's EVPNs, at the end of a test and left over from an earlier run that stopped
+    /// half-way: they would hold VNIs and, re-applied with fewer fields, trip v1.20's server-side
+    /// apply (which leaves `null` behind).
+    pub async fn remove_leftovers(&self) {
+        let api: Api<Evpn> = Api::all(self.client.clone());
+        let suffix = format!("-{}", self.tor);
+        for e in api.list(&Default::default()).await.unwrap().items {
+            let name = e.metadata.name.unwrap_or_default();
+            if name.ends_with(&suffix) && e.spec.vtep.starts_with("lab-") {
+                self.delete_evpn(&name).await;
+            }
+        }
+    }
+
+    pub async fn network(&self, name: &str, topology: &str, subnets: Value) {
+        let section = topology.to_lowercase();
+        apply(
+            &self.client,
+            &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork",
+            "metadata": {"name": name}, "spec": {"namespaceSelector": {}, "network": {"topology": topology,
+            section: {"role": "Primary", "subnets": subnets}}}}),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Applies an EVPN and waits until it is Ready on every node; returns its status.
+    pub async fn evpn(&self, name: &str, network: &str, vrfs: Value) -> Evpn {
+        let mut spec = json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": network}, "vtep": self.vtep});
+        for (k, v) in vrfs.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        apply(
+            &self.client,
+            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN",
+            "metadata": {"name": name}, "spec": spec}),
+        )
+        .await
+        .unwrap();
+        self.ready(name).await
+    }
+
+    pub async fn ready(&self, name: &str) -> Evpn {
+        let api: Api<Evpn> = Api::all(self.client.clone());
+        let is_ready = |e: &Evpn| {
+            e.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    && s.observed_generation == e.metadata.generation
+            })
+        };
+        until(&format!("EVPN {name} Ready on every node"), || async {
+            api.get(name).await.is_ok_and(|e| is_ready(&e))
+        })
+        .await;
+        api.get(name).await.unwrap()
+    }
+
+    /// A Layer3 network `name` with subnet 10.`octet`.0.0/16, its VRF on every node (as
+    /// OVN-Kubernetes would make it), and on node N a routed host `evl-<name>-hN` at
+    /// 10.`octet`.N.10/24. Returns the VRF name.
+    pub async fn layer3_with_hosts(&self, name: &str, octet: u8) -> String {
+        self.network(name, "Layer3", json!([{"cidr": format!("10.{octet}.0.0/16"), "hostSubnet": 24}])).await;
+        let vrf = name.chars().take(15).collect::<String>();
+        for (i, (lab_node, _)) in NODES.iter().enumerate() {
+            let n = i + 1;
+            let host = format!("evl-{name}-h{n}");
+            self.lab.ok(&["vrf", lab_node, &vrf]).await;
+            let (addr, gw) = (format!("10.{octet}.{n}.10/24"), format!("10.{octet}.{n}.1"));
+            self.lab.ok(&["host", lab_node, &vrf, &host, &addr, &gw]).await;
+        }
+        vrf
+    }
+
+    /// Names stay short: a network's name is its VRF's name on the nodes (15 characters).
+    pub fn name(&self, short: &str) -> String {
+        format!("{short}-{}", self.tor)
+    }
+
+    pub async fn delete_evpn(&self, name: &str) {
+        let api: Api<Evpn> = Api::all(self.client.clone());
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        until(&format!("EVPN {name} gone (finalizer released after every node removed it)"), || async {
+            matches!(api.get(name).await, Err(kube::Error::Api(s)) if s.code == 404)
+        })
+        .await;
+    }
+}
+
+pub fn mac_vni(e: &Evpn) -> u32 {
+    e.status.as_ref().and_then(|s| s.mac_vrf.as_ref()).map(|v| v.vni).expect("a MAC-VNI in the status")
+}
+
+pub fn ip_vni(e: &Evpn) -> u32 {
+    e.status.as_ref().and_then(|s| s.ip_vrf.as_ref()).map(|v| v.vni).expect("an IP-VNI in the status")
+}
+
+pub fn vrf_name(e: &Evpn) -> String {
+    e.status.as_ref().and_then(|s| s.vrf_name.clone()).expect("a VRF name in the status")
+}
+
+pub async fn link_exists(ns: &str, dev: &str) -> bool {
+    Command::new("ip").args(["-n", ns, "link", "show", dev]).output().await.is_ok_and(|o| o.status.success())
+}
