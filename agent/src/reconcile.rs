@@ -133,11 +133,19 @@ impl Agent {
         // Networks whose VRF zebra has not bound yet stay out of FRR: configuring a netns VRF
         // before zebra sees it leaves it inactive for good.
         let mut frr_plan = NodePlan { vtep: plan.vtep.clone(), networks: Vec::new(), rejected: Vec::new() };
+        let active_vrfs = if plan.networks.iter().any(|n| n.ip_vrf.is_some()) {
+            self.frr.active_vrfs().await.unwrap_or_else(|e| {
+                warn!("reading FRR's VRFs: {e}");
+                BTreeSet::new()
+            })
+        } else {
+            BTreeSet::new()
+        };
         for n in &plan.networks {
             if outcomes.contains_key(&n.evpn) {
                 continue;
             }
-            if n.ip_vrf.is_some() && !self.frr.vrf_active(&n.vrf).await.unwrap_or(false) {
+            if n.ip_vrf.is_some() && !active_vrfs.contains(&n.vrf) {
                 outcomes.insert(
                     n.evpn.clone(),
                     Outcome::Pending {
@@ -216,6 +224,7 @@ impl Agent {
             .collect();
         networks.extend(removing);
 
+        let (sessions, vnis) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis());
         Observed {
             generation,
             agent: Some(AgentInfo {
@@ -228,12 +237,12 @@ impl Agent {
                 .iter()
                 .map(|v| VtepState { name: v.name.clone(), ip: vtep_ip.map(|ip: IpAddr| ip.to_string()) })
                 .collect(),
-            sessions: self.frr.bgp_sessions().await.unwrap_or_else(|e| {
+            sessions: sessions.unwrap_or_else(|e| {
                 warn!("reading BGP sessions from FRR: {e}");
                 Vec::new()
             }),
             networks,
-            vnis: self.frr.vnis().await.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
+            vnis: vnis.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
             network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
         }
     }

@@ -13,6 +13,7 @@
 //! full reload wrote (frr-reload.py `-N` always does `write memory`), not the incremental changes
 //! made since, so the next sync must be a full reload again.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -188,7 +189,11 @@ impl Frr {
 
     async fn sync_incremental(&self, old: &Config, new: &Config) -> (SyncMethod, Vec<OwnerResult>, Option<Config>) {
         let groups = diff(old, new);
-        let method = if groups.is_empty() { SyncMethod::NoChange } else { SyncMethod::Incremental };
+        if groups.is_empty() {
+            // Not even a vtysh start: an unchanged resync costs nothing in FRR.
+            return (SyncMethod::NoChange, owner_results(new, &groups, Vec::new()), Some(new.clone()));
+        }
+        let method = SyncMethod::Incremental;
         let mut failed = Vec::new();
         for (group, outcome) in groups.iter().zip(self.run_groups(&groups).await) {
             if let Err(e) = outcome {
@@ -387,13 +392,24 @@ impl Frr {
     /// `vrf` stanza configured before that stays "inactive (configured)" for good on 8.4.4, so
     /// the caller waits for this before rendering the network's VRF.
     pub async fn vrf_active(&self, name: &str) -> Result<bool, FrrError> {
+        Ok(self.active_vrfs().await?.contains(name))
+    }
+
+    /// The VRFs zebra has bound (has an id for), in one query.
+    pub async fn active_vrfs(&self) -> Result<BTreeSet<String>, FrrError> {
         // 8.4.4 has no `show vrf json`; active lines read `vrf red id 5 netns /run/netns/red`,
         // inactive ones `vrf red inactive (configured)`.
         let output = self.show("show vrf").await?;
-        Ok(output.lines().any(|line| {
-            let mut words = line.split_whitespace();
-            words.next() == Some("vrf") && words.next() == Some(name) && words.next() == Some("id")
-        }))
+        Ok(output
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().take(3).collect();
+                match words[..] {
+                    ["vrf", name, "id"] => Some(name.to_owned()),
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     fn vtysh_prefix(&self) -> Vec<String> {
