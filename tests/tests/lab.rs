@@ -117,6 +117,37 @@ async fn fabric_with_an_frr_tor() {
     .await;
     until("L3: red-h1 -> red-h2 routed over the L3VNI", || ping("evl-red-f-h1", "10.20.2.10")).await;
 
+    // --- Symmetric IRB: a Layer2 network with an IP-VRF, its bridge the anycast gateway.
+    let irb = f.name("irb");
+    f.network(&irb, "Layer2", json!(["10.70.0.0/24"])).await;
+    let irb_vrf = irb.chars().take(15).collect::<String>();
+    for (lab_node, _) in NODES {
+        f.lab.ok(&["vrf", lab_node, &irb_vrf]).await;
+    }
+    f.lab.ok(&["host", "evl-n2", &irb_vrf, "evl-irb-h2", "10.71.2.10/24", "10.71.2.1"]).await;
+    let irb_evpn = f.evpn(&irb, &irb, json!({"macVRF": {}, "ipVRF": {}})).await;
+    let irb_bridge = format!("evb{}", mac_vni(&irb_evpn));
+    f.lab.ok(&["pod", "evl-n1", "evl-irb1", &irb_bridge, "10.70.0.11/24", "10.70.0.1", "--in-vrf", &irb_vrf]).await;
+    f.lab.ok(&["pod", "evl-n2", "evl-irb2", &irb_bridge, "10.70.0.12/24", "10.70.0.1", "--in-vrf", &irb_vrf]).await;
+    until("IRB: irb1 -> irb2 bridged over the MAC-VNI", || ping("evl-irb1", "10.70.0.12")).await;
+    until("IRB: irb2 reaches its anycast gateway", || ping("evl-irb2", "10.70.0.1")).await;
+    let l3_rt = format!("RT:65001:{}", ip_vni(&irb_evpn));
+    until("IRB: irb2's MAC/IP route at the TOR carries the IP-VRF's route target", || async {
+        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await;
+        routes.split("Route Distinguisher").any(|rd| rd.contains("[32]:[10.70.0.12]") && rd.contains(&l3_rt))
+    })
+    .await;
+    until("IRB: node 1 routes irb2's /32 over the L3VNI to node 2", || async {
+        let ns = format!("evl-n1-{irb_vrf}");
+        let out = Command::new("ip").args(["-n", &ns, "route", "show", "10.70.0.12"]).output().await.unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("via 198.18.0.2")
+    })
+    .await;
+    until("IRB: irb1 -> host behind node 2, routed through the gateway and the L3VNI", || {
+        ping("evl-irb1", "10.71.2.10")
+    })
+    .await;
+
     // --- Route targets decide the VPN: changing them moves a network live, traffic follows.
     let custom = "65001:777";
     let moved = json!({"ipVRF": {"routeTargets": {"import": [custom], "export": [custom]}}});
@@ -218,6 +249,17 @@ async fn fabric_with_a_gobgp_tor() {
     f.lab.ok(&["pod", "evl-n1", "evl-gblue1", &bridge, "10.50.0.11/24"]).await;
     f.lab.ok(&["pod", "evl-n2", "evl-gblue2", &bridge, "10.50.0.12/24"]).await;
     until("GoBGP L2: gblue1 -> gblue2", || ping("evl-gblue1", "10.50.0.12")).await;
+    let mac2 = String::from_utf8_lossy(&in_ns("evl-gblue2", &["cat", "/sys/class/net/eth0/address"]).await.stdout)
+        .trim()
+        .to_owned();
+    until("GoBGP L2: type-3 of both VTEPs and type-2 of gblue2 in the TOR's RIB", || async {
+        let rib =
+            String::from_utf8_lossy(&f.lab.sh(&["gobgp", "global", "rib", "-a", "evpn"]).await.stdout).into_owned();
+        rib.contains("[type:multicast][rd:198.18.0.1:")
+            && rib.contains("[type:multicast][rd:198.18.0.2:")
+            && rib.contains(&format!("[mac:{mac2}]"))
+    })
+    .await;
 
     let red = f.name("red");
     f.layer3_with_hosts(&red, 60).await;
