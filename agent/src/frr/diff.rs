@@ -7,7 +7,7 @@
 //!
 //! Order within a group, all verified traps on FRR 8.4.4:
 //! - removals before additions, so a changed single-valued setting (`rd`) is not removed after
-//!   being set; settings FRR replaces in place (`rd`, `remote-as`, ...) are only set, since
+//!   being set, except route targets: new ones first, so an import never lapses; settings FRR replaces in place (`rd`, `remote-as`, ...) are only set, since
 //!   `no neighbor X remote-as` would delete the whole neighbor;
 //! - removals deepest first and lines in reverse, so `no neighbor X activate` runs before the
 //!   neighbor disappears;
@@ -81,10 +81,19 @@ pub fn diff(old: &Config, new: &Config) -> Vec<CommandGroup> {
     }
     for network in networks {
         let owned = |c: &&Change| c.owner == Some(network);
+        // Route targets are make-before-break: the new ones are in place before the old ones
+        // go, so a VRF moving to another VPN never has a moment with nothing to import.
+        let route_target_removal =
+            |c: &&Change| c.command.as_deref().is_some_and(|c| c.starts_with("no route-target "));
+        let removals = network_removals.iter().filter(owned);
         push_group(
             &mut groups,
             Some(network),
-            network_removals.iter().filter(owned).chain(network_additions.iter().filter(owned)),
+            removals
+                .clone()
+                .filter(|c| !route_target_removal(c))
+                .chain(network_additions.iter().filter(owned))
+                .chain(removals.filter(route_target_removal)),
         );
     }
     push_group(&mut groups, None, node_removals.iter());
@@ -251,8 +260,8 @@ mod tests {
             "router bgp 65001
              address-family l2vpn evpn
              vni 200
-             no route-target import 65000:200
              route-target import 65000:201
+             no route-target import 65000:200
              exit-vni
              exit-address-family
              exit",
