@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use evpn_agent::dataplane::{BackendChoice, Dataplane, DataplaneReport};
+use evpn_agent::dataplane::{ApplyScope, BackendChoice, Dataplane, DataplaneReport};
 use evpn_agent::plan::{
     NetworkPlan, NodePlan, PlanError, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac, bridge_name, vxlan_name,
 };
@@ -563,6 +563,13 @@ async fn kernel_backend_enslaves_vrf_bridges_to_the_vrf_device() {
     assert_eq!(lab.addresses(None, "evb300").first().map(String::as_str), Some("10.30.0.1/24"));
     assert_eq!(dp.apply(&plan).await.changes, 0);
 
+    // A targeted apply reads the VRF device by name: the missing one is found once it is made.
+    lab.ip(&["link", "add", "nowhere", "type", "vrf", "table", "200"]);
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(lab.link(None, "evb5000").expect("bridge in the node netns")["master"], "nowhere");
+    assert_eq!(dp.apply_scoped(&plan, ApplyScope::Changes).await.changes, 0);
+
     // IRB turned L2: the same bridge leaves the VRF, the IP-VRF's devices go.
     let report = dp.apply(&node_plan(vec![l2("purple", 300)])).await;
     assert_all_ok(&report);
@@ -599,10 +606,142 @@ async fn thousand_l2_networks_timing() {
     let changed = report.changes;
     assert_eq!(changed, 6, "two deletions, then bridge, its mark, VXLAN, its port flags and mark");
 
+    // The same change as a targeted apply, which reads only the devices of the changed network.
+    plan.networks[501] = l2("net501", 20_501);
+    let t = Instant::now();
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    let one_vni_targeted = t.elapsed();
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 6);
+    assert_eq!(report.networks.len(), 1000);
+    assert!(lab.link(None, "evx20501").is_some());
+    let t = Instant::now();
+    assert_eq!(dp.apply_scoped(&plan, ApplyScope::Changes).await.changes, 0);
+    let noop_targeted = t.elapsed();
+
     eprintln!(
         "1,000 L2 networks: initial apply {initial:?} ({created} changes), \
-         unchanged re-apply {noop:?} (0 changes), one VNI changed {one_vni:?} ({changed} changes)"
+         unchanged re-apply {noop:?} (0 changes), one VNI changed {one_vni:?} ({changed} changes); \
+         targeted: one VNI changed {one_vni_targeted:?}, unchanged {noop_targeted:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_apply_touches_only_the_networks_that_changed() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.add_vrf("vrf1");
+    let mut dp = lab.dataplane().await;
+    let mut networks: Vec<NetworkPlan> = (0..20).map(|i| l2(&format!("net{i}"), 100 + i)).collect();
+    networks.push(irb("tenant", "vrf1", 5000, 6000, &["10.0.0.1/24"]));
+    let mut plan = node_plan(networks);
+    // The first apply has nothing to compare with: it runs in full.
+    assert_all_ok(&dp.apply_scoped(&plan, ApplyScope::Changes).await);
+    let changes = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&changes);
+    assert_eq!(changes.changes, 0);
+    assert_eq!(changes.networks.len(), 21, "untouched networks are reported too");
+
+    // Added: its bridge, the bridge's mark, its VXLAN device, the port flags with the mark.
+    plan.networks.push(l2("added", 300));
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 4);
+    assert_bridge(&lab.link(None, "evb300").expect("bridge"), "evpn-agent:added");
+    assert_vxlan(&lab.link(None, "evx300").expect("vxlan"), 300, "evb300", "evpn-agent:added");
+
+    // Changed VNI: the old pair is deleted and the new one made.
+    plan.networks[5] = l2("net5", 405);
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 6);
+    assert!(lab.link(None, "evx105").is_none() && lab.link(None, "evb105").is_none());
+    assert_vxlan(&lab.link(None, "evx405").expect("vxlan"), 405, "evb405", "evpn-agent:net5");
+
+    // Changed SVI address: one address out, one in, nothing else.
+    plan.networks[20] = irb("tenant", "vrf1", 5000, 6000, &["10.0.1.1/24"]);
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 2);
+    let addrs = lab.addresses(Some("vrf1"), "evb5000");
+    assert!(addrs.contains(&"10.0.1.1/24".to_owned()) && !addrs.contains(&"10.0.0.1/24".to_owned()), "{addrs:?}");
+
+    // Moved from the node into a VRF namespace: deleted there, made again here.
+    // And a network gone from the VRF namespace whose VNI a new one takes in the node's.
+    plan.networks[7] = irb("net7", "vrf1", 107, 6007, &["10.7.0.1/24"]);
+    plan.networks[20] = l2("tenant-l2", 5000);
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert!(lab.link(None, "evb107").is_none() && lab.link(None, "evx107").is_none());
+    assert_vxlan(&lab.link(Some("vrf1"), "evx107").expect("vxlan moved"), 107, "evb107", "evpn-agent:net7");
+    assert_vxlan(&lab.link(Some("vrf1"), "evx6007").expect("IP-VRF vxlan"), 6007, "evb6007", "evpn-agent:net7");
+    assert!(lab.addresses(Some("vrf1"), "evb107").contains(&"10.7.0.1/24".to_owned()));
+    for dev in ["evb5000", "evx5000", "evb6000", "evx6000"] {
+        assert!(lab.link(Some("vrf1"), dev).is_none(), "the departed tenant's {dev} is left in the VRF");
+    }
+    assert_vxlan(&lab.link(None, "evx5000").expect("new network"), 5000, "evb5000", "evpn-agent:tenant-l2");
+
+    // Removed: only its devices that still carry its mark go.
+    lab.ip(&["link", "set", "evx110", "alias", "made by hand"]);
+    let gone = plan.networks.remove(10);
+    assert_eq!(gone.evpn, "net10");
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 1);
+    assert!(lab.link(None, "evb110").is_none());
+    assert!(lab.link(None, "evx110").is_some(), "a device that lost our mark survives");
+    assert!(!report.networks.contains_key("net10"));
+
+    // Nothing more to do, by either kind of apply.
+    assert_eq!(dp.apply_scoped(&plan, ApplyScope::Changes).await.changes, 0);
+    let full = dp.apply(&plan).await;
+    assert_all_ok(&full);
+    assert_eq!(full.changes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_by_a_full_apply_not_by_a_changes_apply() {
+    require_root!();
+    let lab = Lab::new();
+    let mut dp = lab.dataplane().await;
+    let mut plan = node_plan((0..10).map(|i| l2(&format!("net{i}"), 100 + i)).collect());
+    assert_all_ok(&dp.apply(&plan).await);
+
+    lab.ip(&["link", "del", "evx105"]);
+    plan.networks.push(l2("added", 300));
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 4, "only the added network is looked at");
+    assert!(lab.link(None, "evx105").is_none(), "net5 is not read, so its loss goes unseen");
+    assert!(lab.link(None, "evx300").is_some());
+
+    let report = dp.apply_scoped(&plan, ApplyScope::Full).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 2, "the VXLAN device and its port flags");
+    assert_vxlan(&lab.link(None, "evx105").expect("repaired"), 105, "evb105", "evpn-agent:net5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_apply_retries_a_network_until_its_vrf_appears() {
+    require_root!();
+    let mut lab = Lab::new();
+    let mut dp = lab.dataplane().await;
+    let plan = node_plan(vec![l2("blue", 100), l3("late", "vrf9", 6000)]);
+    let report = dp.apply(&plan).await;
+    assert_eq!(report.networks["late"].as_ref().map_err(|e| e.reason()), Err("VrfNotFound"));
+    assert!(report.networks["blue"].is_ok());
+
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_eq!(report.networks["late"].as_ref().map_err(|e| e.reason()), Err("VrfNotFound"));
+    assert!(report.networks["blue"].is_ok());
+    assert_eq!(report.changes, 0);
+
+    lab.add_vrf("vrf9");
+    let report = dp.apply_scoped(&plan, ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 4);
+    assert_vxlan(&lab.link(Some("vrf9"), "evx6000").expect("vxlan"), 6000, "evb6000", "evpn-agent:late");
+    assert_eq!(dp.apply_scoped(&plan, ApplyScope::Changes).await.changes, 0);
 }
 
 /// The agent runs applies on tokio tasks, so the data plane and its futures must be `Send`.

@@ -7,6 +7,13 @@
 //!   the requests that change something. A second apply of the same plan sends none (the
 //!   report's `changes` counts them), and the cost of an apply grows with what changed, plus
 //!   two dumps per namespace, rather than with one request per device.
+//! - **Targeted applies between full ones.** [`ApplyScope::Changes`] compares the plan with
+//!   the last one this data plane applied and reads, by name, only the devices of networks that
+//!   are new, changed, gone or failed last time, in the namespaces where they live or lived; the
+//!   rest is taken to be as the last apply left it. Drift behind the agent's back (a device
+//!   deleted by hand, a namespace recreated) is repaired only by [`ApplyScope::Full`], which the
+//!   periodic resync must use. Whenever the last apply cannot vouch for the node (none yet, the
+//!   VTEP changed or failed, a removal failed) or too many networks changed, Changes runs Full.
 //! - **Ownership by alias.** Every device created here carries the interface alias
 //!   `evpn-agent:<evpn>` ([`OWNER_ALIAS_PREFIX`]). Only such devices are ever deleted: a device
 //!   of ours that no planned network wants where it is (its network left the plan, its VNI
@@ -50,7 +57,7 @@ use netlink_packet_route::link::InfoKind;
 use nix::errno::Errno;
 use rtnetlink::{LinkUnspec, LinkVrf};
 
-use crate::plan::{NetworkPlan, NodePlan, OWNER_ALIAS_PREFIX, SegmentPlan, SviPlan};
+use crate::plan::{NetworkPlan, NodePlan, OWNER_ALIAS_PREFIX, SegmentPlan, SviPlan, VtepPlan};
 use error::errno;
 use netns::{Netns, NsId};
 use network::Ctx;
@@ -69,6 +76,21 @@ const PROBE_VRF_TABLE: u32 = 0x7fff_fffe;
 const MAX_ALIAS_LEN: usize = 255;
 /// Scope index of the node namespace; VRF namespaces follow it.
 const NODE: usize = 0;
+/// Networks a targeted apply looks at, at most: it reads their devices one request each, so a
+/// larger change runs in full instead (two dumps per namespace), which also repairs drift.
+const MAX_TARGETED: usize = 64;
+
+/// How much of the node an apply looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyScope {
+    /// Every managed namespace dumped, every planned network compared, and every device of ours
+    /// that no planned network wants removed: repairs any drift. For the periodic resync.
+    Full,
+    /// Only the networks that are new, changed, gone or failed since the last apply, read by
+    /// device name; the others are reported as the last apply left them. Runs as `Full` when
+    /// there is no usable last apply, the VTEP plan changed, or more than 64 networks changed.
+    Changes,
+}
 
 /// Which VRF backend to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +118,60 @@ pub struct Dataplane {
     vrf_netns: HashMap<PathBuf, Netns>,
     /// Whether the kernel can make the dummy VTEP device; `None` until first tried.
     dummy_supported: Option<bool>,
+    /// What the last apply left; `None` when it cannot vouch for the node.
+    applied: Option<Applied>,
+}
+
+/// What the last apply left on the node, for a targeted apply to compare against.
+struct Applied {
+    vtep_plan: VtepPlan,
+    vtep: VtepStatus,
+    /// Per network, the plan its devices were made from and whether that succeeded. A network
+    /// that could not be placed keeps the entry it had: nothing of it was touched.
+    networks: HashMap<String, (NetworkPlan, bool)>,
+}
+
+/// The networks a targeted apply looks at.
+struct Target {
+    /// By EVPN name: planned ones to realise, departed ones to remove.
+    evpns: HashSet<String>,
+    /// Their plans as last applied, for the names and namespaces of their existing devices.
+    before: Vec<NetworkPlan>,
+    vtep: VtepStatus,
+}
+
+impl Applied {
+    /// The networks `plan` changes, or `None` when only a full apply will do.
+    fn target(&self, plan: &NodePlan) -> Option<Target> {
+        if plan.vtep.as_ref() != Some(&self.vtep_plan) {
+            return None;
+        }
+        let mut evpns = HashSet::new();
+        let mut before = Vec::new();
+        for n in &plan.networks {
+            match self.networks.get(&n.evpn) {
+                Some((old, true)) if old == n => {}
+                old => {
+                    evpns.insert(n.evpn.clone());
+                    before.extend(old.map(|(p, _)| p.clone()));
+                }
+            }
+        }
+        let stays: HashSet<&str> = plan
+            .networks
+            .iter()
+            .map(|n| n.evpn.as_str())
+            .chain(plan.rejected.iter().map(|(e, _)| e.as_str()))
+            .collect();
+        for (evpn, (old, _)) in &self.networks {
+            // A rejected network keeps its devices, so only a network gone from both is removed.
+            if !stays.contains(evpn.as_str()) {
+                evpns.insert(evpn.clone());
+                before.push(old.clone());
+            }
+        }
+        (evpns.len() <= MAX_TARGETED).then(|| Target { evpns, before, vtep: self.vtep.clone() })
+    }
 }
 
 /// What an apply did.
@@ -129,7 +205,7 @@ impl Dataplane {
             BackendChoice::Auto => Backend::Netns { dir: DEFAULT_NETNS_DIR.into() },
         };
         tracing::info!(backend = ?backend, node = %node.label, "data plane ready");
-        Ok(Dataplane { node, backend, vrf_netns: HashMap::new(), dummy_supported: None })
+        Ok(Dataplane { node, backend, vrf_netns: HashMap::new(), dummy_supported: None, applied: None })
     }
 
     /// The VRF backend in use.
@@ -140,9 +216,57 @@ impl Dataplane {
         }
     }
 
-    /// Makes the node's devices match `plan`, changing only what differs.
+    /// Makes the node's devices match `plan`, changing only what differs: a full apply.
     pub async fn apply(&mut self, plan: &NodePlan) -> DataplaneReport {
+        self.apply_scoped(plan, ApplyScope::Full).await
+    }
+
+    /// Makes the node's devices match `plan`, looking at everything or only at what changed
+    /// since the last apply (see [`ApplyScope`]).
+    pub async fn apply_scoped(&mut self, plan: &NodePlan, scope: ApplyScope) -> DataplaneReport {
+        let target = match scope {
+            ApplyScope::Full => None,
+            ApplyScope::Changes => self.applied.as_ref().and_then(|a| a.target(plan)),
+        };
+        // `None`: a full apply.
+        tracing::debug!(targeted = ?target.as_ref().map(|t| t.evpns.len()), "applying the plan");
+        let (report, unplaced) = self.apply_to(plan, target.as_ref()).await;
+        self.remember(plan, &report, &unplaced);
+        report
+    }
+
+    /// Records what `report` left on the node, or forgets it when it cannot vouch for the node.
+    fn remember(&mut self, plan: &NodePlan, report: &DataplaneReport, unplaced: &HashSet<String>) {
+        let old = self.applied.take().map(|a| a.networks).unwrap_or_default();
+        let (Some(vtep_plan), Some(Ok(vtep))) = (&plan.vtep, &report.vtep) else { return };
+        // A device that could not be removed would be forgotten with its network's entry.
+        if !report.removals.is_empty() {
+            return;
+        }
+        let mut networks = HashMap::new();
+        for (evpn, _) in &plan.rejected {
+            if let Some(entry) = old.get(evpn) {
+                networks.insert(evpn.clone(), entry.clone());
+            }
+        }
+        for n in &plan.networks {
+            if unplaced.contains(&n.evpn) {
+                if let Some((before, _)) = old.get(&n.evpn) {
+                    networks.insert(n.evpn.clone(), (before.clone(), false));
+                }
+                continue;
+            }
+            let ok = report.networks.get(&n.evpn).is_some_and(Result::is_ok);
+            networks.insert(n.evpn.clone(), (n.clone(), ok));
+        }
+        self.applied = Some(Applied { vtep_plan: vtep_plan.clone(), vtep: vtep.clone(), networks });
+    }
+
+    /// One apply, of everything (`target: None`) or of the targeted networks only. Returns the
+    /// report and the networks that could not be placed (nothing of them was touched).
+    async fn apply_to(&mut self, plan: &NodePlan, target: Option<&Target>) -> (DataplaneReport, HashSet<String>) {
         let changes = AtomicUsize::new(0);
+        let mut unplaced = HashSet::new();
         let mut report = DataplaneReport { vtep: None, networks: BTreeMap::new(), removals: Vec::new(), changes: 0 };
 
         let vrf_ids = match &self.backend {
@@ -151,7 +275,8 @@ impl Dataplane {
                 refresh_vrf_netns(&self.node, dir, &mut self.vrf_netns, plan, &mut report.removals).await
             }
         };
-        let Dataplane { node, backend, vrf_netns, dummy_supported } = self;
+        let Dataplane { node, backend, vrf_netns, dummy_supported, .. } = self;
+        let reads = target.map(|t| names_to_read(t, plan, backend, node.id, vrf_netns));
 
         // One scope per distinct namespace; two files naming one namespace share a scope.
         let mut namespaces: Vec<&Netns> = vec![node];
@@ -162,7 +287,17 @@ impl Dataplane {
         }
         let mut pending = Vec::with_capacity(namespaces.len());
         for ns in &namespaces {
-            pending.push(Snapshot::take(ns));
+            pending.push(async {
+                match &reads {
+                    None => Snapshot::take(ns).await,
+                    Some(reads) => {
+                        let (names, addrs) = reads.get(&ns.id).map_or((Vec::new(), false), |(n, a)| {
+                            (n.iter().map(String::as_str).collect::<Vec<_>>(), *a)
+                        });
+                        Snapshot::read(ns, &names, addrs).await
+                    }
+                }
+            });
         }
         let dumps = futures::future::join_all(pending).await;
         let mut scopes = Vec::new();
@@ -176,7 +311,7 @@ impl Dataplane {
                     for n in &plan.networks {
                         report.networks.insert(n.evpn.clone(), Err(e.clone()));
                     }
-                    return report;
+                    return (report, unplaced);
                 }
                 Err(e) => {
                     // Nothing of ours can be removed from it this time; its networks fail below.
@@ -197,15 +332,17 @@ impl Dataplane {
             })
             .collect();
 
-        let vtep = match &plan.vtep {
-            Some(v) => {
+        let vtep = match (&plan.vtep, target) {
+            // Unchanged since the last apply, which made it work.
+            (Some(_), Some(t)) => Some(Ok(t.vtep.clone())),
+            (Some(v), None) => {
                 let r = ensure_vtep(&mut scopes[NODE], v, dummy_supported, &changes).await;
                 if let Err(e) = &r {
                     tracing::warn!(vtep = %v.name, error = %e, "VTEP not usable");
                 }
                 Some(r)
             }
-            None => None,
+            (None, _) => None,
         };
         let local = match &vtep {
             Some(Ok(s)) => Ok(s.ip),
@@ -216,6 +353,11 @@ impl Dataplane {
         let mut work = Vec::new();
         let mut protected: HashSet<&str> = plan.rejected.iter().map(|(evpn, _)| evpn.as_str()).collect();
         for n in &plan.networks {
+            if target.is_some_and(|t| !t.evpns.contains(&n.evpn)) {
+                // Left as the last apply made it, which succeeded (failures are targeted).
+                report.networks.insert(n.evpn.clone(), Ok(()));
+                continue;
+            }
             let placed = local.clone().and_then(|_| place(n, backend, &scopes[NODE].snap, &vrf_scopes));
             match placed {
                 Ok(w) => work.push((n, w)),
@@ -223,12 +365,14 @@ impl Dataplane {
                     // A network that cannot be realised keeps what it has: never tear down what
                     // cannot be rebuilt.
                     protected.insert(n.evpn.as_str());
+                    unplaced.insert(n.evpn.clone());
                     report.networks.insert(n.evpn.clone(), Err(e));
                 }
             }
         }
 
-        remove_unwanted(&mut scopes, &work, &protected, &changes, &mut report.removals).await;
+        let owners = target.map(|t| &t.evpns);
+        remove_unwanted(&mut scopes, &work, &protected, owners, &changes, &mut report.removals).await;
 
         if let (Ok(local), Some(vtep)) = (local, &plan.vtep) {
             let ctx = &Ctx { scopes: &scopes, local, vtep, changes: &changes };
@@ -248,8 +392,49 @@ impl Dataplane {
         }
         report.vtep = vtep;
         report.changes = changes.into_inner();
-        report
+        (report, unplaced)
     }
+}
+
+/// The devices a targeted apply reads, by name, per namespace, and whether it reads their
+/// addresses too (where an SVI is compared). A network's devices are looked for in the node
+/// namespace and in the VRF namespaces it lives in now and lived in before; with kernel VRFs,
+/// its VRF device is read as well, to enslave bridges to it.
+fn names_to_read(
+    target: &Target,
+    plan: &NodePlan,
+    backend: &Backend,
+    node: NsId,
+    vrf_netns: &HashMap<PathBuf, Netns>,
+) -> HashMap<NsId, (Vec<String>, bool)> {
+    let mut reads: HashMap<NsId, (Vec<String>, bool)> = HashMap::new();
+    let now = plan.networks.iter().filter(|n| target.evpns.contains(&n.evpn));
+    for n in now.chain(&target.before) {
+        let mut names: Vec<String> = [&n.mac_vrf, &n.ip_vrf]
+            .into_iter()
+            .flatten()
+            .flat_map(|seg| [seg.bridge.clone(), seg.vxlan.clone()])
+            .collect();
+        let svi = n.svi.is_some();
+        let mut at = vec![node];
+        match backend {
+            Backend::Kernel if n.ip_vrf.is_some() => names.push(n.vrf.clone()),
+            Backend::Kernel => {}
+            Backend::Netns { dir } => {
+                at.extend(n.ip_vrf.as_ref().and_then(|_| vrf_netns.get(&dir.join(&n.vrf))).map(|ns| ns.id));
+            }
+        }
+        for id in at {
+            let entry = reads.entry(id).or_default();
+            entry.0.extend(names.iter().cloned());
+            entry.1 |= svi;
+        }
+    }
+    for (names, _) in reads.values_mut() {
+        names.sort_unstable();
+        names.dedup();
+    }
+    reads
 }
 
 /// Whether the kernel can create a VRF device: creates a throwaway one and deletes it.
@@ -402,11 +587,13 @@ fn owner_of(l: &Link) -> Option<&str> {
     l.alias.as_deref()?.strip_prefix(OWNER_ALIAS_PREFIX)
 }
 
-/// Deletes our devices that no planned network wants where they are.
+/// Deletes our devices that no planned network wants where they are; with `owners`, only those
+/// of these networks (a targeted apply).
 async fn remove_unwanted(
     scopes: &mut [Scope<'_>],
     work: &[(&NetworkPlan, Vec<SegmentWork<'_>>)],
     protected: &HashSet<&str>,
+    owners: Option<&HashSet<String>>,
     changes: &AtomicUsize,
     removals: &mut Vec<DataplaneError>,
 ) {
@@ -421,7 +608,10 @@ async fn remove_unwanted(
     for (i, scope) in scopes.iter().enumerate() {
         for l in scope.snap.links() {
             let Some(owner) = owner_of(l) else { continue };
-            if protected.contains(owner) || wanted.contains(&(i, l.name.as_str(), owner)) {
+            if protected.contains(owner)
+                || owners.is_some_and(|o| !o.contains(owner))
+                || wanted.contains(&(i, l.name.as_str(), owner))
+            {
                 continue;
             }
             doomed.push((i, l.index, l.name.clone()));

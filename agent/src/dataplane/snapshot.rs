@@ -1,8 +1,10 @@
-//! One dump of a namespace's links and addresses, reduced to what the data plane compares.
+//! A namespace's links and addresses, reduced to what the data plane compares: all of them (one
+//! dump of each) or only the links of given names.
 //!
-//! A link dump carries everything needed (kind, alias, master, VXLAN attributes and bridge-port
-//! flags), so an apply reads each namespace twice (links, addresses) whatever the number of
-//! networks, and decides every change from memory.
+//! A link message carries everything needed (kind, alias, master, VXLAN attributes and
+//! bridge-port flags), so a full apply reads each namespace twice (links, addresses) whatever the
+//! number of networks, and decides every change from memory. A targeted apply asks for the few
+//! links it compares by name instead, so its cost does not grow with the devices it leaves alone.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,7 +17,10 @@ use netlink_packet_route::link::{
     LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 
+use nix::errno::Errno;
+
 use super::DataplaneError;
+use super::error::errno;
 use super::netns::Netns;
 
 /// A link as the kernel reported it.
@@ -94,6 +99,48 @@ impl Snapshot {
         for m in addrs {
             if let Some(a) = addr(m) {
                 snap.addrs.entry(a.index).or_default().push(a);
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Reads only the links named `names` (absent ones are simply missing from the result), and
+    /// with `addrs` the addresses of those links.
+    pub(crate) async fn read(ns: &Netns, names: &[&str], addrs: bool) -> Result<Self, DataplaneError> {
+        let dump_err = |what| {
+            move |source: rtnetlink::Error| DataplaneError::Dump {
+                what,
+                ns: ns.label.clone(),
+                source: Box::new(source),
+            }
+        };
+        let mut pending = Vec::with_capacity(names.len());
+        for name in names {
+            pending.push(async move {
+                match ns.handle.link().get().match_name((*name).to_owned()).execute().try_next().await {
+                    Ok(m) => Ok(m),
+                    Err(e) if errno(&e) == Some(Errno::ENODEV as i32) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            });
+        }
+        let mut snap = Snapshot::default();
+        for m in futures::future::join_all(pending).await {
+            if let Some(m) = m.map_err(dump_err("links by name"))? {
+                let l = link(m);
+                snap.names.insert(l.index, l.name.clone());
+                snap.links.insert(l.name.clone(), l);
+            }
+        }
+        if addrs && !snap.links.is_empty() {
+            // rtnetlink filters an address dump by link in user space only, so this is one dump
+            // of the namespace's addresses; it is done only where an SVI is compared.
+            let all: Vec<AddressMessage> =
+                ns.handle.address().get().execute().try_collect().await.map_err(dump_err("addresses"))?;
+            for a in all.into_iter().filter_map(addr) {
+                if snap.names.contains_key(&a.index) {
+                    snap.addrs.entry(a.index).or_default().push(a);
+                }
             }
         }
         Ok(snap)
