@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use evpn_agent::dataplane::{BackendChoice, Dataplane};
+use evpn_agent::dataplane::{ApplyScope, BackendChoice, Dataplane};
 use evpn_agent::frr::{Frr, RenderOptions, SyncMethod, render};
 use evpn_agent::plan::{bridge_name, plan, vxlan_name};
 use evpn_agent::reconcile::Agent;
@@ -65,11 +65,11 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
     let mut generation = 1;
 
     let start = Instant::now();
-    let observed = agent.reconcile(&spec, Some(generation)).await;
+    let observed = agent.reconcile(&spec, Some(generation), ApplyScope::Full).await;
     println!("first reconcile, {count} L2 networks from nothing: {:.2?}", start.elapsed());
     assert_applied(&observed, count as usize);
     let start = Instant::now();
-    let observed = agent.reconcile(&spec, Some(generation)).await;
+    let observed = agent.reconcile(&spec, Some(generation), ApplyScope::Changes).await;
     println!("reconcile with nothing to change: {:.2?}", start.elapsed());
     assert_applied(&observed, count as usize);
 
@@ -82,7 +82,7 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
         set_import(&mut spec, idx, &rt);
         generation += 1;
         let start = Instant::now();
-        let observed = agent.reconcile(&spec, Some(generation)).await;
+        let observed = agent.reconcile(&spec, Some(generation), ApplyScope::Changes).await;
         t.rt_incremental.push(start.elapsed());
         assert_applied(&observed, count as usize);
         assert!(vni_block(&lab.running_config(), changed).contains(&format!("route-target import {rt}")));
@@ -93,7 +93,7 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
         generation += 1;
         agent.frr.forget_baseline();
         let start = Instant::now();
-        let observed = agent.reconcile(&spec, Some(generation)).await;
+        let observed = agent.reconcile(&spec, Some(generation), ApplyScope::Full).await;
         t.rt_full.push(start.elapsed());
         assert_applied(&observed, count as usize);
         assert!(vni_block(&lab.running_config(), changed).contains(&format!("route-target import {rt}")));
@@ -103,12 +103,12 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
         spec.networks.push(network(vni, "65000:1"));
         generation += 1;
         let start = Instant::now();
-        let observed = agent.reconcile(&spec, Some(generation)).await;
+        let observed = agent.reconcile(&spec, Some(generation), ApplyScope::Changes).await;
         t.add_incremental.push(start.elapsed());
         assert_applied(&observed, count as usize + 1);
         lab.assert_network(vni);
         spec.networks.pop();
-        assert_applied(&agent.reconcile(&spec, Some(generation)).await, count as usize);
+        assert_applied(&agent.reconcile(&spec, Some(generation), ApplyScope::Changes).await, count as usize);
 
         // (b) one new network, FRR by a full reload.
         let vni = vni + 1;
@@ -116,12 +116,12 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
         generation += 1;
         agent.frr.forget_baseline();
         let start = Instant::now();
-        let observed = agent.reconcile(&spec, Some(generation)).await;
+        let observed = agent.reconcile(&spec, Some(generation), ApplyScope::Full).await;
         t.add_full.push(start.elapsed());
         assert_applied(&observed, count as usize + 1);
         lab.assert_network(vni);
         spec.networks.pop();
-        assert_applied(&agent.reconcile(&spec, Some(generation)).await, count as usize);
+        assert_applied(&agent.reconcile(&spec, Some(generation), ApplyScope::Changes).await, count as usize);
 
         // Where the time goes: the steps of a reconcile, one by one, for the route-target change
         // and for an added network, incremental and full.
@@ -135,13 +135,14 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
             if full {
                 agent.frr.forget_baseline();
             }
-            let steps = steps(&mut agent, &spec).await;
+            let scope = if full { ApplyScope::Full } else { ApplyScope::Changes };
+            let steps = steps(&mut agent, &spec, scope).await;
             let key = usize::from(add) * 2 + usize::from(full);
             t.steps[key].push(steps);
             if add {
                 lab.assert_network(vni);
                 spec.networks.pop();
-                assert_applied(&agent.reconcile(&spec, Some(generation)).await, count as usize);
+                assert_applied(&agent.reconcile(&spec, Some(generation), ApplyScope::Full).await, count as usize);
             }
         }
     }
@@ -156,12 +157,12 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
 
 /// One reconcile's steps as `Agent::reconcile` runs them for these networks (L2 only, so no
 /// VRF checks), each timed.
-async fn steps(agent: &mut Agent, spec: &EvpnNodeStateSpec) -> Steps {
+async fn steps(agent: &mut Agent, spec: &EvpnNodeStateSpec, scope: ApplyScope) -> Steps {
     let start = Instant::now();
     let node_plan = plan(spec);
     let plan_time = start.elapsed();
     let start = Instant::now();
-    let dp = agent.dataplane.apply(&node_plan).await;
+    let dp = agent.dataplane.apply_scoped(&node_plan, scope).await;
     let dataplane = start.elapsed();
     assert!(dp.networks.values().all(Result::is_ok), "data plane failed");
     let ip = dp.vtep.expect("a VTEP").expect("the VTEP").ip;

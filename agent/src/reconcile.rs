@@ -21,7 +21,7 @@ use kube::runtime::watcher::{self, watcher};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::dataplane::Dataplane;
+use crate::dataplane::{ApplyScope, Dataplane};
 use crate::frr::{self, Frr, RenderOptions};
 use crate::plan::{self, NodePlan};
 use crate::report::{self, Observed, Outcome};
@@ -84,14 +84,21 @@ impl Agent {
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { anyhow::bail!("the node state watch ended") },
-                _ = tick.tick() => {}
+            // A spec change touches only the networks that changed; the resync compares
+            // everything, repairing what changed underneath.
+            let scope = tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        anyhow::bail!("the node state watch ended")
+                    }
+                    ApplyScope::Changes
+                }
+                _ = tick.tick() => ApplyScope::Full,
                 _ = shutdown() => {
                     info!("stopping; devices and FRR configuration stay as they are");
                     return Ok(());
                 }
-            }
+            };
             let Some(state) = rx.borrow_and_update().clone() else { continue };
             if self.written.is_none() {
                 // A restarted agent learns from its last report which networks may still need
@@ -100,17 +107,23 @@ impl Agent {
                 self.known.extend(reported.map(|n| n.evpn.clone()));
             }
             let spec = state.as_ref().map(|s| s.spec.clone()).unwrap_or_default();
-            let observed = self.reconcile(&spec, state.as_ref().and_then(|s| s.metadata.generation)).await;
+            let observed = self.reconcile(&spec, state.as_ref().and_then(|s| s.metadata.generation), scope).await;
             if let Some(state) = state {
                 self.write_status(&api, &state, &observed).await;
             }
         }
     }
 
-    /// Realises `spec` and says how each network fared.
-    pub async fn reconcile(&mut self, spec: &EvpnNodeStateSpec, generation: Option<i64>) -> Observed {
+    /// Realises `spec` and says how each network fared. `scope` says how much of the data plane
+    /// to compare: only what changed since the last apply, or everything.
+    pub async fn reconcile(
+        &mut self,
+        spec: &EvpnNodeStateSpec,
+        generation: Option<i64>,
+        scope: ApplyScope,
+    ) -> Observed {
         let plan = plan::plan(spec);
-        let dp = self.dataplane.apply(&plan).await;
+        let dp = self.dataplane.apply_scoped(&plan, scope).await;
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
         for (evpn, e) in &plan.rejected {
             outcomes.insert(evpn.clone(), Outcome::Failed { reason: e.reason().into(), message: e.to_string() });
