@@ -90,7 +90,7 @@ FABRIC_PREFIX=198.18.255
 TOR_ASN=65000
 NODE_ASN=65001
 GOBGP_API=127.0.0.1:50051
-PACKAGES=(frr frr-pythontools gobgpd iproute2 procps tcpdump python3)
+PACKAGES=(frr frr-pythontools gobgpd iproute2 iputils-ping procps tcpdump python3)
 
 say() { echo "[lab $(date +%T)] $*" >&2; }
 die() { say "error: $*"; exit 1; }

@@ -28,5 +28,12 @@ if [ -z "${EVPN_TEST_CONTROL_PLANE:-}" ]; then
   export EVPN_TEST_CONTROL_PLANE=$EVPN_RUN
 fi
 
+if [ "$(id -u)" = 0 ]; then
+  # FRR, GoBGP and friends for the agent's FRR tests and the end-to-end lab suite (those skip,
+  # saying why, when not run as root).
+  step "lab packages"
+  bash hack/lab.sh install
+fi
+
 step "cargo test"
 cargo test --workspace --locked "$@"
