@@ -83,6 +83,9 @@ impl Agent {
         });
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One listener for the whole run: a signal that arrives mid-reconcile is not lost.
+        let shutdown = shutdown();
+        tokio::pin!(shutdown);
         loop {
             // A spec change touches only the networks that changed; the resync compares
             // everything, repairing what changed underneath.
@@ -94,7 +97,7 @@ impl Agent {
                     ApplyScope::Changes
                 }
                 _ = tick.tick() => ApplyScope::Full,
-                _ = shutdown() => {
+                _ = &mut shutdown => {
                     info!("stopping; devices and FRR configuration stay as they are");
                     return Ok(());
                 }
