@@ -174,6 +174,21 @@ impl Agent {
             frr_plan.networks.push(n.clone());
         }
         let mut frr_removals = BTreeMap::new();
+        // A VTEP without `bgp` hands FRR to frr-k8s. This agent only drives FRR directly, and a
+        // reload of its partial configuration would wipe what frr-k8s wrote: leave FRR alone.
+        let vtep_ip = match plan.vtep.as_ref().filter(|v| v.bgp.is_none()) {
+            Some(v) => {
+                let message = format!(
+                    "VTEP {:?} leaves BGP to frr-k8s (frrConfigurationSelector), which this agent does not drive; FRR left untouched",
+                    v.name
+                );
+                for n in &frr_plan.networks {
+                    outcomes.insert(n.evpn.clone(), failed("FrrK8sNotSupported", message.clone()));
+                }
+                None
+            }
+            None => vtep_ip,
+        };
         let vtep_ip = match self.passwords(&plan).await {
             Ok(passwords) => {
                 self.render.passwords = passwords;

@@ -754,3 +754,39 @@ fn apply_can_run_on_a_tokio_task() {
     }
     let _ = check;
 }
+
+/// A VTEP whose BGP belongs to frr-k8s: the agent builds the devices but must not touch FRR (a
+/// reload of its partial configuration would wipe what frr-k8s wrote), and says so per network.
+#[tokio::test]
+async fn an_frr_k8s_vtep_leaves_frr_untouched_and_says_so() {
+    require_root!();
+    let lab = Lab::new();
+    let spec: evpn_crds::EvpnNodeStateSpec = serde_json::from_value(serde_json::json!({
+        "vteps": [{"name": "fabric", "mode": "Managed", "ip": "198.18.0.9", "cidrs": ["198.18.0.0/24"], "udpPort": 4789}],
+        "networks": [{"evpn": "blue", "generation": 1, "vtep": "fabric", "vrf": "blue",
+            "network": {"kind": "ClusterUserDefinedNetwork", "name": "blue"},
+            "macVRF": {"vni": 10100, "routeTargets": {}, "routeDistinguisherIndex": 1}}]
+    }))
+    .expect("a node spec");
+    let render = evpn_agent::frr::RenderOptions {
+        hostname: "n".into(),
+        vrf_backend: VrfBackend::NetnsVrf,
+        vrf_netns_dir: "/run/netns".into(),
+        passwords: Default::default(),
+    };
+    // No FRR runs under this pathspace: any attempt to drive it would fail differently.
+    let frr = evpn_agent::frr::Frr::new(Some(format!("{}-absent", lab.node)));
+    let mut agent =
+        evpn_agent::reconcile::Agent::new("n".into(), lab.dataplane().await, frr, render, std::time::Duration::ZERO);
+    let observed = agent.reconcile(&spec, Some(1), ApplyScope::Full).await;
+
+    assert!(lab.link(None, &bridge_name(10100)).is_some(), "the data plane is still built");
+    match &observed.networks[..] {
+        [(evpn, evpn_agent::report::Outcome::Failed { reason, message })] => {
+            assert_eq!((evpn.as_str(), reason.as_str()), ("blue", "FrrK8sNotSupported"));
+            assert!(message.contains("frr-k8s") && message.contains("fabric"), "{message}");
+        }
+        other => panic!("expected one failed network, got {other:?}"),
+    }
+    assert!(agent.frr.baseline().is_none(), "FRR was never synced");
+}
