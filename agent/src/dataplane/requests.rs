@@ -23,6 +23,17 @@ pub(super) async fn link_index(ns: &Netns, name: &str) -> Result<u32, DataplaneE
     msg.map(|m| m.header.index).ok_or_else(|| fail(rtnetlink::Error::RequestFailed))
 }
 
+/// Runs one mutating request, counting it as a change when it succeeds.
+async fn counted<T>(
+    changes: &AtomicUsize,
+    request: impl Future<Output = Result<T, rtnetlink::Error>>,
+    fail: impl FnOnce(Box<rtnetlink::Error>) -> DataplaneError,
+) -> Result<(), DataplaneError> {
+    request.await.map_err(|e| fail(Box::new(e)))?;
+    changes.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
 pub(super) async fn create_link(
     changes: &AtomicUsize,
     ns: &Netns,
@@ -31,14 +42,13 @@ pub(super) async fn create_link(
     device: &str,
 ) -> Result<(), DataplaneError> {
     tracing::debug!(device, kind, ns = %ns.label, "creating link");
-    ns.handle.link().add(msg).execute().await.map_err(|source| DataplaneError::CreateLink {
+    counted(changes, ns.handle.link().add(msg).execute(), |source| DataplaneError::CreateLink {
         kind,
         device: device.into(),
         ns: ns.label.clone(),
-        source: Box::new(source),
-    })?;
-    changes.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        source,
+    })
+    .await
 }
 
 pub(super) async fn change_link(
@@ -49,14 +59,13 @@ pub(super) async fn change_link(
     device: &str,
 ) -> Result<(), DataplaneError> {
     tracing::debug!(device, what, ns = %ns.label, "changing link");
-    ns.handle.link().change(msg).execute().await.map_err(|source| DataplaneError::ChangeLink {
+    counted(changes, ns.handle.link().change(msg).execute(), |source| DataplaneError::ChangeLink {
         what,
         device: device.into(),
         ns: ns.label.clone(),
-        source: Box::new(source),
-    })?;
-    changes.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        source,
+    })
+    .await
 }
 
 pub(super) async fn delete_link(
@@ -66,13 +75,12 @@ pub(super) async fn delete_link(
     device: &str,
 ) -> Result<(), DataplaneError> {
     tracing::debug!(device, ns = %ns.label, "deleting link");
-    ns.handle.link().del(index).execute().await.map_err(|source| DataplaneError::DeleteLink {
+    counted(changes, ns.handle.link().del(index).execute(), |source| DataplaneError::DeleteLink {
         device: device.into(),
         ns: ns.label.clone(),
-        source: Box::new(source),
-    })?;
-    changes.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        source,
+    })
+    .await
 }
 
 pub(super) async fn add_address(
@@ -89,15 +97,14 @@ pub(super) async fn add_address(
         // purpose): duplicate address detection would only delay or disable them.
         req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
-    req.execute().await.map_err(|source| DataplaneError::AddAddress {
+    counted(changes, req.execute(), |source| DataplaneError::AddAddress {
         address: ip,
         prefix_len,
         device: device.into(),
         ns: ns.label.clone(),
-        source: Box::new(source),
-    })?;
-    changes.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        source,
+    })
+    .await
 }
 
 pub(super) async fn remove_address(
@@ -112,13 +119,12 @@ pub(super) async fn remove_address(
         IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(a, prefix_len).build(),
         IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new().index(index).address(a, prefix_len).build(),
     };
-    ns.handle.address().del(msg).execute().await.map_err(|source| DataplaneError::RemoveAddress {
+    counted(changes, ns.handle.address().del(msg).execute(), |source| DataplaneError::RemoveAddress {
         address: ip,
         prefix_len,
         device: device.into(),
         ns: ns.label.clone(),
-        source: Box::new(source),
-    })?;
-    changes.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+        source,
+    })
+    .await
 }
