@@ -22,9 +22,9 @@ use evpn_agent::frr::{Frr, RenderOptions, SyncMethod, render};
 use evpn_agent::plan::{bridge_name, plan, vxlan_name};
 use evpn_agent::reconcile::Agent;
 use evpn_agent::report::{Observed, Outcome};
-use evpn_crds::EvpnNodeStateSpec;
 use evpn_crds::common::{NetworkKind, NetworkRef, RouteTargets};
-use evpn_crds::nodestate::{NodeNetwork, NodeVrf, NodeVtep};
+use evpn_crds::networkset::SetNetwork;
+use evpn_crds::nodestate::{DesiredNode, NodeNetwork, NodeVrf, NodeVtep};
 use evpn_crds::vtep::{Bgp, BgpNeighbor, VtepMode};
 
 const NODE: &str = "evl-n1";
@@ -58,7 +58,7 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
         passwords: Default::default(),
     };
     let mut agent = Agent::new(NODE.into(), dataplane, Frr::new(Some(NODE.into())), render_options, Duration::ZERO);
-    let mut spec = EvpnNodeStateSpec {
+    let mut spec = DesiredNode {
         vteps: vec![vtep()],
         networks: (FIRST_VNI..FIRST_VNI + count).map(|vni| network(vni, "65000:1")).collect(),
     };
@@ -157,7 +157,7 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
 
 /// One reconcile's steps as `Agent::reconcile` runs them for these networks (L2 only, so no
 /// VRF checks), each timed.
-async fn steps(agent: &mut Agent, spec: &EvpnNodeStateSpec, scope: ApplyScope) -> Steps {
+async fn steps(agent: &mut Agent, spec: &DesiredNode, scope: ApplyScope) -> Steps {
     let start = Instant::now();
     let node_plan = plan(spec);
     let plan_time = start.elapsed();
@@ -287,26 +287,29 @@ fn vtep() -> NodeVtep {
 fn network(vni: u32, import: &str) -> NodeNetwork {
     let name = format!("net{vni}");
     NodeNetwork {
-        evpn: name.clone(),
-        generation: 1,
-        network: NetworkRef { kind: NetworkKind::ClusterUserDefinedNetwork, name: name.clone(), namespace: None },
+        entry: SetNetwork {
+            evpn: name.clone(),
+            generation: 1,
+            revision: 1,
+            network: NetworkRef { kind: NetworkKind::ClusterUserDefinedNetwork, name: name.clone(), namespace: None },
+            vrf: name,
+            mac_vrf: Some(NodeVrf {
+                vni,
+                route_targets: RouteTargets { import: vec![import.into()], export: vec![format!("65000:{vni}")] },
+                route_distinguisher_index: vni,
+            }),
+            ip_vrf: None,
+            subnets: Vec::new(),
+        },
         vtep: "fabric".into(),
-        vrf: name,
-        mac_vrf: Some(NodeVrf {
-            vni,
-            route_targets: RouteTargets { import: vec![import.into()], export: vec![format!("65000:{vni}")] },
-            route_distinguisher_index: vni,
-        }),
-        ip_vrf: None,
-        subnets: Vec::new(),
         ethernet_segments: Vec::new(),
     }
 }
 
-fn set_import(spec: &mut EvpnNodeStateSpec, idx: usize, rt: &str) {
+fn set_import(spec: &mut DesiredNode, idx: usize, rt: &str) {
     let n = &mut spec.networks[idx];
-    n.generation += 1;
-    n.mac_vrf.as_mut().unwrap().route_targets.import = vec![rt.into()];
+    n.entry.generation += 1;
+    n.entry.mac_vrf.as_mut().unwrap().route_targets.import = vec![rt.into()];
 }
 
 fn assert_applied(observed: &Observed, expected: usize) {

@@ -9,8 +9,6 @@ use clap::{Parser, ValueEnum};
 use evpn_agent::dataplane::{BackendChoice, Dataplane};
 use evpn_agent::frr::{Frr, RenderOptions};
 use evpn_agent::reconcile::Agent;
-use evpn_crds::EvpnNodeState;
-use kube::Api;
 
 /// The node agent of evpn-operator: programs the node's bridge, VXLAN, SVI, VTEP IP and FRR.
 #[derive(Parser, Debug)]
@@ -79,8 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let frr = Frr::new(args.frr_pathspace.clone());
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let api: Api<EvpnNodeState> = Api::all(client.clone());
     let mut agent = Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds));
-    agent.secrets = Some(client);
-    agent.run(api).await
+    agent.secrets = Some(client.clone());
+    agent.run(client).await
 }

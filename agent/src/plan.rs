@@ -7,9 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use evpn_crds::EvpnNodeStateSpec;
 use evpn_crds::common::RouteTargets;
-use evpn_crds::nodestate::{NodeNetwork, NodeVrf, NodeVtep};
+use evpn_crds::nodestate::{DesiredNode, NodeNetwork, NodeVrf, NodeVtep};
 use evpn_crds::vtep::{Bgp, VtepMode};
 
 /// Prefix of the interface alias that marks a device as created by this agent. The data plane
@@ -146,14 +145,14 @@ pub fn router_id(vtep_ip: Option<IpAddr>) -> Option<Ipv4Addr> {
 }
 
 /// Builds the plan of a node from its spec.
-pub fn plan(spec: &EvpnNodeStateSpec) -> NodePlan {
+pub fn plan(spec: &DesiredNode) -> NodePlan {
     let mut rejected = Vec::new();
     let vtep = spec.vteps.first().map(vtep_plan);
     let vtep = match vtep {
         Some(Err(e)) => {
             // Without a usable VTEP no network can be built; each says why.
             for n in &spec.networks {
-                rejected.push((n.evpn.clone(), e.clone()));
+                rejected.push((n.entry.evpn.clone(), e.clone()));
             }
             return NodePlan { vtep: None, networks: Vec::new(), rejected };
         }
@@ -164,7 +163,7 @@ pub fn plan(spec: &EvpnNodeStateSpec) -> NodePlan {
     for n in &spec.networks {
         match network_plan(n, vtep.as_ref(), spec, &networks) {
             Ok(p) => networks.push(p),
-            Err(e) => rejected.push((n.evpn.clone(), e)),
+            Err(e) => rejected.push((n.entry.evpn.clone(), e)),
         }
     }
     NodePlan { vtep, networks, rejected }
@@ -198,7 +197,7 @@ fn vtep_plan(v: &NodeVtep) -> Result<VtepPlan, PlanError> {
 fn network_plan(
     n: &NodeNetwork,
     vtep: Option<&VtepPlan>,
-    spec: &EvpnNodeStateSpec,
+    spec: &DesiredNode,
     planned: &[NetworkPlan],
 ) -> Result<NetworkPlan, PlanError> {
     match vtep {
@@ -215,6 +214,7 @@ fn network_plan(
         route_targets: vrf.route_targets.clone(),
         rd_index: vrf.route_distinguisher_index,
     };
+    let n = &n.entry;
     let svi = match (&n.mac_vrf, &n.ip_vrf) {
         (Some(_), Some(ip_vrf)) => Some(SviPlan {
             addresses: n.subnets.iter().map(|s| gateway_address(s)).collect::<Result<_, _>>()?,
@@ -276,6 +276,7 @@ impl NetworkPlan {
 mod tests {
     use super::*;
     use evpn_crds::common::{NetworkKind, NetworkRef};
+    use evpn_crds::networkset::SetNetwork;
 
     fn vtep(name: &str, ip: Option<&str>) -> NodeVtep {
         NodeVtep {
@@ -295,21 +296,28 @@ mod tests {
 
     fn network(evpn: &str, vtep: &str, mac: Option<u32>, ip: Option<u32>) -> NodeNetwork {
         NodeNetwork {
-            evpn: evpn.into(),
-            generation: 1,
-            network: NetworkRef { kind: NetworkKind::ClusterUserDefinedNetwork, name: evpn.into(), namespace: None },
+            entry: SetNetwork {
+                evpn: evpn.into(),
+                generation: 1,
+                revision: 1,
+                network: NetworkRef {
+                    kind: NetworkKind::ClusterUserDefinedNetwork,
+                    name: evpn.into(),
+                    namespace: None,
+                },
+                vrf: evpn.into(),
+                mac_vrf: mac.map(vrf),
+                ip_vrf: ip.map(vrf),
+                subnets: vec!["10.100.0.0/16".into(), "fd00:100::/64".into()],
+            },
             vtep: vtep.into(),
-            vrf: evpn.into(),
-            mac_vrf: mac.map(vrf),
-            ip_vrf: ip.map(vrf),
-            subnets: vec!["10.100.0.0/16".into(), "fd00:100::/64".into()],
             ethernet_segments: Vec::new(),
         }
     }
 
     #[test]
     fn names_devices_by_vni() {
-        let spec = EvpnNodeStateSpec {
+        let spec = DesiredNode {
             vteps: vec![vtep("fabric", Some("198.18.0.1"))],
             networks: vec![network("blue", "fabric", Some(10000), Some(20000))],
         };
@@ -327,7 +335,7 @@ mod tests {
 
     #[test]
     fn one_bad_network_does_not_reject_the_others() {
-        let spec = EvpnNodeStateSpec {
+        let spec = DesiredNode {
             vteps: vec![vtep("fabric", Some("198.18.0.1"))],
             networks: vec![
                 network("blue", "fabric", Some(10000), None),
@@ -343,10 +351,8 @@ mod tests {
 
     #[test]
     fn managed_vtep_without_address_fails_every_network() {
-        let spec = EvpnNodeStateSpec {
-            vteps: vec![vtep("fabric", None)],
-            networks: vec![network("blue", "fabric", Some(1), None)],
-        };
+        let spec =
+            DesiredNode { vteps: vec![vtep("fabric", None)], networks: vec![network("blue", "fabric", Some(1), None)] };
         let p = plan(&spec);
         assert!(p.networks.is_empty());
         assert_eq!(p.rejected[0].1.reason(), "VtepAddressInvalid");

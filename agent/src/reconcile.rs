@@ -1,7 +1,8 @@
-//! The agent's loop: watch this node's `EVPNNodeState`, realise it, report back.
+//! The agent's loop: watch this node's `EVPNNodeState` and the network sets it names, realise
+//! them, report back.
 //!
-//! Only the latest spec matters, so the watch feeds a single-slot channel and a burst of updates
-//! becomes one reconcile. Every reconcile runs the whole plan (the data plane and FRR each apply
+//! Only the latest inputs matter, so the watches feed a single-slot channel and a burst of
+//! updates becomes one reconcile. Every reconcile runs the whole plan (the data plane and FRR each apply
 //! only the difference), and a periodic resync repairs what changed underneath: FRR restarted,
 //! a VRF appeared, a device was deleted by hand. Exiting leaves the data plane and FRR as they
 //! are, so restarting the agent never interrupts traffic.
@@ -10,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use evpn_crds::nodestate::{AgentInfo, FrrDriver, VtepState};
-use evpn_crds::{EvpnNodeState, EvpnNodeStateSpec, EvpnNodeStateStatus};
+use evpn_crds::nodestate::{AgentInfo, AppliedNetworkSet, DesiredNode, FrrDriver, VtepState};
+use evpn_crds::{EvpnNetworkSet, EvpnNodeState, EvpnNodeStateStatus};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -40,55 +41,50 @@ pub struct Agent {
     pub resync: Duration,
     /// Networks this agent realised and has not yet confirmed removed.
     known: BTreeSet<String>,
+    /// The generation of each network last applied.
+    applied: BTreeMap<String, i64>,
     /// The status last written, to write only on change.
     written: Option<EvpnNodeStateStatus>,
 }
 
 impl Agent {
     pub fn new(node: String, dataplane: Dataplane, frr: Frr, render: RenderOptions, resync: Duration) -> Self {
-        Self { node, secrets: None, dataplane, frr, render, resync, known: BTreeSet::new(), written: None }
+        Self {
+            node,
+            secrets: None,
+            dataplane,
+            frr,
+            render,
+            resync,
+            known: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            written: None,
+        }
     }
 
     /// Runs until the process is told to stop.
-    pub async fn run(mut self, api: Api<EvpnNodeState>) -> anyhow::Result<()> {
-        // `None` until the first list: reconciling before it would take "no object yet" for "no
-        // networks" and tear the node down, as a restarted agent must never do.
-        let (tx, mut rx) = watch::channel::<Option<Option<EvpnNodeState>>>(None);
+    pub async fn run(mut self, client: kube::Client) -> anyhow::Result<()> {
+        let api: Api<EvpnNodeState> = Api::all(client.clone());
+        let (tx, mut rx) = watch::channel(Inputs::default());
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
-        let node = self.node.clone();
-        let watch_api = api.clone();
-        tokio::spawn(async move {
-            let mut events = watcher(watch_api, config).default_backoff().boxed();
-            let mut listed_object = false;
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => listed_object = false,
-                    Ok(watcher::Event::InitApply(obj)) => {
-                        listed_object = true;
-                        tx.send_replace(Some(Some(obj)));
-                    }
-                    Ok(watcher::Event::InitDone) if !listed_object => {
-                        tx.send_replace(Some(None));
-                    }
-                    Ok(watcher::Event::InitDone) => {}
-                    Ok(watcher::Event::Apply(obj)) => {
-                        tx.send_replace(Some(Some(obj)));
-                    }
-                    Ok(watcher::Event::Delete(_)) => {
-                        tx.send_replace(Some(None));
-                    }
-                    Err(e) => warn!(node, "watching the node state: {e}"),
-                }
-            }
-        });
+        tokio::spawn(follow(watcher(api.clone(), config), tx.clone(), |inputs, state| {
+            inputs.state = Some(state.into_iter().next())
+        }));
+        tokio::spawn(follow(
+            watcher(Api::<EvpnNetworkSet>::all(client), watcher::Config::default()),
+            tx,
+            |inputs, sets| {
+                inputs.sets = Some(sets.into_iter().map(|s| (s.metadata.name.clone().unwrap_or_default(), s)).collect())
+            },
+        ));
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One listener for the whole run: a signal that arrives mid-reconcile is not lost.
         let shutdown = shutdown();
         tokio::pin!(shutdown);
         loop {
-            // A spec change touches only the networks that changed; the resync compares
-            // everything, repairing what changed underneath.
+            // A change touches only the networks that changed; the resync compares everything,
+            // repairing what changed underneath.
             let scope = tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
@@ -102,15 +98,36 @@ impl Agent {
                     return Ok(());
                 }
             };
-            let Some(state) = rx.borrow_and_update().clone() else { continue };
+            // Nothing until both first lists are in: reconciling before would take "not listed
+            // yet" for "no networks" and tear the node down, as a restarted agent must never do.
+            let (Some(state), Some(sets)) = ({
+                let inputs = rx.borrow_and_update();
+                (inputs.state.clone(), inputs.sets.clone())
+            }) else {
+                continue;
+            };
             if self.written.is_none() {
                 // A restarted agent learns from its last report which networks may still need
                 // removing.
-                let reported = state.iter().flat_map(|s| s.status.iter()).flat_map(|st| &st.networks);
+                let reported = state.iter().flat_map(|s| s.status.iter()).flat_map(|st| &st.unapplied_networks);
                 self.known.extend(reported.map(|n| n.evpn.clone()));
             }
             let spec = state.as_ref().map(|s| s.spec.clone()).unwrap_or_default();
-            let observed = self.reconcile(&spec, state.as_ref().and_then(|s| s.metadata.generation), scope).await;
+            let desired = DesiredNode::assemble(&spec, |vtep| sets.get(vtep).map(|s| &s.spec));
+            let mut observed =
+                self.reconcile(&desired, state.as_ref().and_then(|s| s.metadata.generation), scope).await;
+            observed.network_sets = spec
+                .vteps
+                .iter()
+                .filter_map(|v| sets.get(&v.name))
+                .filter_map(|set| {
+                    Some(AppliedNetworkSet {
+                        name: set.metadata.name.clone()?,
+                        uid: set.metadata.uid.clone()?,
+                        revision: set.spec.revision,
+                    })
+                })
+                .collect();
             if let Some(state) = state {
                 self.write_status(&api, &state, &observed).await;
             }
@@ -119,12 +136,7 @@ impl Agent {
 
     /// Realises `spec` and says how each network fared. `scope` says how much of the data plane
     /// to compare: only what changed since the last apply, or everything.
-    pub async fn reconcile(
-        &mut self,
-        spec: &EvpnNodeStateSpec,
-        generation: Option<i64>,
-        scope: ApplyScope,
-    ) -> Observed {
+    pub async fn reconcile(&mut self, spec: &DesiredNode, generation: Option<i64>, scope: ApplyScope) -> Observed {
         let plan = plan::plan(spec);
         let dp = self.dataplane.apply_scoped(&plan, scope).await;
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -224,7 +236,7 @@ impl Agent {
         // Networks gone from the spec: reported until both the data plane and FRR let them go.
         // The data plane's cleanup errors name devices, not networks, so any of them keeps every
         // departing network listed: an EVPN's VNIs must not be reused while a device may remain.
-        let planned: BTreeSet<String> = spec.networks.iter().map(|n| n.evpn.clone()).collect();
+        let planned: BTreeSet<String> = spec.networks.iter().map(|n| n.entry.evpn.clone()).collect();
         let mut removing = Vec::new();
         for evpn in self.known.difference(&planned) {
             let problem = match (frr_removals.get(evpn), dp.removals.first()) {
@@ -246,14 +258,20 @@ impl Agent {
             .networks
             .iter()
             .map(|n| {
-                let outcome = outcomes.remove(&n.evpn).unwrap_or_else(|| Outcome::Pending {
+                let outcome = outcomes.remove(&n.entry.evpn).unwrap_or_else(|| Outcome::Pending {
                     reason: "NoVtep".into(),
                     message: "the node has no VTEP address yet".into(),
                 });
-                (n.evpn.clone(), outcome)
+                (n.entry.evpn.clone(), outcome)
             })
             .collect();
         networks.extend(removing);
+        for (evpn, outcome) in &networks {
+            if let Outcome::Applied { generation } = outcome {
+                self.applied.insert(evpn.clone(), *generation);
+            }
+        }
+        self.applied.retain(|evpn, _| self.known.contains(evpn));
 
         let (sessions, vnis) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis());
         Observed {
@@ -272,6 +290,8 @@ impl Agent {
                 warn!("reading BGP sessions from FRR: {e}");
                 Vec::new()
             }),
+            network_sets: Vec::new(),
+            applied_generations: self.applied.clone(),
             networks,
             vnis: vnis.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
             network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
@@ -316,6 +336,55 @@ impl Agent {
             Ok(_) => self.written = Some(status),
             Err(e) => warn!(node = self.node, "writing the node state's status: {e}"),
         }
+    }
+}
+
+/// What the agent acts on; each part `None` until its watch has listed once.
+#[derive(Clone, Default)]
+struct Inputs {
+    /// This node's state, `Some(None)` when it does not exist.
+    state: Option<Option<EvpnNodeState>>,
+    /// Every network set, by name.
+    sets: Option<BTreeMap<String, EvpnNetworkSet>>,
+}
+
+/// Keeps one part of `inputs` equal to what a watch lists, handing the whole list to `set`
+/// after each change.
+async fn follow<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    inputs: watch::Sender<Inputs>,
+    set: impl Fn(&mut Inputs, Vec<K>) + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + 'static,
+{
+    let mut events = events.default_backoff().boxed();
+    let (mut objects, mut listing) = (BTreeMap::new(), BTreeMap::new());
+    let key = |o: &K| o.meta().name.clone().unwrap_or_default();
+    while let Some(event) = events.next().await {
+        match event {
+            // A (re)list in progress: nothing is handed on until it is complete.
+            Ok(watcher::Event::Init) => {
+                listing.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(obj)) => {
+                listing.insert(key(&obj), obj);
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => objects = std::mem::take(&mut listing),
+            Ok(watcher::Event::Apply(obj)) => {
+                objects.insert(key(&obj), obj);
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                objects.remove(&key(&obj));
+            }
+            Err(e) => {
+                warn!("watching {}: {e}", K::plural(&()));
+                continue;
+            }
+        }
+        let list: Vec<K> = objects.values().cloned().collect();
+        inputs.send_modify(|i| set(i, list));
     }
 }
 

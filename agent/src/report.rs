@@ -2,14 +2,18 @@
 //! one reconcile.
 //!
 //! The operator reads it to count ready and failed nodes and to release an EVPN's VNIs only once
-//! no node reports the EVPN any more, so a network is listed while it is in the spec or still
-//! being removed, and dropped only after its devices and FRR configuration are gone.
+//! no node holds the EVPN any more. The status names the network set revisions acted on and lists
+//! only the networks that are not applied (pending, failed, or still being removed), so a node
+//! that carries a thousand healthy networks writes a small status, and a network that left the
+//! sets stays listed until its devices and FRR configuration are gone.
 
 use std::collections::BTreeMap;
 
 use evpn_crds::EvpnNodeStateStatus;
 use evpn_crds::common::Condition;
-use evpn_crds::nodestate::{AgentInfo, BgpSessionState, NetworkPhase, NetworkState, VniState, VtepState};
+use evpn_crds::nodestate::{
+    AgentInfo, AppliedNetworkSet, BgpSessionState, NetworkPhase, NetworkState, VniState, VtepState,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// How one network fared in this reconcile.
@@ -32,6 +36,10 @@ pub struct Observed {
     pub agent: Option<AgentInfo>,
     pub vteps: Vec<VtepState>,
     pub sessions: Vec<BgpSessionState>,
+    /// The network set revisions this reconcile acted on.
+    pub network_sets: Vec<AppliedNetworkSet>,
+    /// The generation of each network last applied, what is still programmed when it fails.
+    pub applied_generations: BTreeMap<String, i64>,
     /// Per EVPN, in spec order first, then the ones being removed.
     pub networks: Vec<(String, Outcome)>,
     /// VNI states as FRR reports them, by VNI.
@@ -40,16 +48,22 @@ pub struct Observed {
     pub network_vnis: BTreeMap<String, Vec<u32>>,
 }
 
-/// Builds the status. `previous` supplies the applied generation of a network that failed
-/// afterwards (what is still programmed) and the transition times of unchanged conditions.
+/// Builds the status. `previous` supplies the transition time of an unchanged condition.
 pub fn status(observed: &Observed, previous: Option<&EvpnNodeStateStatus>, now: Time) -> EvpnNodeStateStatus {
-    let previously_applied = |evpn: &str| {
-        previous.and_then(|p| p.networks.iter().find(|n| n.evpn == evpn)).and_then(|n| n.applied_generation)
-    };
-    let networks: Vec<NetworkState> = observed
+    let mut applied = 0u32;
+    let unapplied: Vec<NetworkState> = observed
         .networks
         .iter()
-        .map(|(evpn, outcome)| {
+        .filter_map(|(evpn, outcome)| {
+            let (phase, reason, message) = match outcome {
+                Outcome::Applied { .. } => {
+                    applied += 1;
+                    return None;
+                }
+                Outcome::Pending { reason, message } => (NetworkPhase::Pending, reason, message),
+                Outcome::Failed { reason, message } => (NetworkPhase::Failed, reason, message),
+                Outcome::RemovalFailed { reason, message } => (NetworkPhase::Removing, reason, message),
+            };
             let vnis = observed
                 .network_vnis
                 .get(evpn)
@@ -57,32 +71,25 @@ pub fn status(observed: &Observed, previous: Option<&EvpnNodeStateStatus>, now: 
                 .flatten()
                 .filter_map(|vni| observed.vnis.get(vni).cloned())
                 .collect();
-            let (phase, applied_generation, reason, message) = match outcome {
-                Outcome::Applied { generation } => (NetworkPhase::Applied, Some(*generation), None, None),
-                Outcome::Pending { reason, message } => {
-                    (NetworkPhase::Pending, previously_applied(evpn), Some(reason.clone()), Some(message.clone()))
-                }
-                Outcome::Failed { reason, message } => {
-                    (NetworkPhase::Failed, previously_applied(evpn), Some(reason.clone()), Some(message.clone()))
-                }
-                Outcome::RemovalFailed { reason, message } => {
-                    (NetworkPhase::Removing, previously_applied(evpn), Some(reason.clone()), Some(message.clone()))
-                }
-            };
-            NetworkState { evpn: evpn.clone(), applied_generation, phase, reason, message, vnis }
+            Some(NetworkState {
+                evpn: evpn.clone(),
+                applied_generation: observed.applied_generations.get(evpn).copied(),
+                phase,
+                reason: Some(reason.clone()),
+                message: Some(message.clone()),
+                vnis,
+            })
         })
         .collect();
-    let count = |phase| networks.iter().filter(|n| n.phase == phase).count() as u32;
-    let (applied, failed) = (count(NetworkPhase::Applied), count(NetworkPhase::Failed));
-    let not_ready = networks.iter().find(|n| n.phase != NetworkPhase::Applied);
-    let (ready, reason, message) = match not_ready {
+    let failed = unapplied.iter().filter(|n| n.phase == NetworkPhase::Failed).count() as u32;
+    let (ready, reason, message) = match unapplied.first() {
         None => ("True", "AllNetworksApplied", format!("{applied} networks applied")),
         Some(n) => (
             "False",
             if failed > 0 { "NetworksFailed" } else { "NetworksPending" },
             format!(
                 "{applied} of {} networks applied; {} is {:?}: {}",
-                networks.len(),
+                observed.networks.len(),
                 n.evpn,
                 n.phase,
                 n.message.as_deref().unwrap_or("no detail")
@@ -99,7 +106,8 @@ pub fn status(observed: &Observed, previous: Option<&EvpnNodeStateStatus>, now: 
         agent: observed.agent.clone(),
         vteps: observed.vteps.clone(),
         bgp_sessions: observed.sessions.clone(),
-        networks,
+        network_sets: observed.network_sets.clone(),
+        unapplied_networks: unapplied,
         applied_networks: applied,
         failed_networks: failed,
         conditions: vec![Condition {
@@ -137,20 +145,22 @@ mod tests {
     }
 
     #[test]
-    fn all_applied_is_ready() {
+    fn all_applied_is_ready_and_lists_nothing() {
         let s = status(&observed(vec![("blue", Outcome::Applied { generation: 2 })]), None, at(10));
         assert_eq!(s.applied_networks, 1);
-        assert_eq!(s.networks[0].applied_generation, Some(2));
-        assert_eq!(s.networks[0].vnis.len(), 1, "FRR's view of the network's VNIs is attached");
+        assert!(s.unapplied_networks.is_empty(), "applied networks are not listed");
         assert_eq!((s.conditions[0].status.as_str(), s.conditions[0].reason.as_str()), ("True", "AllNetworksApplied"));
     }
 
     #[test]
     fn a_failure_keeps_what_is_still_programmed_and_names_the_network() {
         let first = status(&observed(vec![("blue", Outcome::Applied { generation: 2 })]), None, at(10));
-        let s = status(&observed(vec![("blue", failed("VrfNotFound"))]), Some(&first), at(20));
-        let blue = &s.networks[0];
+        let mut failing = observed(vec![("blue", failed("VrfNotFound"))]);
+        failing.applied_generations.insert("blue".into(), 2);
+        let s = status(&failing, Some(&first), at(20));
+        let blue = &s.unapplied_networks[0];
         assert_eq!((blue.phase, blue.applied_generation), (NetworkPhase::Failed, Some(2)));
+        assert_eq!(blue.vnis.len(), 1, "FRR's view of the network's VNIs is attached");
         assert_eq!(s.failed_networks, 1);
         let ready = &s.conditions[0];
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NetworksFailed"));
@@ -169,7 +179,7 @@ mod tests {
     fn removal_in_progress_is_listed_until_done() {
         let removing = Outcome::RemovalFailed { reason: "FrrCommandFailed".into(), message: "busy".into() };
         let s = status(&observed(vec![("red", removing)]), None, at(10));
-        assert_eq!(s.networks[0].phase, NetworkPhase::Removing);
+        assert_eq!(s.unapplied_networks[0].phase, NetworkPhase::Removing);
         assert_eq!(s.conditions[0].reason, "NetworksPending");
     }
 }

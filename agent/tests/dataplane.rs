@@ -761,9 +761,9 @@ fn apply_can_run_on_a_tokio_task() {
 async fn an_frr_k8s_vtep_leaves_frr_untouched_and_says_so() {
     require_root!();
     let lab = Lab::new();
-    let spec: evpn_crds::EvpnNodeStateSpec = serde_json::from_value(serde_json::json!({
+    let spec: evpn_crds::nodestate::DesiredNode = serde_json::from_value(serde_json::json!({
         "vteps": [{"name": "fabric", "mode": "Managed", "ip": "198.18.0.9", "cidrs": ["198.18.0.0/24"], "udpPort": 4789}],
-        "networks": [{"evpn": "blue", "generation": 1, "vtep": "fabric", "vrf": "blue",
+        "networks": [{"evpn": "blue", "generation": 1, "revision": 1, "vtep": "fabric", "vrf": "blue",
             "network": {"kind": "ClusterUserDefinedNetwork", "name": "blue"},
             "macVRF": {"vni": 10100, "routeTargets": {}, "routeDistinguisherIndex": 1}}]
     }))

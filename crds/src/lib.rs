@@ -1,9 +1,10 @@
 //! The `evpn.k8s.ovn.org/v1alpha1` API.
 //!
-//! Three cluster-scoped kinds:
+//! Four cluster-scoped kinds:
 //! - [`Vtep`]: the underlay endpoint pool (VTEP IPs, VNI pool, how BGP is reached);
 //! - [`Evpn`]: EVPN for one OVN-Kubernetes primary network (a MAC-VRF, an IP-VRF, or both);
-//! - [`EvpnNodeState`]: everything one node must realise, written by the operator, with that
+//! - [`EvpnNetworkSet`]: per VTEP, the resolved networks its nodes carry, written by the operator;
+//! - [`EvpnNodeState`]: what is particular to one node, written by the operator, with that
 //!   node's agent reporting back in its status.
 //!
 //! Every rule that needs only the object itself lives twice: as CEL (`x-kubernetes-validations`)
@@ -17,12 +18,14 @@
 pub mod common;
 pub mod evpn;
 pub mod manifests;
+pub mod networkset;
 pub mod nodestate;
 pub mod validation;
 pub mod vtep;
 
 pub use common::{Condition, NetworkKind, NetworkRef, RouteTargets};
 pub use evpn::{Evpn, EvpnSpec, EvpnStatus};
+pub use networkset::{EvpnNetworkSet, EvpnNetworkSetSpec};
 pub use nodestate::{EvpnNodeState, EvpnNodeStateSpec, EvpnNodeStateStatus};
 pub use vtep::{Vtep, VtepSpec, VtepStatus};
 
@@ -34,5 +37,5 @@ pub const VERSION: &str = "v1alpha1";
 /// The CRDs of this API, in the order they should be installed.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![Vtep::crd(), Evpn::crd(), EvpnNodeState::crd()]
+    vec![Vtep::crd(), Evpn::crd(), EvpnNetworkSet::crd(), EvpnNodeState::crd()]
 }

@@ -1,16 +1,19 @@
 //! `EVPNNodeState`: one per node, named after it and owned by its Node object.
 //!
 //! The operator is the only writer of the spec and the node's agent the only writer of the
-//! status, so the two never contend for a field: the spec is the whole desired state of the
-//! node (the agent needs no other object to do its job) and the status is what the agent saw
-//! itself do.
+//! status, so the two never contend for a field. The spec holds what is particular to the node
+//! (its VTEPs with the addresses allocated to it, its Ethernet segments); the networks, the
+//! same on every node of a VTEP, are in that VTEP's [`EvpnNetworkSet`](crate::EvpnNetworkSet).
+//! [`DesiredNode::assemble`] puts the two together into everything the node must realise. The
+//! status is what the agent saw itself do, per network set revision.
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, NetworkRef, RouteTargets};
+use crate::common::{Condition, RouteTargets};
 use crate::evpn::RedundancyMode;
+use crate::networkset::{EvpnNetworkSetSpec, SetNetwork};
 use crate::vtep::{Bgp, VtepMode};
 
 /// The EVPN state one node must realise (spec, written by the operator) and what the node's
@@ -37,14 +40,15 @@ pub struct EvpnNodeStateSpec {
     // list entirely leaves `null` behind on older apiservers, which the schema then refuses.
     // They are atomic: one writer owns them whole, and the apiserver then tracks one field
     // instead of every field of a thousand entries (which made each write several times slower).
-    /// The VTEPs this node is part of.
+    /// The VTEPs this node is part of. The node carries every network of each VTEP's network
+    /// set (the `EVPNNetworkSet` of the same name).
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub vteps: Vec<NodeVtep>,
-    /// The EVPN networks this node must carry.
+    /// The Ethernet segments this node is attached to, across all its networks.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
-    pub networks: Vec<NodeNetwork>,
+    pub ethernet_segments: Vec<NodeSegment>,
 }
 
 /// A VTEP as this node realises it.
@@ -71,30 +75,44 @@ pub struct NodeVtep {
     pub bgp: Option<Bgp>,
 }
 
+/// Everything one node must realise: its node state's spec joined with the network sets of its
+/// VTEPs. Not an API object; what the agent plans from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DesiredNode {
+    /// The VTEPs this node is part of.
+    pub vteps: Vec<NodeVtep>,
+    /// The networks, each with this node's segments attached.
+    pub networks: Vec<NodeNetwork>,
+}
+
+impl DesiredNode {
+    /// Joins a node's spec with the network sets it names; `set` looks one up by VTEP name. A
+    /// VTEP whose set does not exist yet contributes no network.
+    pub fn assemble<'a>(spec: &EvpnNodeStateSpec, set: impl Fn(&str) -> Option<&'a EvpnNetworkSetSpec>) -> Self {
+        let mut networks: Vec<NodeNetwork> = spec
+            .vteps
+            .iter()
+            .flat_map(|v| set(&v.name).into_iter().flat_map(|s| &s.networks).map(|n| (v.name.as_str(), n)))
+            .map(|(vtep, n)| NodeNetwork {
+                entry: n.clone(),
+                vtep: vtep.to_owned(),
+                ethernet_segments: spec.ethernet_segments.iter().filter(|s| s.evpn == n.evpn).cloned().collect(),
+            })
+            .collect();
+        networks.sort_by(|a, b| a.entry.evpn.cmp(&b.entry.evpn));
+        Self { vteps: spec.vteps.clone(), networks }
+    }
+}
+
 /// One EVPN network as this node realises it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetwork {
-    /// Name of the EVPN object.
-    pub evpn: String,
-    /// The EVPN's generation this entry reflects.
-    pub generation: i64,
-    /// The OVN-Kubernetes network.
-    pub network: NetworkRef,
+    /// The network as its VTEP's set lists it.
+    #[serde(flatten)]
+    pub entry: SetNetwork,
     /// Name of the VTEP (in `vteps`) the network's tunnels use.
     pub vtep: String,
-    /// Name of the network's VRF on the node, as OVN-Kubernetes names it.
-    pub vrf: String,
-    /// The MAC-VRF to program.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "macVRF")]
-    pub mac_vrf: Option<NodeVrf>,
-    /// The IP-VRF to program.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ipVRF")]
-    pub ip_vrf: Option<NodeVrf>,
-    /// The network's subnets, as the OVN-Kubernetes network declares them. With symmetric IRB
-    /// the first address of each is the anycast gateway on the SVI, as OVN-Kubernetes uses it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subnets: Vec<String>,
     /// The Ethernet segments this node is attached to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ethernet_segments: Vec<NodeSegment>,
@@ -117,6 +135,8 @@ pub struct NodeVrf {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSegment {
+    /// Name of the EVPN the segment belongs to.
+    pub evpn: String,
     /// Name of the segment in the EVPN.
     pub name: String,
     /// The node's interface in the segment.
@@ -149,17 +169,24 @@ pub struct EvpnNodeStateStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["neighbor".into()]))]
     pub bgp_sessions: Vec<BgpSessionState>,
-    /// One entry per network in the spec, and per network still being removed.
+    /// The revision of each network set the agent last acted on: every network of that revision
+    /// not listed in `unappliedNetworks` is applied.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub network_sets: Vec<AppliedNetworkSet>,
+    /// The networks that are not applied: pending, failed, or left the sets and still being
+    /// removed. Applied networks are not listed, so a healthy node's status stays small however
+    /// many networks it carries.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
-    pub networks: Vec<NetworkState>,
-    /// Networks in `Applied` phase, for display.
+    pub unapplied_networks: Vec<NetworkState>,
+    /// Networks applied, for display.
     #[serde(default)]
     pub applied_networks: u32,
     /// Networks in `Failed` phase, for display.
     #[serde(default)]
     pub failed_networks: u32,
-    /// `Ready`: every network of the spec is applied.
+    /// `Ready`: every network of the node's sets is applied.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -195,6 +222,17 @@ pub enum FrrDriver {
     FrrK8s,
 }
 
+/// A network set revision an agent acted on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppliedNetworkSet {
+    /// Name of the set (its VTEP's name).
+    pub name: String,
+    /// UID of the set object, so a set deleted and created again is not mistaken for the old one.
+    pub uid: String,
+    /// The set's `spec.revision`.
+    pub revision: i64,
+}
+
 /// A VTEP as realised on the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VtepState {
@@ -218,13 +256,13 @@ pub struct BgpSessionState {
     pub bfd: Option<String>,
 }
 
-/// One network as realised on the node.
+/// A network not (or no longer fully) applied on the node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkState {
     /// Name of the EVPN.
     pub evpn: String,
-    /// The EVPN generation last applied successfully.
+    /// The EVPN generation last applied successfully, what is still programmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_generation: Option<i64>,
     /// Where the network stands on this node.
@@ -240,13 +278,11 @@ pub struct NetworkState {
     pub vnis: Vec<VniState>,
 }
 
-/// Lifecycle of a network on a node.
+/// Why a network is listed as not applied on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum NetworkPhase {
     /// Being applied.
     Pending,
-    /// The generation in `appliedGeneration` is programmed.
-    Applied,
     /// Applying failed; `reason` and `message` say why.
     Failed,
     /// Removed from the spec and still being cleaned up.
@@ -263,4 +299,57 @@ pub struct VniState {
     pub type_: String,
     /// Whether FRR has the VNI up (its VXLAN device and, for L3, its VRF).
     pub up: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evpn::RedundancyMode;
+    use serde_json::json;
+
+    fn vtep(name: &str) -> NodeVtep {
+        serde_json::from_value(
+            json!({"name": name, "mode": "Managed", "ip": "198.18.0.1", "cidrs": ["198.18.0.0/24"], "udpPort": 4789}),
+        )
+        .expect("a VTEP")
+    }
+
+    fn set(networks: &[&str]) -> EvpnNetworkSetSpec {
+        let networks = networks
+            .iter()
+            .map(|n| {
+                serde_json::from_value(json!({"evpn": n, "generation": 1, "revision": 1, "vrf": n,
+                    "network": {"kind": "ClusterUserDefinedNetwork", "name": n}}))
+                .expect("a set entry")
+            })
+            .collect();
+        EvpnNetworkSetSpec { revision: 1, networks }
+    }
+
+    #[test]
+    fn a_node_gets_its_vteps_networks_with_its_own_segments() {
+        let segment = NodeSegment {
+            evpn: "red".into(),
+            name: "s1".into(),
+            interface: "bond0".into(),
+            esi: "00:11:22:33:44:55:66:77:88:99".into(),
+            mode: RedundancyMode::AllActive,
+            df_preference: None,
+        };
+        let spec = EvpnNodeStateSpec { vteps: vec![vtep("a"), vtep("b")], ethernet_segments: vec![segment] };
+        let (a, other) = (set(&["red", "blue"]), set(&["green"]));
+        let desired = DesiredNode::assemble(&spec, |name| match name {
+            "a" => Some(&a),
+            "other" => Some(&other),
+            _ => None,
+        });
+        let names: Vec<(&str, &str, usize)> = desired
+            .networks
+            .iter()
+            .map(|n| (n.entry.evpn.as_str(), n.vtep.as_str(), n.ethernet_segments.len()))
+            .collect();
+        // VTEP b has no set yet and contributes nothing; the set of a VTEP the node is not in is
+        // not looked at.
+        assert_eq!(names, [("blue", "a", 0), ("red", "a", 1)]);
+    }
 }

@@ -5,8 +5,8 @@
 //!
 //! Creates the nodes, one Managed VTEP selecting them all, and one Layer2 network per EVPN;
 //! starts the `evpn-operator` binary (controllers only) as its own process; simulated agents
-//! (one watch in this process) report every node's networks applied as soon as its spec lists
-//! them. Then it creates every EVPN at once and measures the time until all are Ready, the
+//! (`evpn_tests::simulated`, one pair of watches in this process for all nodes) report every
+//! node's network sets applied as soon as they see them. Then it creates every EVPN at once and measures the time until all are Ready, the
 //! operator's API writes by kind (from its metrics), the agents' writes, and the operator's peak
 //! RSS, and sets the writes beside what one object per (EVPN, node) would need.
 
@@ -18,13 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use evpn_crds::nodestate::{NetworkPhase, NetworkState};
-use evpn_crds::{Evpn, EvpnNodeState, EvpnNodeStateStatus};
+use evpn_crds::Evpn;
+use evpn_tests::simulated::Agents;
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, watcher};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 /// The operator process, killed however the bench ends (a failed run must not leave it behind).
@@ -79,7 +77,9 @@ async fn main() {
     println!("setup: {:.1} s", setup.elapsed().as_secs_f64());
 
     let agent_writes = Arc::new(AtomicU64::new(0));
-    let agents = tokio::spawn(agents(client.clone(), nodes.iter().cloned().collect(), agent_writes.clone()));
+    let simulated =
+        Agents { nodes: nodes.iter().cloned().collect(), writes: agent_writes.clone(), ..Agents::default() };
+    let agents = tokio::spawn(simulated.run(client.clone()));
     let metrics_port = free_port();
     let operator = Command::new(env!("CARGO_BIN_EXE_evpn-operator"))
         .args(["--no-webhook", "--lease-name", &id, "--identity", "scale-bench", "--system-mac", "02:00:00:00:00:01"])
@@ -172,47 +172,6 @@ where
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Agents for `nodes`: report every network of a node's spec applied at its generation.
-async fn agents(client: Client, nodes: BTreeSet<String>, writes: Arc<AtomicU64>) {
-    let api: Api<EvpnNodeState> = Api::all(client);
-    let states = watcher(api.clone(), watcher::Config::default()).applied_objects().default_backoff();
-    futures::pin_mut!(states);
-    while let Some(Ok(state)) = states.next().await {
-        let node = state.name_any();
-        if !nodes.contains(&node) {
-            continue;
-        }
-        let networks: Vec<NetworkState> = state
-            .spec
-            .networks
-            .iter()
-            .map(|n| NetworkState {
-                evpn: n.evpn.clone(),
-                applied_generation: Some(n.generation),
-                phase: NetworkPhase::Applied,
-                reason: None,
-                message: None,
-                vnis: vec![],
-            })
-            .collect();
-        let status =
-            EvpnNodeStateStatus { observed_generation: state.metadata.generation, networks, ..Default::default() };
-        if state.status.as_ref() != Some(&status) {
-            let api = api.clone();
-            let writes = writes.clone();
-            tokio::spawn(async move {
-                if api
-                    .patch_status(&node, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-                    .await
-                    .is_ok()
-                {
-                    writes.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-    }
 }
 
 async fn metrics_text(port: u16) -> Option<String> {

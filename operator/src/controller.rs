@@ -1,12 +1,14 @@
 //! The loop around [`crate::plan`]: mirror the cluster, plan, write the difference.
 //!
-//! Watches keep in-memory mirrors of what the planner needs (node states reduced to a spec
-//! fingerprint and their reports, so 500 nodes x 1,000 networks are not held twice). Any change
-//! marks the world dirty; a round starts once changes pause for `debounce` (or `max_delay` after
-//! the first), so a burst of creates becomes a few rounds. A round writes, in this order: EVPN
-//! statuses (where allocations are recorded), node specs, VTEP statuses, finalizers; each only
-//! where the object differs from the plan. A write that fails is retried with per-object
-//! exponential backoff, never in a hot loop.
+//! Watches keep in-memory mirrors of what the planner needs (node states reduced to their spec
+//! and what their agent reported). Any change marks the world dirty; a round starts once changes
+//! pause for `debounce` (or `max_delay` after the first), so a burst of creates becomes a few
+//! rounds. A round writes, in this order: finalizers, EVPN statuses (where allocations are
+//! recorded), network sets, node specs, VTEP statuses; each only where the object differs from
+//! the plan. A write that fails is retried with per-object exponential backoff, never in a hot
+//! loop. A status change that only moves node counts waits until `status_refresh` has passed
+//! since that EVPN's last write, so nodes reporting one after another cost a few writes per
+//! EVPN, not one per node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use evpn_crds::common::NetworkKind;
-use evpn_crds::{Evpn, EvpnNodeState, Vtep};
+use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, EvpnNodeStateSpec, Vtep};
 use evpn_webhook::index::{NetworkFacts, NetworkKey};
 use evpn_webhook::watch::network_resource;
 use futures::future::BoxFuture;
@@ -45,6 +47,8 @@ pub struct Config {
     pub max_delay: Duration,
     /// Writes in flight at once.
     pub concurrency: usize,
+    /// Shortest time between two writes of one EVPN's status that only move node counts.
+    pub status_refresh: Duration,
     /// System MAC of type-3 ESIs, shared by the whole cluster.
     pub system_mac: [u8; 6],
 }
@@ -55,6 +59,7 @@ impl Default for Config {
             debounce: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             concurrency: 32,
+            status_refresh: Duration::from_secs(2),
             system_mac: [0x02, 0x65, 0x76, 0x70, 0x6e, 0x00],
         }
     }
@@ -131,6 +136,7 @@ struct World {
     evpns: Mirror<Arc<Evpn>>,
     vteps: Mirror<Arc<Vtep>>,
     nodes: Mirror<NodeInfo>,
+    network_sets: Mirror<Arc<EvpnNetworkSet>>,
     node_states: Mirror<ObservedNodeState>,
     cluster_networks: Mirror<NetworkFacts>,
     networks: Mirror<NetworkFacts>,
@@ -142,6 +148,7 @@ impl World {
             &self.evpns.synced,
             &self.vteps.synced,
             &self.nodes.synced,
+            &self.network_sets.synced,
             &self.node_states.synced,
             &self.cluster_networks.synced,
             &self.networks.synced,
@@ -177,6 +184,12 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                     let info = NodeInfo { name: n.name_any(), uid: n.uid()?, labels: n.labels().clone() };
                     Some((info.name.clone(), info))
                 },
+                &dirty
+            ),
+            follow(
+                watcher(Api::<EvpnNetworkSet>::all(client.clone()), cfg.clone()),
+                &world.network_sets,
+                |o: &EvpnNetworkSet| { Some((o.name_any(), Arc::new(o.clone()))) },
                 &dirty
             ),
             follow(
@@ -234,12 +247,14 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
             let plan = {
                 let (evpns, vteps, nodes) = (values(&world.evpns), values(&world.vteps), values(&world.nodes));
                 let networks = networks(&world);
+                let network_sets = world.network_sets.lock().clone();
                 let node_states = world.node_states.lock();
                 planner.plan(&Snapshot {
                     evpns: &evpns,
                     vteps: &vteps,
                     nodes: &nodes,
                     networks: &networks,
+                    network_sets: &network_sets,
                     node_states: &node_states,
                     now: Time(k8s_openapi::jiff::Timestamp::now()),
                 })
@@ -298,7 +313,8 @@ fn networks(world: &World) -> HashMap<NetworkKey, NetworkFacts> {
 struct Observed {
     evpns: BTreeMap<String, Arc<Evpn>>,
     vteps: BTreeMap<String, Arc<Vtep>>,
-    fingerprints: BTreeMap<String, u64>,
+    network_sets: BTreeMap<String, Arc<EvpnNetworkSet>>,
+    node_specs: BTreeMap<String, EvpnNodeStateSpec>,
 }
 
 impl Observed {
@@ -306,7 +322,8 @@ impl Observed {
         Self {
             evpns: world.evpns.lock().clone(),
             vteps: world.vteps.lock().clone(),
-            fingerprints: world.node_states.lock().iter().map(|(k, v)| (k.clone(), v.spec_fingerprint)).collect(),
+            network_sets: world.network_sets.lock().clone(),
+            node_specs: world.node_states.lock().iter().map(|(k, v)| (k.clone(), v.spec.clone())).collect(),
         }
     }
 }
@@ -321,6 +338,9 @@ struct Writer {
     metrics: Arc<Metrics>,
     recorder: Recorder,
     backoff: Mutex<HashMap<WriteKey, (Instant, u32)>>,
+    status_refresh: Duration,
+    /// When each EVPN's status was last written.
+    status_written: Mutex<HashMap<String, Instant>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -331,7 +351,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 impl Writer {
     fn new(client: Client, config: &Config, metrics: Arc<Metrics>) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter::from(MANAGER));
-        Self { client, concurrency: config.concurrency, metrics, recorder, backoff: Mutex::default() }
+        Self {
+            client,
+            concurrency: config.concurrency,
+            metrics,
+            recorder,
+            backoff: Mutex::default(),
+            status_refresh: config.status_refresh,
+            status_written: Mutex::default(),
+        }
     }
 
     /// Writes what differs; returns when the next retry is due, if any write failed.
@@ -357,54 +385,74 @@ impl Writer {
         }
         self.run_all(std::mem::take(&mut writes)).await;
 
+        let mut deferred: Option<Instant> = None;
         for (name, status) in &plan.evpn_statuses {
             let Some(obj) = observed.evpns.get(name) else { continue };
             if obj.status.as_ref() == Some(status) {
                 continue;
             }
-            let events = transitions(obj, status);
-            let (evpns, recorder, name) = (evpns.clone(), &self.recorder, name.clone());
-            let body = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "status": status});
-            let reference = obj.object_ref(&());
-            writes.extend(self.write("EVPN/status", name.clone(), async move {
-                evpns.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
-                for event in events {
-                    // Events are best effort: a lost one must not fail the write.
-                    if let Err(e) = recorder.publish(&event, &reference).await {
-                        tracing::debug!(error = %e, "publishing an event failed");
-                    }
-                }
-                Ok(())
-            }));
+            let last = self.status_written.lock().unwrap_or_else(PoisonError::into_inner).get(name).copied();
+            if let (Some(old), Some(due)) = (&obj.status, last.map(|at| at + self.status_refresh))
+                && due > Instant::now()
+                && only_progress(old, status)
+            {
+                deferred = Some(deferred.map_or(due, |d| d.min(due)));
+                continue;
+            }
+            writes.extend(self.write_status(&evpns, obj, status));
         }
         let status_writes = writes.len();
         let statuses_written = self.run_all(std::mem::take(&mut writes)).await == status_writes
             && plan.evpn_statuses.keys().all(|n| !self.backing_off("EVPN/status", n));
         if !statuses_written {
             // Nodes may only be told allocations their EVPNs record: try again next round.
-            return self.next_retry();
+            return earliest(self.next_retry(), deferred);
+        }
+
+        let sets: Api<EvpnNetworkSet> = Api::all(self.client.clone());
+        for (vtep, set) in &plan.network_sets {
+            if observed.network_sets.get(vtep).is_some_and(|o| o.spec == set.spec) {
+                continue;
+            }
+            let owner = OwnerReference {
+                api_version: "evpn.k8s.ovn.org/v1alpha1".into(),
+                kind: "VTEP".into(),
+                name: vtep.clone(),
+                uid: set.vtep_uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            };
+            let mut object = EvpnNetworkSet::new(vtep, set.spec.clone());
+            object.metadata.owner_references = Some(vec![owner]);
+            let (sets, vtep) = (sets.clone(), vtep.clone());
+            writes.extend(self.write("EVPNNetworkSet", vtep.clone(), async move {
+                sets.patch(&vtep, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object)).await.map(drop)
+            }));
+        }
+        let set_writes = writes.len();
+        if self.run_all(std::mem::take(&mut writes)).await != set_writes {
+            // A node must not be pointed at a VTEP whose set is not written yet.
+            return earliest(self.next_retry(), deferred);
         }
 
         let states: Api<EvpnNodeState> = Api::all(self.client.clone());
-        for (node, spec) in &plan.node_specs {
-            if observed.fingerprints.get(node) == Some(&spec.fingerprint()) {
+        for (node, desired) in &plan.node_specs {
+            if observed.node_specs.get(node) == Some(&desired.spec) {
                 continue;
             }
             tracing::debug!(%node, "node spec differs");
-            let (states, node, spec) = (states.clone(), node.clone(), spec.clone());
+            let owner = OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: node.clone(),
+                uid: desired.uid.clone(),
+                block_owner_deletion: None,
+                controller: None,
+            };
+            let mut state = EvpnNodeState::new(node, desired.spec.clone());
+            state.metadata.owner_references = Some(vec![owner]);
+            let (states, node) = (states.clone(), node.clone());
             writes.extend(self.write("EVPNNodeState", node.clone(), async move {
-                // Built here, not up front: a body holds every network, and only the writes in
-                // flight should hold one.
-                let owner = OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Node".into(),
-                    name: node.clone(),
-                    uid: spec.uid.clone(),
-                    block_owner_deletion: None,
-                    controller: None,
-                };
-                let mut state = EvpnNodeState::new(&node, spec.to_spec());
-                state.metadata.owner_references = Some(vec![owner]);
                 states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&state)).await.map(drop)
             }));
         }
@@ -423,7 +471,31 @@ impl Writer {
             }));
         }
         self.run_all(writes).await;
-        self.next_retry()
+        earliest(self.next_retry(), deferred)
+    }
+
+    /// Writes an EVPN's status and publishes the events of its transitions.
+    fn write_status<'a>(
+        &'a self,
+        evpns: &Api<Evpn>,
+        obj: &Evpn,
+        status: &evpn_crds::EvpnStatus,
+    ) -> Option<BoxFuture<'a, bool>> {
+        let events = transitions(obj, status);
+        let (evpns, recorder, name) = (evpns.clone(), &self.recorder, obj.name_any());
+        let body = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "status": status});
+        let reference = obj.object_ref(&());
+        self.write("EVPN/status", name.clone(), async move {
+            evpns.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+            self.status_written.lock().unwrap_or_else(PoisonError::into_inner).insert(name, Instant::now());
+            for event in events {
+                // Events are best effort: a lost one must not fail the write.
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::debug!(error = %e, "publishing an event failed");
+                }
+            }
+            Ok(())
+        })
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -480,6 +552,29 @@ impl Writer {
             ok
         }))
     }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether a new status differs from the old only in node counts and their wording: no
+/// condition changes status or reason, nothing resolved changes.
+fn only_progress(old: &evpn_crds::EvpnStatus, new: &evpn_crds::EvpnStatus) -> bool {
+    let strip = |s: &evpn_crds::EvpnStatus| {
+        let mut s = s.clone();
+        s.nodes = None;
+        s.ready_nodes = None;
+        s.failed_nodes.clear();
+        for c in &mut s.conditions {
+            c.message.clear();
+        }
+        s
+    };
+    strip(old) == strip(new)
 }
 
 /// Events for the condition changes that matter to a user.

@@ -13,16 +13,16 @@
 //! decision (see docs/architecture.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, selector_matches};
 use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
-use evpn_crds::nodestate::{NetworkPhase, NodeNetwork, NodeSegment, NodeVrf, NodeVtep};
+use evpn_crds::networkset::SetNetwork;
+use evpn_crds::nodestate::{NetworkPhase, NodeSegment, NodeVrf, NodeVtep};
 use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
 use evpn_crds::vtep::VtepMode;
-use evpn_crds::{Evpn, EvpnNodeStateSpec, EvpnStatus, Vtep, VtepStatus};
+use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNetworkSetSpec, EvpnNodeStateSpec, EvpnStatus, Vtep, VtepStatus};
 use evpn_webhook::index::{NetworkFacts, NetworkKey, VrfSide};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -48,7 +48,7 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-/// What an agent reported for one network.
+/// What an agent reported for one network it lists as not applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportedNetwork {
     pub phase: NetworkPhase,
@@ -57,25 +57,27 @@ pub struct ReportedNetwork {
     pub message: Option<String>,
 }
 
-/// What the planner keeps of an observed EVPNNodeState: a fingerprint of its spec (comparing
-/// whole specs of every node would hold them all in memory), the VTEP IPs and EVPN names in it,
-/// and the status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the planner keeps of an observed EVPNNodeState.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObservedNodeState {
-    pub spec_fingerprint: u64,
-    pub vtep_ips: Vec<(String, String)>,
-    /// EVPNs the spec lists.
-    pub carried: BTreeSet<Arc<str>>,
-    pub reported: HashMap<Arc<str>, ReportedNetwork>,
+    pub spec: EvpnNodeStateSpec,
+    /// Whether the agent ever reported: a node whose agent never ran holds nothing to release.
+    pub reporting: bool,
+    /// The agent has acted on the current spec.
+    pub caught_up: bool,
+    /// Network set name to the (set UID, revision) the agent acted on.
+    pub applied_sets: HashMap<String, (String, i64)>,
+    /// The networks the agent lists as not applied.
+    pub unapplied: HashMap<Arc<str>, ReportedNetwork>,
 }
 
 impl ObservedNodeState {
     /// Reduces a node state to what the planner needs.
     pub fn of(state: &evpn_crds::EvpnNodeState) -> Self {
-        let reported = state
-            .status
+        let status = state.status.as_ref();
+        let unapplied = status
             .iter()
-            .flat_map(|s| &s.networks)
+            .flat_map(|s| &s.unapplied_networks)
             .map(|n| {
                 let report = ReportedNetwork {
                     phase: n.phase,
@@ -87,35 +89,31 @@ impl ObservedNodeState {
             })
             .collect();
         Self {
-            spec_fingerprint: fingerprint(&state.spec),
-            vtep_ips: state.spec.vteps.iter().filter_map(|v| Some((v.name.clone(), v.ip.clone()?))).collect(),
-            carried: state.spec.networks.iter().map(|n| Arc::from(n.evpn.as_str())).collect(),
-            reported,
+            spec: state.spec.clone(),
+            reporting: status.is_some(),
+            caught_up: status.is_some_and(|s| s.observed_generation == state.metadata.generation),
+            applied_sets: status
+                .iter()
+                .flat_map(|s| &s.network_sets)
+                .map(|a| (a.name.clone(), (a.uid.clone(), a.revision)))
+                .collect(),
+            unapplied,
         }
     }
-}
 
-/// A spec's identity for change detection: equal specs, equal fingerprints. Lists are keyed
-/// maps to the apiserver, and a server-side apply may keep an old order, so they are compared
-/// sorted by key; the network list is hashed on its own so nodes sharing one list share its hash.
-pub fn fingerprint(spec: &EvpnNodeStateSpec) -> u64 {
-    let mut vteps: Vec<&NodeVtep> = spec.vteps.iter().collect();
-    vteps.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut networks: Vec<&NodeNetwork> = spec.networks.iter().collect();
-    networks.sort_by(|a, b| a.evpn.cmp(&b.evpn));
-    combine(json_hash(&vteps), json_hash(&networks))
-}
+    fn vtep_ip(&self, vtep: &str) -> Option<&str> {
+        self.spec.vteps.iter().find(|v| v.name == vtep)?.ip.as_deref()
+    }
 
-fn json_hash<T: serde::Serialize>(value: &T) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(value).unwrap_or_default().hash(&mut h);
-    h.finish()
-}
-
-fn combine(a: u64, b: u64) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (a, b).hash(&mut h);
-    h.finish()
+    /// Whether the agent has acted on `set` at its current revision.
+    fn has_applied(&self, set: &EvpnNetworkSet, revision: i64) -> bool {
+        let (Some(uid), Some((applied_uid, applied))) =
+            (set.metadata.uid.as_ref(), self.applied_sets.get(name(&set.metadata)))
+        else {
+            return false;
+        };
+        uid == applied_uid && *applied >= revision
+    }
 }
 
 /// Everything the planner looks at in one round.
@@ -124,35 +122,30 @@ pub struct Snapshot<'a> {
     pub vteps: &'a [Arc<Vtep>],
     pub nodes: &'a [NodeInfo],
     pub networks: &'a HashMap<NetworkKey, NetworkFacts>,
+    pub network_sets: &'a BTreeMap<String, Arc<EvpnNetworkSet>>,
     pub node_states: &'a BTreeMap<String, ObservedNodeState>,
     pub now: Time,
 }
 
-/// A node's desired spec, with the network list shared between nodes that carry the same.
-#[derive(Clone, Debug)]
-pub struct NodeSpec {
-    pub uid: String,
-    pub vteps: Vec<NodeVtep>,
-    pub networks: Arc<Vec<NodeNetwork>>,
-    networks_hash: u64,
+/// A VTEP's network set as it should be, and the VTEP that owns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSetPlan {
+    pub vtep_uid: String,
+    pub spec: EvpnNetworkSetSpec,
 }
 
-impl NodeSpec {
-    /// The fingerprint the written object will have.
-    pub fn fingerprint(&self) -> u64 {
-        combine(json_hash(&self.vteps), self.networks_hash)
-    }
-
-    /// The full spec, for writing.
-    pub fn to_spec(&self) -> EvpnNodeStateSpec {
-        EvpnNodeStateSpec { vteps: self.vteps.clone(), networks: self.networks.as_ref().clone() }
-    }
+/// A node's state as it should be, and the Node that owns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSpec {
+    pub uid: String,
+    pub spec: EvpnNodeStateSpec,
 }
 
 /// What the operator wants the cluster to hold.
 #[derive(Debug, Default)]
 pub struct Plan {
     pub evpn_statuses: BTreeMap<String, EvpnStatus>,
+    pub network_sets: BTreeMap<String, NetworkSetPlan>,
     pub node_specs: BTreeMap<String, NodeSpec>,
     pub vtep_statuses: BTreeMap<String, VtepStatus>,
     pub add_finalizer: Vec<String>,
@@ -218,23 +211,25 @@ impl Planner {
         self.allocate_ips(&vteps, snap);
 
         let mut plan = Plan::default();
+        let carried = carried_networks(&evpns, &vteps, &rejections, snap);
+        plan.network_sets = self.network_sets(&carried, &vteps, snap);
         for evpn in &evpns {
             let n = name(&evpn.metadata);
-            let status = self.evpn_status(evpn, &vteps, rejections.get(n), snap);
+            let entry = plan
+                .network_sets
+                .get(evpn.spec.vtep.as_str())
+                .and_then(|s| s.spec.networks.iter().find(|net| net.evpn == n));
+            let status = self.evpn_status(evpn, &vteps, rejections.get(n), entry, snap);
             plan.evpn_statuses.insert(n.to_owned(), status);
             let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
             if evpn.metadata.deletion_timestamp.is_none() && !has_finalizer {
                 plan.add_finalizer.push(n.to_owned());
             }
-        }
-        plan.node_specs = self.node_specs(&evpns, &vteps, &rejections, snap);
-        for evpn in &evpns {
-            let n = name(&evpn.metadata);
-            let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
             if evpn.metadata.deletion_timestamp.is_some() && has_finalizer && released_everywhere(n, snap) {
                 plan.remove_finalizer.push(n.to_owned());
             }
         }
+        plan.node_specs = self.node_specs(&carried, &vteps, snap);
         for (vtep_name, vtep) in &vteps {
             plan.vtep_statuses.insert((*vtep_name).to_owned(), self.vtep_status(vtep_name, vtep, snap));
         }
@@ -406,18 +401,14 @@ impl Planner {
             pool.retain(|node| selected.contains(node.as_str()));
             // Addresses already written into node states are the record: keep them.
             for (node, state) in snap.node_states {
-                for (v, ip) in &state.vtep_ips {
-                    if v == vtep_name
-                        && selected.contains(node.as_str())
-                        && pool.iter().all(|(_, o)| o != node)
-                        && let Ok(ip) = ip.parse::<IpAddr>()
-                        && let Some(key) = cidrs
-                            .iter()
-                            .enumerate()
-                            .find_map(|(i, c)| Some(i as u32 * HOSTS_PER_CIDR + host_index(c, ip)?))
-                    {
-                        let _ = pool.claim(key, node);
-                    }
+                if let Some(ip) = state.vtep_ip(vtep_name)
+                    && selected.contains(node.as_str())
+                    && pool.iter().all(|(_, o)| o != node)
+                    && let Ok(ip) = ip.parse::<IpAddr>()
+                    && let Some(key) =
+                        cidrs.iter().enumerate().find_map(|(i, c)| Some(i as u32 * HOSTS_PER_CIDR + host_index(c, ip)?))
+                {
+                    let _ = pool.claim(key, node);
                 }
             }
             let ranges: Vec<(u32, u32)> = cidrs
@@ -459,6 +450,7 @@ impl Planner {
         evpn: &Evpn,
         vteps: &BTreeMap<&str, &Vtep>,
         rejection: Option<&Rejection>,
+        entry: Option<&SetNetwork>,
         snap: &Snapshot<'_>,
     ) -> EvpnStatus {
         let n = name(&evpn.metadata);
@@ -477,15 +469,25 @@ impl Planner {
         let network = network_problem(&evpn.spec.network, evpn, snap.networks);
         let desired: Vec<&NodeInfo> = vtep.map(|v| selected_nodes(v, snap.nodes).collect()).unwrap_or_default();
         let (mut ready, mut failed) = (0u32, Vec::new());
+        // The set the nodes can see, and the revision this EVPN's current entry needs.
+        let set = snap.network_sets.get(evpn.spec.vtep.as_str());
+        let needed = entry.filter(|e| e.generation == generation).map(|e| e.revision);
         for node in &desired {
-            match snap.node_states.get(&node.name).and_then(|s| s.reported.get(n)) {
-                Some(r) if r.phase == NetworkPhase::Applied && r.applied_generation == Some(generation) => ready += 1,
+            let Some(state) = snap.node_states.get(&node.name) else { continue };
+            match state.unapplied.get(n) {
                 Some(r) if r.phase == NetworkPhase::Failed => failed.push(NodeFailure {
                     node: node.name.clone(),
                     reason: r.reason.clone().unwrap_or_else(|| "Failed".into()),
                     message: r.message.clone().unwrap_or_default(),
                 }),
-                _ => {}
+                Some(_) => {}
+                None => {
+                    if let (Some(set), Some(revision)) = (set, needed)
+                        && state.has_applied(set, revision)
+                    {
+                        ready += 1;
+                    }
+                }
             }
         }
         let desired_count = desired.len() as u32;
@@ -560,53 +562,69 @@ impl Planner {
             .collect()
     }
 
+    /// Each VTEP's network set: the entries that did not change keep the revision they were
+    /// written in; any change makes the next revision.
+    fn network_sets(
+        &self,
+        carried: &BTreeMap<&str, Vec<&Evpn>>,
+        vteps: &BTreeMap<&str, &Vtep>,
+        snap: &Snapshot<'_>,
+    ) -> BTreeMap<String, NetworkSetPlan> {
+        let mut sets = BTreeMap::new();
+        for (vtep_name, vtep) in vteps {
+            let Some(vtep_uid) = vtep.metadata.uid.clone() else { continue };
+            let asn = vtep.spec.bgp.as_ref().map(|b| b.asn);
+            // Revisions continue on the object the agents see, whichever VTEP owned it before: an
+            // agent's report names the object by UID, so only a new object starts again at 1.
+            let observed = snap.network_sets.get(*vtep_name).map(|s| &s.spec);
+            let next = observed.map_or(1, |o| o.revision + 1);
+            let mut networks: Vec<SetNetwork> =
+                carried.get(vtep_name).into_iter().flatten().map(|evpn| self.set_network(evpn, asn, snap)).collect();
+            networks.sort_by(|a, b| a.evpn.cmp(&b.evpn));
+            for net in &mut networks {
+                net.revision = observed
+                    .and_then(|o| o.networks.iter().find(|old| old.evpn == net.evpn && old.same_content(net)))
+                    .map_or(next, |old| old.revision);
+            }
+            let unchanged = observed
+                .is_some_and(|o| o.networks.len() == networks.len() && networks.iter().all(|n| n.revision < next));
+            let revision = if unchanged { next - 1 } else { next };
+            sets.insert(
+                (*vtep_name).to_owned(),
+                NetworkSetPlan { vtep_uid, spec: EvpnNetworkSetSpec { revision, networks } },
+            );
+        }
+        sets
+    }
+
+    fn set_network(&self, evpn: &Evpn, asn: Option<u32>, snap: &Snapshot<'_>) -> SetNetwork {
+        let node_vrf = |side| {
+            let r = self.resolved_vrf(evpn, side, asn)?;
+            Some(NodeVrf {
+                vni: r.vni,
+                route_targets: r.route_targets,
+                route_distinguisher_index: r.route_distinguisher_index?,
+            })
+        };
+        SetNetwork {
+            evpn: name(&evpn.metadata).to_owned(),
+            generation: evpn.metadata.generation.unwrap_or_default(),
+            revision: 0,
+            network: evpn.spec.network.clone(),
+            vrf: vrf_name(&evpn.spec.network),
+            mac_vrf: evpn.spec.mac_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Mac)),
+            ip_vrf: evpn.spec.ip_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Ip)),
+            subnets: network_subnets(&evpn.spec.network, snap.networks),
+        }
+    }
+
+    /// What is particular to each node: its VTEPs with its addresses, and its Ethernet segments.
     fn node_specs(
         &self,
-        evpns: &[&Evpn],
+        carried: &BTreeMap<&str, Vec<&Evpn>>,
         vteps: &BTreeMap<&str, &Vtep>,
-        rejections: &HashMap<String, Rejection>,
         snap: &Snapshot<'_>,
     ) -> BTreeMap<String, NodeSpec> {
-        // Networks per VTEP, built once and shared by every node of that VTEP.
-        let mut per_vtep: BTreeMap<&str, Vec<(&Evpn, NodeNetwork)>> = BTreeMap::new();
-        for evpn in evpns {
-            let n = name(&evpn.metadata);
-            if evpn.metadata.deletion_timestamp.is_some()
-                || rejections.contains_key(n)
-                || network_problem(&evpn.spec.network, evpn, snap.networks).is_some()
-            {
-                continue;
-            }
-            let Some(vtep) = vteps.get(evpn.spec.vtep.as_str()) else { continue };
-            let asn = vtep.spec.bgp.as_ref().map(|b| b.asn);
-            let node_vrf = |side| {
-                let r = self.resolved_vrf(evpn, side, asn)?;
-                Some(NodeVrf {
-                    vni: r.vni,
-                    route_targets: r.route_targets,
-                    route_distinguisher_index: r.route_distinguisher_index?,
-                })
-            };
-            let network = NodeNetwork {
-                evpn: n.to_owned(),
-                generation: evpn.metadata.generation.unwrap_or_default(),
-                network: evpn.spec.network.clone(),
-                vtep: evpn.spec.vtep.clone(),
-                vrf: vrf_name(&evpn.spec.network),
-                mac_vrf: evpn.spec.mac_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Mac)),
-                ip_vrf: evpn.spec.ip_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Ip)),
-                subnets: network_subnets(&evpn.spec.network, snap.networks),
-                ethernet_segments: Vec::new(),
-            };
-            per_vtep.entry(evpn.spec.vtep.as_str()).or_default().push((evpn, network));
-        }
-        let has_segments = |list: &[(&Evpn, NodeNetwork)]| {
-            list.iter().any(|(e, _)| e.spec.multi_homing.iter().any(|m| !m.ethernet_segments.is_empty()))
-        };
-        let segments: HashMap<&str, Vec<ResolvedSegment>> =
-            evpns.iter().map(|e| (name(&e.metadata), self.segments(e))).collect();
-
-        let mut shared: HashMap<Vec<&str>, (Arc<Vec<NodeNetwork>>, u64)> = HashMap::new();
         let mut specs = BTreeMap::new();
         for node in snap.nodes {
             let node_vteps: Vec<(&str, &Vtep)> = vteps
@@ -629,40 +647,14 @@ impl Planner {
                     bgp: v.spec.bgp.clone(),
                 })
                 .collect();
-            let key: Vec<&str> = node_vteps.iter().map(|(n, _)| *n).collect();
-            let needs_own_list = node_vteps.iter().any(|(vn, _)| per_vtep.get(vn).is_some_and(|l| has_segments(l)));
-            let (networks, networks_hash) = if needs_own_list {
-                // Ethernet segments differ per node: this node gets a list of its own.
-                let mut list: Vec<NodeNetwork> = key
-                    .iter()
-                    .flat_map(|vn| per_vtep.get(vn).into_iter().flatten())
-                    .map(|(evpn, net)| {
-                        let mut net = net.clone();
-                        net.ethernet_segments = node_segments(evpn, node, segments.get(name(&evpn.metadata)));
-                        net
-                    })
-                    .collect();
-                list.sort_by(|a, b| a.evpn.cmp(&b.evpn));
-                let hash = json_hash(&list);
-                (Arc::new(list), hash)
-            } else {
-                shared
-                    .entry(key.clone())
-                    .or_insert_with(|| {
-                        let mut list: Vec<NodeNetwork> = key
-                            .iter()
-                            .flat_map(|vn| per_vtep.get(vn).into_iter().flatten())
-                            .map(|(_, n)| n.clone())
-                            .collect();
-                        list.sort_by(|a, b| a.evpn.cmp(&b.evpn));
-                        let hash = json_hash(&list);
-                        (Arc::new(list), hash)
-                    })
-                    .clone()
-            };
+            let ethernet_segments = node_vteps
+                .iter()
+                .flat_map(|(vn, _)| carried.get(vn).into_iter().flatten())
+                .flat_map(|evpn| node_segments(evpn, node, &self.segments(evpn)))
+                .collect();
             specs.insert(
                 node.name.clone(),
-                NodeSpec { uid: node.uid.clone(), vteps: vtep_specs, networks, networks_hash },
+                NodeSpec { uid: node.uid.clone(), spec: EvpnNodeStateSpec { vteps: vtep_specs, ethernet_segments } },
             );
         }
         specs
@@ -719,15 +711,16 @@ fn host_count(cidr: &evpn_crds::validation::Cidr) -> u32 {
     usable.min(u64::from(HOSTS_PER_CIDR)) as u32
 }
 
-fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: Option<&Vec<ResolvedSegment>>) -> Vec<NodeSegment> {
+fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: &[ResolvedSegment]) -> Vec<NodeSegment> {
     evpn.spec
         .multi_homing
         .iter()
         .flat_map(|m| &m.ethernet_segments)
         .filter(|seg| selector_matches(&seg.node_selector, &node.labels))
         .filter_map(|seg| {
-            let esi = resolved?.iter().find(|r| r.name == seg.name)?.esi.clone();
+            let esi = resolved.iter().find(|r| r.name == seg.name)?.esi.clone();
             Some(NodeSegment {
+                evpn: name(&evpn.metadata).to_owned(),
                 name: seg.name.clone(),
                 interface: seg.interface.clone(),
                 esi,
@@ -738,10 +731,42 @@ fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: Option<&Vec<ResolvedSeg
         .collect()
 }
 
-/// The EVPN is gone from every node: no observed spec lists it and no agent still reports it.
-/// Only the nodes that had it matter, so one stuck node state never holds up another tenant.
+/// The EVPNs each VTEP's nodes carry: accepted, on a network that fits, not being deleted.
+fn carried_networks<'a>(
+    evpns: &[&'a Evpn],
+    vteps: &BTreeMap<&str, &Vtep>,
+    rejections: &HashMap<String, Rejection>,
+    snap: &Snapshot<'_>,
+) -> BTreeMap<&'a str, Vec<&'a Evpn>> {
+    let mut carried: BTreeMap<&str, Vec<&Evpn>> = BTreeMap::new();
+    for evpn in evpns {
+        if evpn.metadata.deletion_timestamp.is_none()
+            && !rejections.contains_key(name(&evpn.metadata))
+            && network_problem(&evpn.spec.network, evpn, snap.networks).is_none()
+            && vteps.contains_key(evpn.spec.vtep.as_str())
+        {
+            carried.entry(evpn.spec.vtep.as_str()).or_default().push(evpn);
+        }
+    }
+    carried
+}
+
+/// The EVPN is gone from every node: no network set lists it any more, no agent lists it as
+/// still being removed, and every agent that acts on a set has caught up with the set's current
+/// revision, which no longer has it. Agents that never reported hold nothing, so a node whose
+/// agent never ran does not hold up the release.
 fn released_everywhere(evpn: &str, snap: &Snapshot<'_>) -> bool {
-    snap.node_states.values().all(|observed| !observed.carried.contains(evpn) && !observed.reported.contains_key(evpn))
+    let listed = snap.network_sets.values().any(|s| s.spec.networks.iter().any(|n| n.evpn == evpn));
+    !listed
+        && snap.node_states.values().all(|state| {
+            !state.unapplied.contains_key(evpn)
+                && (!state.reporting
+                    || state.caught_up
+                        && state.spec.vteps.iter().all(|v| {
+                            !state.applied_sets.contains_key(&v.name)
+                                || snap.network_sets.get(&v.name).is_some_and(|s| state.has_applied(s, s.spec.revision))
+                        }))
+        })
 }
 
 /// The 2-byte AS number of an auto-derived route target (RFC 8365: the low 16 bits of a 4-byte ASN).

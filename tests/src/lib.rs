@@ -26,6 +26,7 @@ use kube::{Client, Config, Resource};
 use tokio::sync::OnceCell;
 
 pub mod lab;
+pub mod simulated;
 
 /// Field manager of everything the harness applies.
 const FIELD_MANAGER: &str = "evpn-test-harness";

@@ -7,21 +7,19 @@
 
 #![allow(clippy::unwrap_used, reason = "a test that cannot build its input should panic")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use evpn_crds::nodestate::{NetworkPhase, NetworkState};
-use evpn_crds::{Evpn, EvpnNodeState, EvpnNodeStateStatus};
+use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState};
 use evpn_operator::controller::Config;
 use evpn_operator::leader::Election;
 use evpn_operator::metrics::Metrics;
+use evpn_tests::simulated::Agents;
 use evpn_tests::{apply, control_plane, eventually, unique_name};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, watcher};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -59,44 +57,11 @@ fn replica(client: &Client, lease: &str, identity: &str) -> Replica {
     Replica { task, metrics }
 }
 
-/// Writes every node's status the way its agent would once it applied the spec: every network
-/// of the spec Applied at its generation, networks gone from the spec gone from the status.
-/// Nodes in `failing` report every network Failed instead.
+/// Simulated agents for `nodes` (see `evpn_tests::simulated`); those in `failing` report every
+/// network failed.
 fn agents(client: &Client, nodes: BTreeSet<String>, failing: BTreeSet<String>) -> JoinHandle<()> {
-    let api: Api<EvpnNodeState> = Api::all(client.clone());
-    tokio::spawn(async move {
-        let states = watcher(api.clone(), watcher::Config::default()).applied_objects().default_backoff();
-        futures::pin_mut!(states);
-        while let Some(Ok(state)) = states.next().await {
-            let node = state.name_any();
-            if !nodes.contains(&node) {
-                continue;
-            }
-            let networks: Vec<NetworkState> = state
-                .spec
-                .networks
-                .iter()
-                .map(|n| {
-                    let failed = failing.contains(&node);
-                    NetworkState {
-                        evpn: n.evpn.clone(),
-                        applied_generation: (!failed).then_some(n.generation),
-                        phase: if failed { NetworkPhase::Failed } else { NetworkPhase::Applied },
-                        reason: failed.then(|| "VxlanCreateFailed".to_owned()),
-                        message: failed.then(|| "simulated: RTNETLINK answers: Operation not supported".to_owned()),
-                        vnis: vec![],
-                    }
-                })
-                .collect();
-            let status =
-                EvpnNodeStateStatus { observed_generation: state.metadata.generation, networks, ..Default::default() };
-            if state.status.as_ref() != Some(&status) {
-                let body = json!({"status": status});
-                // A failed write is retried on the next event, as an agent would.
-                let _ = api.patch_status(&node, &PatchParams::default(), &Patch::Merge(&body)).await;
-            }
-        }
-    })
+    let agents = Agents { nodes, failing, ..Agents::default() };
+    tokio::spawn(agents.run(client.clone()))
 }
 
 struct World {
@@ -218,14 +183,17 @@ async fn an_evpn_becomes_ready_with_allocated_values() {
     assert_eq!(status.vrf_name.as_deref(), Some(&w.network[..w.network.len().min(15)]));
     assert!(evpn.metadata.finalizers.unwrap_or_default().contains(&evpn_operator::plan::FINALIZER.to_owned()));
 
+    let set = Api::<EvpnNetworkSet>::all(client.clone()).get(&w.vtep).await.unwrap();
+    let owner = &set.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("VTEP", w.vtep.as_str()));
+    let net = set.spec.networks.iter().find(|n| n.evpn == name).unwrap();
+    assert_eq!(net.mac_vrf.as_ref().unwrap().vni, mac.vni);
     let states: Api<EvpnNodeState> = Api::all(client.clone());
     let mut ips = BTreeSet::new();
     for node in &w.nodes {
         let state = states.get(node).await.unwrap();
         let owner = &state.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", node.as_str()));
-        let net = state.spec.networks.iter().find(|n| n.evpn == name).unwrap();
-        assert_eq!(net.mac_vrf.as_ref().unwrap().vni, mac.vni);
         let ip = state.spec.vteps.iter().find(|v| v.name == w.vtep).unwrap().ip.clone().unwrap();
         assert!(ip.starts_with("198.18."), "{ip}");
         ips.insert(ip);
@@ -344,21 +312,10 @@ async fn an_operator_killed_mid_burst_leaves_no_duplicate_and_no_leak() {
     let recorded: BTreeSet<u32> =
         evpns.iter().map(|e| e.status.as_ref().unwrap().mac_vrf.as_ref().unwrap().vni).collect();
     assert_eq!(recorded.len(), names.len(), "duplicate VNIs after the restart");
-    // No leak: what the nodes were told is exactly what the EVPNs record.
-    let states: Api<EvpnNodeState> = Api::all(client.clone());
-    for node in &w.nodes {
-        let told: BTreeSet<u32> = states
-            .get(node)
-            .await
-            .unwrap()
-            .spec
-            .networks
-            .iter()
-            .filter(|n| n.vtep == w.vtep)
-            .filter_map(|n| n.mac_vrf.as_ref().map(|m| m.vni))
-            .collect();
-        assert_eq!(told, recorded, "node {node} was told other VNIs than the EVPNs record");
-    }
+    // No leak: what the nodes are told is exactly what the EVPNs record.
+    let set = Api::<EvpnNetworkSet>::all(client.clone()).get(&w.vtep).await.unwrap();
+    let told: BTreeSet<u32> = set.spec.networks.iter().filter_map(|n| n.mac_vrf.as_ref().map(|m| m.vni)).collect();
+    assert_eq!(told, recorded, "the nodes were told other VNIs than the EVPNs record");
 }
 
 #[tokio::test]
@@ -402,12 +359,17 @@ async fn deletion_waits_for_the_nodes_then_releases_the_vni() {
     eventually(|| async { api.get_opt(&name).await.is_ok_and(|e| e.is_none()) })
         .await
         .expect("the finalizer was never removed");
+    let set = Api::<EvpnNetworkSet>::all(client.clone()).get(&w.vtep).await.unwrap();
+    assert!(set.spec.networks.iter().all(|n| n.evpn != name), "the VTEP's set still carries {name}");
     for node in &w.nodes {
-        let state = states.get(node).await.unwrap();
-        assert!(state.spec.networks.iter().all(|n| n.evpn != name), "{node} still carries {name}");
-        let reported: BTreeMap<_, _> =
-            state.status.iter().flat_map(|s| &s.networks).map(|n| (n.evpn.clone(), n.phase)).collect();
-        assert!(!reported.contains_key(&name), "{node} still reports {name}");
+        let status = states.get(node).await.unwrap().status.unwrap();
+        let applied = status.network_sets.iter().find(|a| a.name == w.vtep).map(|a| (a.uid.as_str(), a.revision));
+        assert_eq!(
+            applied,
+            Some((set.metadata.uid.as_deref().unwrap(), set.spec.revision)),
+            "{node} had not acted on the set without {name} when it was released"
+        );
+        assert!(status.unapplied_networks.iter().all(|n| n.evpn != name), "{node} still reports {name}");
     }
     // The VNI is free again.
     let reuse = unique_name("reuse");

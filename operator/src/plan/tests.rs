@@ -3,11 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use evpn_crds::nodestate::{NetworkPhase, NetworkState};
-use evpn_crds::{Evpn, EvpnNodeState, Vtep};
+use evpn_crds::nodestate::{AppliedNetworkSet, NetworkPhase, NetworkState};
+use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, Vtep};
 use evpn_webhook::index::NetworkFacts;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{Value, json};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::*;
 
@@ -34,7 +36,7 @@ fn l2(network: &str, vni: Option<u32>) -> Value {
 
 fn vtep(ranges: Value, mode: &str) -> Arc<Vtep> {
     Arc::new(
-        serde_json::from_value(json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": "fabric", "generation": 1},
+        serde_json::from_value(json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": "fabric", "generation": 1, "uid": "vtep-uid"},
             "spec": {"cidrs": ["198.18.0.0/29"], "mode": mode, "vniRanges": ranges, "nodeSelector": {"matchLabels": {"evpn": "on"}},
                      "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}}}))
         .unwrap(),
@@ -65,7 +67,8 @@ struct Cluster {
     vteps: Vec<Arc<Vtep>>,
     nodes: Vec<NodeInfo>,
     networks: HashMap<NetworkKey, NetworkFacts>,
-    node_states: BTreeMap<String, ObservedNodeState>,
+    network_sets: BTreeMap<String, Arc<EvpnNetworkSet>>,
+    node_states: BTreeMap<String, EvpnNodeState>,
 }
 
 impl Cluster {
@@ -75,46 +78,88 @@ impl Cluster {
             vteps: vec![vtep(json!([{"start": 100, "end": 199}]), "Managed")],
             nodes: vec![node("n1"), node("n2")],
             networks: networks(&["blue", "red", "green"]),
+            network_sets: BTreeMap::new(),
             node_states: BTreeMap::new(),
         }
     }
 
     fn plan(&self, planner: &mut Planner) -> Plan {
+        let node_states = self.node_states.iter().map(|(n, s)| (n.clone(), ObservedNodeState::of(s))).collect();
         planner.plan(&Snapshot {
             evpns: &self.evpns,
             vteps: &self.vteps,
             nodes: &self.nodes,
             networks: &self.networks,
-            node_states: &self.node_states,
+            network_sets: &self.network_sets,
+            node_states: &node_states,
             now: at(1000),
         })
     }
 
-    /// Writes what the plan wants, the way the controller and the agents would.
+    /// Every agent acts on what it is given now: all its sets at their current revision.
+    fn agents_apply(&mut self) {
+        for state in self.node_states.values_mut() {
+            let network_sets = state
+                .spec
+                .vteps
+                .iter()
+                .filter_map(|v| self.network_sets.get(&v.name))
+                .map(|set| AppliedNetworkSet {
+                    name: set.metadata.name.clone().unwrap(),
+                    uid: set.metadata.uid.clone().unwrap(),
+                    revision: set.spec.revision,
+                })
+                .collect();
+            state.status = Some(evpn_crds::EvpnNodeStateStatus {
+                observed_generation: state.metadata.generation,
+                network_sets,
+                ..Default::default()
+            });
+        }
+    }
+
+    /// One node's agent lists `evpn` as failed.
+    fn fail(&mut self, node: &str, evpn: &str) {
+        let failed = NetworkState {
+            evpn: evpn.into(),
+            applied_generation: None,
+            phase: NetworkPhase::Failed,
+            reason: Some("FrrReloadFailed".into()),
+            message: Some("vtysh exited 1".into()),
+            vnis: vec![],
+        };
+        let status = self.node_states.get_mut(node).unwrap().status.get_or_insert_with(Default::default);
+        status.unapplied_networks.push(failed);
+    }
+
+    fn set(&self) -> &EvpnNetworkSetSpec {
+        &self.network_sets["fabric"].spec
+    }
+
+    /// Writes what the plan wants, the way the controller would, then lets the agents act.
     fn apply(&mut self, plan: &Plan, agents_ready: bool) {
         for e in &mut self.evpns {
             if let Some(status) = plan.evpn_statuses.get(e.metadata.name.as_deref().unwrap()) {
                 Arc::make_mut(e).status = Some(status.clone());
             }
         }
-        for (node, spec) in &plan.node_specs {
-            let mut state = EvpnNodeState::new(node, spec.to_spec());
-            if agents_ready {
-                let networks = spec
-                    .networks
-                    .iter()
-                    .map(|n| NetworkState {
-                        evpn: n.evpn.clone(),
-                        applied_generation: Some(n.generation),
-                        phase: NetworkPhase::Applied,
-                        reason: None,
-                        message: None,
-                        vnis: vec![],
-                    })
-                    .collect();
-                state.status = Some(evpn_crds::EvpnNodeStateStatus { networks, ..Default::default() });
+        for (vtep, desired) in &plan.network_sets {
+            let mut set = EvpnNetworkSet::new(vtep, desired.spec.clone());
+            set.metadata.uid = Some(format!("set-{}", desired.vtep_uid));
+            set.metadata.owner_references =
+                Some(vec![OwnerReference { uid: desired.vtep_uid.clone(), ..Default::default() }]);
+            self.network_sets.insert(vtep.clone(), Arc::new(set));
+        }
+        for (node, desired) in &plan.node_specs {
+            let state =
+                self.node_states.entry(node.clone()).or_insert_with(|| EvpnNodeState::new(node, Default::default()));
+            if state.spec != desired.spec || state.metadata.generation.is_none() {
+                state.spec = desired.spec.clone();
+                state.metadata.generation = Some(state.metadata.generation.unwrap_or_default() + 1);
             }
-            self.node_states.insert(node.clone(), ObservedNodeState::of(&state));
+        }
+        if agents_ready {
+            self.agents_apply();
         }
     }
 }
@@ -133,11 +178,10 @@ fn an_evpn_gets_a_vni_then_reaches_its_nodes_then_becomes_ready() {
     assert_eq!(mac.vni, 100);
     assert_eq!(mac.route_targets.import, ["65001:100"]);
     assert_eq!(mac.route_distinguisher_index, Some(1));
-    assert_eq!(first.node_specs["n1"].vteps[0].ip.as_deref(), Some("198.18.0.1"));
-    assert_eq!(first.node_specs["n2"].vteps[0].ip.as_deref(), Some("198.18.0.2"));
-    let net = &first.node_specs["n1"].networks[0];
+    assert_eq!(first.node_specs["n1"].spec.vteps[0].ip.as_deref(), Some("198.18.0.1"));
+    assert_eq!(first.node_specs["n2"].spec.vteps[0].ip.as_deref(), Some("198.18.0.2"));
+    let net = &first.network_sets["fabric"].spec.networks[0];
     assert_eq!((net.evpn.as_str(), net.mac_vrf.as_ref().unwrap().vni), ("blue", 100));
-    assert!(Arc::ptr_eq(&first.node_specs["n1"].networks, &first.node_specs["n2"].networks), "nodes share one list");
     assert_eq!(condition(&first.evpn_statuses["blue"], "Ready").reason, "NodesPending");
     c.apply(&first, false);
 
@@ -196,7 +240,7 @@ fn a_missing_network_keeps_the_allocation_but_no_node_gets_it() {
     let plan = c.plan(&mut Planner::default());
     assert_eq!(plan.evpn_statuses["blue"].mac_vrf.as_ref().unwrap().vni, 100);
     assert_eq!(condition(&plan.evpn_statuses["blue"], "Ready").reason, "NetworkNotFound");
-    assert!(plan.node_specs["n1"].networks.is_empty());
+    assert!(plan.network_sets["fabric"].spec.networks.is_empty());
 }
 
 #[test]
@@ -207,20 +251,7 @@ fn failing_nodes_are_counted_and_listed() {
         let plan = c.plan(&mut p);
         c.apply(&plan, true);
     }
-    let failed = NetworkState {
-        evpn: "blue".into(),
-        applied_generation: None,
-        phase: NetworkPhase::Failed,
-        reason: Some("FrrReloadFailed".into()),
-        message: Some("vtysh exited 1".into()),
-        vnis: vec![],
-    };
-    let mut state = EvpnNodeState::new("n2", Default::default());
-    state.status = Some(evpn_crds::EvpnNodeStateStatus { networks: vec![failed], ..Default::default() });
-    let fingerprint = c.node_states["n2"].spec_fingerprint;
-    let mut observed = ObservedNodeState::of(&state);
-    observed.spec_fingerprint = fingerprint;
-    c.node_states.insert("n2".into(), observed);
+    c.fail("n2", "blue");
     let status = &c.plan(&mut p).evpn_statuses["blue"];
     assert_eq!(status.nodes, Some(NodeCounts { desired: 2, ready: 1, failed: 1 }));
     assert_eq!(status.failed_nodes[0].reason, "FrrReloadFailed");
@@ -237,9 +268,16 @@ fn deletion_waits_for_every_node_to_let_go() {
     }
     Arc::make_mut(&mut c.evpns[0]).metadata.deletion_timestamp = Some(at(50));
     let plan = c.plan(&mut p);
-    assert!(plan.node_specs["n1"].networks.is_empty(), "the EVPN leaves every node's spec");
-    assert!(plan.remove_finalizer.is_empty(), "agents still report it");
-    c.apply(&plan, true);
+    assert!(plan.network_sets["fabric"].spec.networks.is_empty(), "the EVPN leaves the VTEP's set");
+    assert!(plan.remove_finalizer.is_empty(), "the set still lists it");
+    c.apply(&plan, false);
+    let plan = c.plan(&mut p);
+    assert!(plan.remove_finalizer.is_empty(), "the agents have not acted on the set without it");
+    c.agents_apply();
+    c.fail("n1", "blue");
+    c.node_states.get_mut("n1").unwrap().status.as_mut().unwrap().unapplied_networks[0].phase = NetworkPhase::Removing;
+    assert!(c.plan(&mut p).remove_finalizer.is_empty(), "n1 is still removing it");
+    c.agents_apply();
     let plan = c.plan(&mut p);
     assert_eq!(plan.remove_finalizer, ["blue"]);
     assert_eq!(p.vnis_in_use(), 1, "the VNI stays reserved until the object is gone");
@@ -310,18 +348,61 @@ fn random_histories_never_duplicate_and_rebuild_identically() {
 }
 
 #[test]
-fn a_spec_read_back_in_another_order_has_the_same_fingerprint() {
-    let c = Cluster::new(vec![evpn("b", 0, l2("blue", None)), evpn("a", 1, l2("red", None))]);
+fn a_set_revision_moves_only_with_its_content_and_others_stay_ready() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
     let mut p = Planner::default();
-    let mut c = c;
+    for _ in 0..3 {
+        let plan = c.plan(&mut p);
+        c.apply(&plan, true);
+    }
+    assert_eq!(c.set().revision, 1, "rounds without a change keep the revision");
+    assert_eq!(condition(&c.evpns[0].status.clone().unwrap(), "Ready").status, "True");
+
+    c.evpns.push(evpn("red", 1, l2("red", None)));
     let plan = c.plan(&mut p);
     c.apply(&plan, false);
     let plan = c.plan(&mut p);
-    let desired = &plan.node_specs["n1"];
-    let mut spec = desired.to_spec();
-    assert_eq!(spec.networks.len(), 2);
-    spec.networks.reverse();
-    assert_eq!(fingerprint(&spec), desired.fingerprint());
-    spec.networks[0].generation += 1;
-    assert_ne!(fingerprint(&spec), desired.fingerprint());
+    c.apply(&plan, false);
+    let revisions: Vec<(&str, i64)> = c.set().networks.iter().map(|n| (n.evpn.as_str(), n.revision)).collect();
+    assert_eq!(revisions, [("blue", 1), ("red", 2)]);
+    assert_eq!(c.set().revision, 2);
+    // The nodes have not acted on revision 2: red waits, blue (in revision 1) stays ready.
+    let plan = c.plan(&mut p);
+    assert_eq!(condition(&plan.evpn_statuses["blue"], "Ready").status, "True");
+    assert_eq!(condition(&plan.evpn_statuses["red"], "Ready").reason, "NodesPending");
+    c.apply(&plan, true);
+    assert_eq!(condition(&c.plan(&mut p).evpn_statuses["red"], "Ready").status, "True");
+}
+
+#[test]
+fn a_set_created_again_is_not_taken_for_the_old_one() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    let mut p = Planner::default();
+    for _ in 0..2 {
+        let plan = c.plan(&mut p);
+        c.apply(&plan, true);
+    }
+    // The VTEP is deleted and created again: the old set is gone with it, agents lag behind.
+    Arc::make_mut(&mut c.vteps[0]).metadata.uid = Some("vtep-uid-2".into());
+    c.network_sets.clear();
+    let plan = c.plan(&mut p);
+    assert_eq!(plan.network_sets["fabric"].spec.revision, 1);
+    c.apply(&plan, false);
+    let status = &c.plan(&mut p).evpn_statuses["blue"];
+    assert_eq!(status.nodes.as_ref().map(|n| n.ready), Some(0), "revision 1 of the old set does not count");
+}
+
+#[test]
+fn segments_go_to_the_selected_nodes_only() {
+    let mut spec = l2("blue", None);
+    spec["multiHoming"] = json!({"ethernetSegments": [{"name": "s1", "interface": "eth1", "nodeSelector": {"matchLabels": {"rack": "a"}}}]});
+    let mut c = Cluster::new(vec![evpn("blue", 0, spec)]);
+    c.nodes[0].labels.insert("rack".into(), "a".into());
+    let mut p = Planner::default();
+    let plan = c.plan(&mut p);
+    c.apply(&plan, false);
+    let plan = c.plan(&mut p);
+    let n1 = &plan.node_specs["n1"].spec.ethernet_segments;
+    assert_eq!((n1.len(), n1[0].evpn.as_str(), n1[0].interface.as_str()), (1, "blue", "eth1"));
+    assert!(plan.node_specs["n2"].spec.ethernet_segments.is_empty());
 }
