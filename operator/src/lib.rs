@@ -2,6 +2,7 @@
 //! ([`plan`], pure), the loop that feeds and applies it ([`controller`]), and leader election
 //! ([`leader`]).
 
+pub mod agents;
 pub mod allocator;
 pub mod controller;
 pub mod leader;

@@ -38,6 +38,10 @@ struct Args {
     /// Override the type-3 ESI system MAC (default: derived from the kube-system namespace UID).
     #[arg(long, value_parser = parse_mac)]
     system_mac: Option<[u8; 6]>,
+    /// Keep the agents' DaemonSet, with this image, applied in the operator's namespace (for
+    /// installers that cannot apply a DaemonSet themselves, such as OLM).
+    #[arg(long, env = "EVPN_AGENT_IMAGE")]
+    agent_image: Option<String>,
     /// Log filter, e.g. `info` or `evpn_operator=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -95,11 +99,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         evpn_operator::run_controllers(client.clone(), election, config, metrics.clone()).await;
         anyhow::Ok(())
     };
+    let agents = async {
+        match &args.agent_image {
+            Some(image) => evpn_operator::agents::keep_applied(client.clone(), &args.lease_namespace, image).await,
+            None => std::future::pending().await,
+        }
+    };
     let probe = serve_metrics(args.metrics_listen, metrics.clone());
     tokio::select! {
         result = webhook => result,
         result = controllers => result,
         result = probe => result,
+        () = agents => Ok(()),
         signal = tokio::signal::ctrl_c() => {
             signal?;
             tracing::info!("interrupted, exiting");
