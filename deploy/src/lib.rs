@@ -28,9 +28,11 @@ pub const WEBHOOK_SERVICE: &str = "evpn-operator-webhook";
 pub const WEBHOOK_SECRET: &str = "evpn-operator-webhook-tls";
 /// The ValidatingWebhookConfiguration (plain manifests; OLM names its own).
 pub const WEBHOOK_CONFIGURATION: &str = "evpn-operator";
-/// The container port of the webhook's HTTPS listener (admission, /healthz, /readyz).
+/// The container port of the webhook's HTTPS listener (admission; also /healthz, /readyz and its
+/// own /metrics).
 pub const WEBHOOK_PORT: u16 = 9443;
-/// The container port of the operator's plain-HTTP listener (/metrics, /healthz).
+/// The container port of the operator's plain-HTTP listener (/metrics of the controllers and the
+/// webhook, /healthz, /readyz): what probes and Prometheus use.
 pub const METRICS_PORT: u16 = 8080;
 /// Where the project's images are published.
 pub const IMAGE_REGISTRY: &str = "ghcr.io/evpn-operator";

@@ -77,12 +77,12 @@ fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned()))).collect()
 }
 
-fn http_probe(path: &str, port: &str, scheme: &str, period: i32) -> Probe {
+fn http_probe(path: &str, port: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(port.into()),
-            scheme: Some(scheme.into()),
+            scheme: Some("HTTP".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -152,10 +152,11 @@ pub fn operator_deployment(certificates: Certificates, agent_image: Option<&str>
                 ..Default::default()
             },
         ]),
-        // Alive while the process answers; ready (in the webhook Service) only once the webhook's
-        // caches have listed, because until then it denies every EVPN and VTEP request.
-        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..http_probe("/healthz", "metrics", "HTTP", 10) }),
-        readiness_probe: Some(http_probe("/readyz", "webhook", "HTTPS", 5)),
+        // Alive while the process answers; ready (in the webhook Service) only once the webhook
+        // serves and its caches have listed, because until then it denies every EVPN and VTEP
+        // request. Leadership does not count: the replica that is not leading admits too.
+        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..http_probe("/healthz", "metrics", 10) }),
+        readiness_probe: Some(http_probe("/readyz", "metrics", 5)),
         // Memory: the 1,000 EVPN x 500 node benchmark stays under 200 MB. No CPU limit: throttling
         // the webhook would turn into admission timeouts.
         resources: Some(ResourceRequirements {

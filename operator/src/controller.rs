@@ -31,6 +31,7 @@ use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use crate::metrics::{Metrics, WriteLabels};
 use crate::plan::{FINALIZER, NodeInfo, ObservedNodeState, Plan, Planner, Snapshot};
@@ -244,7 +245,15 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 continue;
             }
             let started = Instant::now();
-            let plan = {
+            // One span per round: the writes' warnings carry it, and a collector shows the round
+            // with its writes.
+            let round = tracing::info_span!(
+                "reconcile_round",
+                evpns = tracing::field::Empty,
+                nodes = tracing::field::Empty,
+                retry = tracing::field::Empty
+            );
+            let plan = round.in_scope(|| {
                 let (evpns, vteps, nodes) = (values(&world.evpns), values(&world.vteps), values(&world.nodes));
                 let networks = networks(&world);
                 let network_sets = world.network_sets.lock().clone();
@@ -258,17 +267,19 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                     node_states: &node_states,
                     now: Time(k8s_openapi::jiff::Timestamp::now()),
                 })
-            };
+            });
+            round.record("evpns", plan.evpn_statuses.len()).record("nodes", plan.node_specs.len());
             tracing::debug!(
-                evpns = plan.evpn_statuses.len(),
-                nodes = plan.node_specs.len(),
+                parent: &round,
                 add_finalizer = plan.add_finalizer.len(),
                 remove_finalizer = ?plan.remove_finalizer,
                 "planned"
             );
+            metrics.record_conditions(plan.evpn_statuses.values());
             let observed = Observed::take(&world);
-            retry_at = writer.apply(plan, observed).await.map(tokio::time::Instant::from_std);
-            tracing::debug!(elapsed = ?started.elapsed(), ?retry_at, "round done");
+            retry_at = writer.apply(plan, observed).instrument(round.clone()).await.map(tokio::time::Instant::from_std);
+            round.record("retry", retry_at.is_some());
+            tracing::debug!(parent: &round, elapsed = ?started.elapsed(), ?retry_at, "round done");
             metrics.rounds.inc();
             metrics.round_seconds.observe(started.elapsed().as_secs_f64());
             metrics.vnis_in_use.set(planner.vnis_in_use() as i64);
@@ -527,30 +538,34 @@ impl Writer {
         if due.is_some_and(|at| at > Instant::now()) {
             return None;
         }
-        Some(Box::pin(async move {
-            let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-                Ok(result) => result,
-                Err(_) => Err(kube::Error::Service(format!("no answer within {WRITE_TIMEOUT:?}").into())),
-            };
-            self.metrics
-                .writes
-                .get_or_create(&WriteLabels { kind, result: if result.is_ok() { "ok" } else { "error" } })
-                .inc();
-            let ok = result.is_ok();
-            let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Ok(()) => {
-                    backoff.remove(&key);
+        let span = tracing::debug_span!("write", kind, name = %key.1);
+        Some(Box::pin(
+            async move {
+                let result = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                    Ok(result) => result,
+                    Err(_) => Err(kube::Error::Service(format!("no answer within {WRITE_TIMEOUT:?}").into())),
+                };
+                self.metrics
+                    .writes
+                    .get_or_create(&WriteLabels { kind, result: if result.is_ok() { "ok" } else { "error" } })
+                    .inc();
+                let ok = result.is_ok();
+                let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
+                match result {
+                    Ok(()) => {
+                        backoff.remove(&key);
+                    }
+                    Err(e) => {
+                        let attempts = backoff.get(&key).map_or(0, |(_, n)| *n) + 1;
+                        let delay = BACKOFF_MIN.saturating_mul(1 << attempts.min(10)).min(BACKOFF_MAX);
+                        tracing::warn!(kind, name = %key.1, error = %e, retry_in = ?delay, "write failed");
+                        backoff.insert(key, (Instant::now() + delay, attempts));
+                    }
                 }
-                Err(e) => {
-                    let attempts = backoff.get(&key).map_or(0, |(_, n)| *n) + 1;
-                    let delay = BACKOFF_MIN.saturating_mul(1 << attempts.min(10)).min(BACKOFF_MAX);
-                    tracing::warn!(kind, name = %key.1, error = %e, retry_in = ?delay, "write failed");
-                    backoff.insert(key, (Instant::now() + delay, attempts));
-                }
+                ok
             }
-            ok
-        }))
+            .instrument(span),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use evpn_operator::{controller, leader, metrics::Metrics};
+use evpn_telemetry::serve;
 
 /// BGP-EVPN for OVN-Kubernetes user-defined networks.
 #[derive(Parser, Debug)]
@@ -20,7 +21,7 @@ struct Args {
     /// Do not run the controllers (webhook only).
     #[arg(long)]
     no_controllers: bool,
-    /// Plain-HTTP listener for the controllers' /metrics and /healthz.
+    /// Plain-HTTP listener for /metrics (the controllers' and the webhook's), /healthz and /readyz.
     #[arg(long, env = "EVPN_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
     /// Namespace of the leader-election Lease.
@@ -42,9 +43,8 @@ struct Args {
     /// installers that cannot apply a DaemonSet themselves, such as OLM).
     #[arg(long, env = "EVPN_AGENT_IMAGE")]
     agent_image: Option<String>,
-    /// Log filter, e.g. `info` or `evpn_operator=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    log: String,
+    #[command(flatten)]
+    telemetry: evpn_telemetry::Args,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -56,8 +56,16 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(args.log.as_str()).init();
-    match run(args).await {
+    let telemetry = match evpn_telemetry::init(&args.telemetry, "evpn-operator") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("evpn-operator: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(args).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -67,13 +75,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let listener = serve::bind(args.metrics_listen).await?;
     let client = kube::Client::try_default().await?;
-    let metrics = Arc::new(Metrics::default());
+    let webhook_state = (!args.no_webhook).then(|| Arc::new(evpn_webhook::server::State::new(args.webhook.policy())));
+    let mut metrics = Metrics::default();
+    if let Some(state) = &webhook_state {
+        metrics.include_webhook(&state.metrics);
+    }
+    let metrics = Arc::new(metrics);
     let webhook = async {
-        if args.no_webhook {
-            std::future::pending().await
-        } else {
-            evpn_webhook::run(&args.webhook, client.clone()).await
+        match &webhook_state {
+            Some(state) => evpn_webhook::run(&args.webhook, client.clone(), state.clone()).await,
+            None => std::future::pending().await,
         }
     };
     let controllers = async {
@@ -105,26 +118,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let probe = serve_metrics(args.metrics_listen, metrics.clone());
+    let (encode, readiness) = (metrics.clone(), webhook_state.clone());
+    // Ready means able to admit: the webhook serves and its caches have listed. Leadership does
+    // not count, so the replica that is not leading still takes admission requests.
+    let endpoints = serve::Endpoints {
+        metrics: Arc::new(move || encode.encode()),
+        ready: Arc::new(move || readiness.as_ref().map_or(Ok(()), |state| state.readiness())),
+    };
     tokio::select! {
         result = webhook => result,
         result = controllers => result,
-        result = probe => result,
+        result = serve::serve(listener, endpoints) => result,
         () = agents => Ok(()),
-        signal = tokio::signal::ctrl_c() => {
+        signal = stop() => {
             signal?;
-            tracing::info!("interrupted, exiting");
+            tracing::info!("stopping");
             Ok(())
         }
     }
 }
 
-async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { metrics.encode() }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await?;
-    Ok(())
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn stop() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        signal = tokio::signal::ctrl_c() => signal,
+    }
 }

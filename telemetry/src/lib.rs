@@ -32,6 +32,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Command-line settings of logs and traces, the same in both binaries.
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "telemetry")]
 pub struct Args {
     /// Log filter, e.g. `info` or `info,evpn_agent=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]

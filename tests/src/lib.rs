@@ -292,6 +292,38 @@ where
     }
 }
 
+/// An answer of a plain-HTTP endpoint (metrics, probes).
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+/// `GET path` over HTTP/1.1 from a server on `addr`: how a probe or a scraper asks the binaries'
+/// metrics endpoints.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).context("no status")?;
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned());
+    Ok(HttpResponse { status, content_type, body: body.to_owned() })
+}
+
+/// The value of the first sample of `metric` (name and labels as written, e.g.
+/// `evpn_agent_networks{phase="Failed"}`) in Prometheus text.
+pub fn sample(text: &str, metric: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A throwaway certificate authority for serving certificates on loopback.
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,

@@ -110,14 +110,15 @@ impl Webhook {
             state.metrics.tls_reloads.get_or_create(&ReloadLabels { result }).inc();
         });
         tracing::info!(addr = %self.listener.local_addr()?, "admission webhook listening");
+        self.state.mark_serving();
         tokio::join!(reloads, server::serve_tls(self.listener, config, server::router(self.state)));
         Ok(())
     }
 }
 
-/// Runs the webhook with its watches until the process ends.
-pub async fn run(args: &WebhookArgs, client: kube::Client) -> anyhow::Result<()> {
-    let state = Arc::new(State::new(args.policy()));
+/// Runs the webhook with its watches until the process ends. `state` (made with
+/// [`State::new`] from `args.policy()`) is the caller's too, for readiness and metrics.
+pub async fn run(args: &WebhookArgs, client: kube::Client, state: Arc<State>) -> anyhow::Result<()> {
     let webhook = Webhook::bind(args, state.clone()).await?;
     let watches = watch::run(client, state, args.ovnkube_config_namespace.clone());
     tokio::select! {

@@ -47,22 +47,37 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("evpn_webhook");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        let tls_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register("admission_requests", "Admission requests by kind, operation and result", requests.clone());
-        registry.register(
-            "admission_duration_seconds",
-            "Time from receiving a review to answering it, decoding included",
-            latency.clone(),
-        );
-        registry.register("tls_reloads", "Attempts to load a changed TLS certificate", tls_reloads.clone());
-        Self { registry, requests, latency, tls_reloads }
+        let mut m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            tls_reloads: Family::default(),
+        };
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.registry = registry;
+        m
     }
 }
 
 impl Metrics {
+    /// Registers every metric (`evpn_webhook_*`) in `registry` too, so that a binary serving
+    /// other metrics can expose these beside them.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("evpn_webhook");
+        registry.register(
+            "admission_requests",
+            "Admission requests by kind, operation and result",
+            self.requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time from receiving a review to answering it, decoding included",
+            self.latency.clone(),
+        );
+        registry.register("tls_reloads", "Attempts to load a changed TLS certificate", self.tls_reloads.clone());
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

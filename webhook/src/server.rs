@@ -1,6 +1,6 @@
 //! The HTTPS server: routes, handlers and the TLS accept loop.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::index::Index;
 use crate::metrics::{KindLabel, Metrics, RequestLabels};
@@ -48,17 +50,31 @@ pub struct State {
     pub policy: Policy,
     pub metrics: Metrics,
     synced: AtomicU8,
+    /// Set once the listener is bound with a certificate loaded and the accept loop runs.
+    serving: AtomicBool,
 }
 
 impl State {
     /// A state whose caches still have to sync.
     pub fn new(policy: Policy) -> Self {
-        Self { index: RwLock::default(), policy, metrics: Metrics::default(), synced: AtomicU8::new(0) }
+        Self {
+            index: RwLock::default(),
+            policy,
+            metrics: Metrics::default(),
+            synced: AtomicU8::new(0),
+            serving: AtomicBool::new(false),
+        }
     }
 
     /// A state judged from a prepared index, with no watches (benchmarks and tests).
     pub fn with_index(policy: Policy, index: Index) -> Self {
-        Self { index: RwLock::new(index), policy, metrics: Metrics::default(), synced: AtomicU8::new(ALL_CACHES) }
+        Self {
+            index: RwLock::new(index),
+            policy,
+            metrics: Metrics::default(),
+            synced: AtomicU8::new(ALL_CACHES),
+            serving: AtomicBool::new(false),
+        }
     }
 
     /// Records that a cache listed its objects.
@@ -69,6 +85,25 @@ impl State {
     /// Whether every cache listed its objects at least once.
     pub fn is_ready(&self) -> bool {
         self.synced.load(Ordering::Acquire) == ALL_CACHES
+    }
+
+    /// Records that the HTTPS listener accepts admission requests.
+    pub(crate) fn mark_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// Whether the HTTPS listener accepts admission requests.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Why the webhook cannot take requests yet, if it cannot: what `/readyz` answers.
+    pub fn readiness(&self) -> Result<(), String> {
+        match (self.is_serving(), self.is_ready()) {
+            (true, true) => Ok(()),
+            (false, _) => Err("the webhook's HTTPS listener is not serving yet".into()),
+            (true, false) => Err("the webhook's caches have not listed the cluster yet".into()),
+        }
     }
 
     /// Changes the index.
@@ -134,7 +169,11 @@ where
     K: for<'de> serde::Deserialize<'de>,
 {
     let started = Instant::now();
-    let (response, operation, result) = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    // Filled in once the review is judged; the body is read inside it.
+    let span = tracing::info_span!("admission", kind, operation = Empty, uid = Empty, result = Empty);
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).instrument(span.clone()).await;
+    let _entered = span.enter();
+    let (response, operation, result) = match bytes {
         Err(_) => (
             json_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {MAX_BODY_BYTES} bytes")),
             "unknown",
@@ -145,19 +184,22 @@ where
                 (json_error(StatusCode::BAD_REQUEST, &message), "unknown", "error")
             }
             Err(DecodeError::Unreadable { api_version, uid, message }) => {
+                span.record("uid", uid.as_str());
                 (review_response(review::encode(&api_version, &uid, &Verdict::Deny(message))), "unknown", "denied")
             }
             Ok(decoded) => {
+                span.record("uid", decoded.uid.as_str()).record("operation", decoded.operation().as_str());
                 let verdict = judge(&decoded.request());
                 let result = if matches!(verdict, Verdict::Allow(_)) { "allowed" } else { "denied" };
                 if let Verdict::Deny(reason) = &verdict {
-                    tracing::info!(kind, uid = %decoded.uid, operation = decoded.operation().as_str(), %reason, "denied");
+                    tracing::info!(%reason, "denied");
                 }
                 let body = review::encode(&decoded.api_version, &decoded.uid, &verdict);
                 (review_response(body), decoded.operation().as_str(), result)
             }
         },
     };
+    span.record("operation", operation).record("result", result);
     st.metrics.requests.get_or_create(&RequestLabels { kind, operation, result }).inc();
     st.metrics.latency.get_or_create(&KindLabel { kind }).observe(started.elapsed().as_secs_f64());
     response
