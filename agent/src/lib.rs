@@ -7,6 +7,7 @@
 
 pub mod dataplane;
 pub mod frr;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod report;

@@ -1,7 +1,9 @@
 //! `evpn-agent`: makes this node an EVPN PE router as its `EVPNNodeState` says.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use evpn_agent::dataplane::{BackendChoice, Dataplane};
 use evpn_agent::frr::{Frr, RenderOptions};
 use evpn_agent::reconcile::Agent;
+use evpn_telemetry::serve;
 
 /// The node agent of evpn-operator: programs the node's bridge, VXLAN, SVI, VTEP IP and FRR.
 #[derive(Parser, Debug)]
@@ -34,10 +37,17 @@ struct Args {
     /// Seconds between full reconciles that repair drift (FRR restarted, a device removed).
     #[arg(long, default_value_t = 10)]
     resync_seconds: u64,
-    /// Log filter, e.g. `info` or `evpn_agent=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    log: String,
+    /// Plain-HTTP listener for /metrics, /healthz and /readyz. The agent runs in the node's
+    /// network namespace, so the port is the node's: the default stays clear of what
+    /// OVN-Kubernetes, frr-k8s, MetalLB, the kubelet and node exporters bind there.
+    #[arg(long, env = "EVPN_AGENT_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
+    #[command(flatten)]
+    telemetry: evpn_telemetry::Args,
 }
+
+/// The agent's metrics address; `evpn-deploy` names the same port in the DaemonSet.
+const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9482";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Backend {
@@ -49,17 +59,13 @@ enum Backend {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_env_filter(args.log.as_str()).init();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let telemetry = args.telemetry.clone();
+    evpn_telemetry::main(&telemetry, "evpn-agent", run(args)).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // First, so that a port taken by another host-network pod stops the agent before it acts.
+    let listener = serve::bind(args.metrics_listen).await?;
     let choice = match args.vrf_backend {
         Backend::Auto => BackendChoice::Auto,
         Backend::Kernel => BackendChoice::Kernel,
@@ -79,5 +85,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let mut agent = Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds));
     agent.secrets = Some(client.clone());
-    agent.run(client).await
+    let (encode, ready) = (agent.metrics.clone(), agent.metrics.clone());
+    let endpoints =
+        serve::Endpoints { metrics: Arc::new(move || encode.encode()), ready: Arc::new(move || ready.readiness()) };
+    tokio::select! {
+        result = agent.run(client) => result,
+        result = serve::serve(listener, endpoints) => result,
+    }
 }

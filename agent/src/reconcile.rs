@@ -9,7 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use evpn_crds::nodestate::{AgentInfo, AppliedNetworkSet, DesiredNode, FrrDriver, VtepState};
 use evpn_crds::{EvpnNetworkSet, EvpnNodeState, EvpnNodeStateStatus};
@@ -20,10 +21,13 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::watch;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 use tracing::{info, warn};
 
 use crate::dataplane::{ApplyScope, Dataplane};
 use crate::frr::{self, Frr, RenderOptions};
+use crate::metrics::{Metrics, ResultLabels};
 use crate::plan::{self, NodePlan};
 use crate::report::{self, Observed, Outcome};
 
@@ -39,6 +43,8 @@ pub struct Agent {
     pub frr: Frr,
     pub render: RenderOptions,
     pub resync: Duration,
+    /// What the agent counts and whether it is ready; shared with the metrics endpoint.
+    pub metrics: Arc<Metrics>,
     /// Networks this agent realised and has not yet confirmed removed.
     known: BTreeSet<String>,
     /// The generation of each network last applied.
@@ -56,6 +62,7 @@ impl Agent {
             frr,
             render,
             resync,
+            metrics: Arc::default(),
             known: BTreeSet::new(),
             applied: BTreeMap::new(),
             written: None,
@@ -106,6 +113,7 @@ impl Agent {
             }) else {
                 continue;
             };
+            self.metrics.mark_listed();
             if self.written.is_none() {
                 // A restarted agent learns from its last report which networks may still need
                 // removing.
@@ -131,14 +139,32 @@ impl Agent {
             if let Some(state) = state {
                 self.write_status(&api, &state, &observed).await;
             }
+            self.metrics.mark_ready();
         }
     }
 
     /// Realises `spec` and says how each network fared. `scope` says how much of the data plane
     /// to compare: only what changed since the last apply, or everything.
     pub async fn reconcile(&mut self, spec: &DesiredNode, generation: Option<i64>, scope: ApplyScope) -> Observed {
+        let span = tracing::info_span!("reconcile", ?scope, networks = spec.networks.len(), failed = Empty);
+        let started = Instant::now();
+        let observed = self.realise(spec, generation, scope).instrument(span.clone()).await;
+        let failed =
+            observed.networks.iter().filter(|(_, o)| !matches!(o, Outcome::Applied { .. } | Outcome::Pending { .. }));
+        span.record("failed", failed.count());
+        self.metrics.reconciled(scope, &observed, started.elapsed());
+        observed
+    }
+
+    async fn realise(&mut self, spec: &DesiredNode, generation: Option<i64>, scope: ApplyScope) -> Observed {
         let plan = plan::plan(spec);
-        let dp = self.dataplane.apply_scoped(&plan, scope).await;
+        let started = Instant::now();
+        let dp = self.dataplane.apply_scoped(&plan, scope).instrument(tracing::info_span!("dataplane_apply")).await;
+        self.metrics.applied("dataplane", started.elapsed());
+        let vtep_failed = matches!(dp.vtep, Some(Err(_)));
+        if vtep_failed || dp.networks.values().any(Result::is_err) || !dp.removals.is_empty() {
+            self.metrics.error("dataplane");
+        }
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
         for (evpn, e) in &plan.rejected {
             outcomes.insert(evpn.clone(), Outcome::Failed { reason: e.reason().into(), message: e.to_string() });
@@ -163,6 +189,7 @@ impl Agent {
         let mut frr_plan = NodePlan { vtep: plan.vtep.clone(), networks: Vec::new(), rejected: Vec::new() };
         let active_vrfs = if plan.networks.iter().any(|n| n.ip_vrf.is_some()) {
             self.frr.active_vrfs().await.unwrap_or_else(|e| {
+                self.metrics.error("frr_state");
                 warn!("reading FRR's VRFs: {e}");
                 BTreeSet::new()
             })
@@ -208,6 +235,7 @@ impl Agent {
             }
             // Never bring a session up without the password the admin asked for.
             Err(message) => {
+                self.metrics.error("bgp_password");
                 for n in &frr_plan.networks {
                     outcomes.insert(n.evpn.clone(), failed("BgpPasswordUnavailable", message.clone()));
                 }
@@ -216,7 +244,12 @@ impl Agent {
         };
         if let Some(ip) = vtep_ip {
             let config = frr::render(&frr_plan, ip, &self.render);
-            let sync = self.frr.sync(&config).await;
+            let started = Instant::now();
+            let sync = self.frr.sync(&config).instrument(tracing::info_span!("frr_sync")).await;
+            self.metrics.applied("frr", started.elapsed());
+            if sync.owners.iter().any(|o| o.result.is_err()) {
+                self.metrics.error("frr");
+            }
             let node_wide = sync.result(None).and_then(|r| r.as_ref().err()).map(|e| e.to_string());
             for n in &frr_plan.networks {
                 let outcome = match (&node_wide, sync.result(Some(&n.evpn))) {
@@ -287,6 +320,7 @@ impl Agent {
                 .map(|v| VtepState { name: v.name.clone(), ip: vtep_ip.map(|ip: IpAddr| ip.to_string()) })
                 .collect(),
             sessions: sessions.unwrap_or_else(|e| {
+                self.metrics.error("frr_state");
                 warn!("reading BGP sessions from FRR: {e}");
                 Vec::new()
             }),
@@ -332,7 +366,11 @@ impl Agent {
             "kind": "EVPNNodeState",
             "status": status,
         });
-        match api.patch_status(&self.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        let written =
+            api.patch_status(&self.node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await;
+        let result = if written.is_ok() { "ok" } else { "error" };
+        self.metrics.status_writes.get_or_create(&ResultLabels { result }).inc();
+        match written {
             Ok(_) => self.written = Some(status),
             Err(e) => warn!(node = self.node, "writing the node state's status: {e}"),
         }

@@ -34,6 +34,11 @@ pub const WEBHOOK_PORT: u16 = 9443;
 /// The container port of the operator's plain-HTTP listener (/metrics of the controllers and the
 /// webhook, /healthz, /readyz): what probes and Prometheus use.
 pub const METRICS_PORT: u16 = 8080;
+/// The agent's plain-HTTP listener (/metrics, /healthz, /readyz), a port of the node itself (host
+/// network): clear of what OVN-Kubernetes (9409-9411, 9476, 10256), frr-k8s (7572, 7573, 9140,
+/// 9141), MetalLB (7472, 7473, 7946), the kubelet and kube-proxy (10248-10259) and node exporters
+/// (9100) bind there.
+pub const AGENT_METRICS_PORT: u16 = 9482;
 /// Where the project's images are published.
 pub const IMAGE_REGISTRY: &str = "ghcr.io/evpn-operator";
 /// The version every generated manifest and image tag carries: the workspace version.

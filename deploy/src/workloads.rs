@@ -20,7 +20,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use crate::{
-    AGENT, METRICS_PORT, NAMESPACE, OPERATOR, WEBHOOK_CONFIGURATION, WEBHOOK_PORT, WEBHOOK_SECRET, WEBHOOK_SERVICE,
+    AGENT, AGENT_METRICS_PORT, METRICS_PORT, NAMESPACE, OPERATOR, WEBHOOK_CONFIGURATION, WEBHOOK_PORT, WEBHOOK_SECRET,
+    WEBHOOK_SERVICE,
 };
 
 /// Where the operator's pods find the webhook's serving certificate.
@@ -75,6 +76,15 @@ fn env_from_field(name: &str, field_path: &str) -> EnvVar {
 
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned()))).collect()
+}
+
+fn tcp_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port.into(),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
 }
 
 fn http_probe(path: &str, port: &str, period: i32) -> Probe {
@@ -138,20 +148,7 @@ pub fn operator_deployment(certificates: Certificates, agent_image: Option<&str>
             env_from_field("POD_NAME", "metadata.name"),
             env_from_field("POD_NAMESPACE", "metadata.namespace"),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("webhook".into()),
-                container_port: WEBHOOK_PORT.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("metrics".into()),
-                container_port: METRICS_PORT.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
+        ports: Some(vec![tcp_port("webhook", WEBHOOK_PORT), tcp_port("metrics", METRICS_PORT)]),
         // Alive while the process answers; ready (in the webhook Service) only once the webhook
         // serves and its caches have listed, because until then it denies every EVPN and VTEP
         // request. Leadership does not count: the replica that is not leading admits too.
@@ -338,6 +335,12 @@ pub fn agent_daemonset(namespace: &str, image: &str) -> DaemonSet {
         image: Some(image.into()),
         image_pull_policy: Some("IfNotPresent".into()),
         env: Some(vec![env_from_field("NODE_NAME", "spec.nodeName")]),
+        args: Some(vec![format!("--metrics-listen=0.0.0.0:{AGENT_METRICS_PORT}")]),
+        ports: Some(vec![tcp_port("metrics", AGENT_METRICS_PORT)]),
+        // Restarting a stuck agent loses no packets (devices and FRR stay as they are); readiness
+        // (watches listed, first reconcile done) paces a rolling update node by node.
+        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..http_probe("/healthz", "metrics", 10) }),
+        readiness_probe: Some(http_probe("/readyz", "metrics", 5)),
         resources: Some(ResourceRequirements {
             requests: Some(quantities(&[("cpu", "50m"), ("memory", "64Mi")])),
             limits: Some(quantities(&[("memory", "256Mi")])),

@@ -56,22 +56,8 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let telemetry = match evpn_telemetry::init(&args.telemetry, "evpn-operator") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("evpn-operator: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = run(args).await;
-    telemetry.shutdown().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let telemetry = args.telemetry.clone();
+    evpn_telemetry::main(&telemetry, "evpn-operator", run(args)).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@
 pub mod serve;
 
 use std::io::IsTerminal as _;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -103,6 +104,24 @@ impl Telemetry {
             Err(e) => tracing::warn!(error = %e, "flushing traces failed"),
         }
     }
+}
+
+/// What a binary's `main` does around its work: sets up logs and traces for `service`, runs
+/// `work`, flushes the traces, and turns the outcome into the exit code (an error logged first).
+pub async fn main(args: &Args, service: &'static str, work: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let telemetry = match init(args, service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{service}: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = work.await;
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    telemetry.shutdown().await;
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// Installs the process-wide logger (and tracer, when an endpoint is configured) for `service`,

@@ -157,6 +157,8 @@ pub fn agent_binary() -> PathBuf {
 /// One node's agent, killed when dropped.
 pub struct AgentProcess {
     child: Child,
+    /// Its metrics endpoint: every agent of the lab runs on this host, each on a port of its own.
+    pub metrics: std::net::SocketAddr,
 }
 
 impl AgentProcess {
@@ -168,10 +170,12 @@ impl AgentProcess {
         };
         let log = std::env::temp_dir().join(format!("evpn-lab-agent-{node}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let child = Command::new(agent_binary())
             .args(["--node-name", node, "--netns", &format!("/run/netns/{lab_node}")])
             .args(["--vrf-backend", "netns", "--vrf-netns-dir", &format!("/var/run/frr/{lab_node}/netns")])
             .args(["--frr-pathspace", lab_node, "--resync-seconds", "2"])
+            .args(["--metrics-listen", &metrics.to_string()])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,evpn_agent=debug")
             .stdin(Stdio::null())
@@ -180,7 +184,7 @@ impl AgentProcess {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        AgentProcess { child }
+        AgentProcess { child, metrics }
     }
 
     pub async fn kill(mut self) {
@@ -257,14 +261,21 @@ impl Fabric {
         let agents = NODES.iter().map(|(lab_node, node)| Some(AgentProcess::start(lab_node, node))).collect();
         let fabric = Fabric { lab, client, tor: &tor[..1], vtep, agents, _operator: operator };
         fabric.remove_leftovers().await;
-        for (lab_node, node) in NODES {
+        for (i, (_, node)) in NODES.iter().enumerate() {
             let states: Api<EvpnNodeState> = Api::all(fabric.client.clone());
             until(&format!("{node}: BGP session to the TOR Established, as its agent reports"), || async {
                 let Ok(s) = states.get(node).await else { return false };
                 s.status.is_some_and(|st| st.bgp_sessions.iter().any(|b| b.state == "Established"))
             })
             .await;
-            let _ = lab_node;
+            let metrics = fabric.agents[i].as_ref().map(|a| a.metrics);
+            until(&format!("{node}: its agent ready, the session Established in its metrics"), || async {
+                let Some(addr) = metrics else { return false };
+                let ready = crate::http_get(addr, "/readyz").await.is_ok_and(|r| r.status == 200);
+                let Ok(scraped) = crate::http_get(addr, "/metrics").await else { return false };
+                ready && crate::sample(&scraped.body, r#"evpn_agent_bgp_sessions{state="Established"}"#) >= Some(1.0)
+            })
+            .await;
         }
         fabric
     }

@@ -78,6 +78,16 @@ async fn fabric_with_an_frr_tor() {
     until("L2: blue1 -> blue2 ping across the fabric", || ping("evl-blue1", "10.10.0.12")).await;
     let packet = capture_vxlan("evl-tor", "evl-blue1", "10.10.0.12").await;
     assert!(packet.contains(&format!("vni {vni}")), "the underlay carries VXLAN with VNI {vni}: {packet}");
+    let metrics = f.agents[0].as_ref().unwrap().metrics;
+    until("L2: node 1's agent metrics count the network applied and its VNI up in zebra", || async {
+        let Ok(scraped) = evpn_tests::http_get(metrics, "/metrics").await else { return false };
+        let value = |m: &str| evpn_tests::sample(&scraped.body, m).unwrap_or(0.0);
+        value(r#"evpn_agent_networks{phase="Applied"}"#) >= 1.0
+            && value(r#"evpn_agent_vnis{type="L2",state="up"}"#) >= 1.0
+            && value(r#"evpn_agent_apply_duration_seconds_count{step="frr"}"#) >= 1.0
+            && value("evpn_agent_last_success_timestamp_seconds") > 0.0
+    })
+    .await;
     until("L2: type-3 routes of both VTEPs at the TOR", || async {
         let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type multicast").await;
         routes.contains("[3]:[0]:[32]:[198.18.0.1]") && routes.contains("[3]:[0]:[32]:[198.18.0.2]")
