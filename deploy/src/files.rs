@@ -94,6 +94,7 @@ pub fn generate(root: &Path) -> Result<Vec<File>, Error> {
     files.push(yaml_file("config/deploy/webhook.yaml", &[workloads::webhook_configuration()])?);
     files.push(yaml_file("config/deploy/agent.yaml", &[workloads::agent_daemonset(NAMESPACE, &crate::agent_image())])?);
     files.push(yaml_file("config/cert-manager/certificate.yaml", &workloads::cert_manager_objects())?);
+    files.push(File { path: "docs/api.md".into(), text: crate::apidoc::render(&evpn_crds::crds())? });
 
     let csv = bundle::csv(&rbac, &samples)?;
     files.push(yaml_file(&format!("bundle/manifests/{}.clusterserviceversion.yaml", bundle::PACKAGE), &[csv])?);

@@ -6,12 +6,14 @@
 //! owned CRDs are [`evpn_crds::crds`], the OLM bundle's permissions are read from `config/rbac/`
 //! and its examples from `config/samples/`. One command,
 //! `cargo run -p evpn-deploy --bin generate`, writes `config/crd/`, `config/deploy/`,
-//! `config/cert-manager/` and `bundle/` ([`files`]); a test fails when any of them is stale.
+//! `config/cert-manager/`, `bundle/` and the API reference `docs/api.md` ([`apidoc`]) ([`files`]);
+//! a test fails when any of them is stale.
 //!
 //! The operator binary uses [`workloads::agent_daemonset`] too: OLM installs Deployments only,
 //! so under OLM the operator applies the agent's DaemonSet itself, built by the same function
 //! that writes `config/deploy/agent.yaml`.
 
+pub mod apidoc;
 pub mod bundle;
 pub mod files;
 pub mod workloads;

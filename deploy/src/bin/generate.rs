@@ -1,6 +1,7 @@
 //! Writes every generated file of the repository: the CRDs (`config/crd/`), the workloads
-//! (`config/deploy/`), the cert-manager objects (`config/cert-manager/`) and the OLM bundle
-//! (`bundle/`). `cargo test` fails when the committed files differ from what this writes.
+//! (`config/deploy/`), the cert-manager objects (`config/cert-manager/`), the OLM bundle
+//! (`bundle/`) and the API reference (`docs/api.md`). `cargo test` fails when the committed files
+//! differ from what this writes.
 
 use std::process::ExitCode;
 
