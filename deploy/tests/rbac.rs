@@ -62,6 +62,10 @@ fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
                     Ok(vec![network(ClusterUserDefinedNetwork)])
                 }
                 Some("network_resource(NetworkKind::UserDefinedNetwork)") => Ok(vec![network(UserDefinedNetwork)]),
+                Some("attachment_resource()") => {
+                    let r = evpn_webhook::watch::attachment_resource();
+                    Ok(vec![(r.group, r.plural)])
+                }
                 other => Err(format!("{}: a dynamic Api of resource {other:?}, which this test cannot map", call.at)),
             };
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use evpn_crds::common::NetworkKind;
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, EvpnNodeStateSpec, Vtep};
 use evpn_webhook::index::{NetworkFacts, NetworkKey};
-use evpn_webhook::watch::network_resource;
+use evpn_webhook::watch::{attachment_resource, network_resource};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
@@ -140,6 +140,8 @@ struct World {
     node_states: Mirror<ObservedNodeState>,
     cluster_networks: Mirror<NetworkFacts>,
     networks: Mirror<NetworkFacts>,
+    /// Per NetworkAttachmentDefinition (namespace/name): the OVN network name and ID it carries.
+    attachments: Mirror<(String, u32)>,
 }
 
 impl World {
@@ -152,6 +154,7 @@ impl World {
             &self.node_states.synced,
             &self.cluster_networks.synced,
             &self.networks.synced,
+            &self.attachments.synced,
         ]
         .iter()
         .all(|s| s.load(Ordering::Acquire))
@@ -222,6 +225,17 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 )),
                 &dirty
             ),
+            follow(
+                watcher(Api::<DynamicObject>::all_with(client.clone(), &attachment_resource()), cfg.clone()),
+                &world.attachments,
+                |o: &DynamicObject| {
+                    let annotations = o.annotations();
+                    let network = annotations.get(NETWORK_NAME_ANNOTATION)?.clone();
+                    let id = annotations.get(NETWORK_ID_ANNOTATION)?.parse().ok()?;
+                    Some((format!("{}/{}", o.namespace()?, o.name_any()), (network, id)))
+                },
+                &dirty
+            ),
         )
     };
     let rounds = async {
@@ -247,6 +261,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
             let plan = {
                 let (evpns, vteps, nodes) = (values(&world.evpns), values(&world.vteps), values(&world.nodes));
                 let networks = networks(&world);
+                let network_ids: HashMap<String, u32> = world.attachments.lock().values().cloned().collect();
                 let network_sets = world.network_sets.lock().clone();
                 let node_states = world.node_states.lock();
                 planner.plan(&Snapshot {
@@ -254,6 +269,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                     vteps: &vteps,
                     nodes: &nodes,
                     networks: &networks,
+                    network_ids: &network_ids,
                     network_sets: &network_sets,
                     node_states: &node_states,
                     now: Time(k8s_openapi::jiff::Timestamp::now()),
@@ -277,6 +293,10 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
     };
     futures::join!(watches, rounds);
 }
+
+/// Annotations OVN-Kubernetes puts on each NetworkAttachmentDefinition of a user-defined network.
+const NETWORK_NAME_ANNOTATION: &str = "k8s.ovn.org/network-name";
+const NETWORK_ID_ANNOTATION: &str = "k8s.ovn.org/network-id";
 
 /// Waits until changes pause for `quiet`, or `max` has passed.
 async fn debounce(dirty: &Notify, quiet: Duration, max: Duration) {

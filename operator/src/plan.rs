@@ -122,6 +122,8 @@ pub struct Snapshot<'a> {
     pub vteps: &'a [Arc<Vtep>],
     pub nodes: &'a [NodeInfo],
     pub networks: &'a HashMap<NetworkKey, NetworkFacts>,
+    /// OVN-Kubernetes' network IDs, by OVN network name (from its NetworkAttachmentDefinitions).
+    pub network_ids: &'a HashMap<String, u32>,
     pub network_sets: &'a BTreeMap<String, Arc<EvpnNetworkSet>>,
     pub node_states: &'a BTreeMap<String, ObservedNodeState>,
     pub now: Time,
@@ -462,11 +464,11 @@ impl Planner {
             observed_generation: Some(generation),
             mac_vrf: accepted.then(|| self.resolved_vrf(evpn, VrfSide::Mac, asn)).flatten(),
             ip_vrf: accepted.then(|| self.resolved_vrf(evpn, VrfSide::Ip, asn)).flatten(),
-            vrf_name: Some(vrf_name(&evpn.spec.network)),
+            vrf_name: vrf_name(&evpn.spec.network, snap.network_ids),
             ethernet_segments: if accepted { self.segments(evpn) } else { Vec::new() },
             ..Default::default()
         };
-        let network = network_problem(&evpn.spec.network, evpn, snap.networks);
+        let network = network_problem(&evpn.spec.network, evpn, snap);
         let desired: Vec<&NodeInfo> = vtep.map(|v| selected_nodes(v, snap.nodes).collect()).unwrap_or_default();
         let (mut ready, mut failed) = (0u32, Vec::new());
         // The set the nodes can see, and the revision this EVPN's current entry needs.
@@ -611,7 +613,7 @@ impl Planner {
             generation: evpn.metadata.generation.unwrap_or_default(),
             revision: 0,
             network: evpn.spec.network.clone(),
-            vrf: vrf_name(&evpn.spec.network),
+            vrf: vrf_name(&evpn.spec.network, snap.network_ids).unwrap_or_default(),
             mac_vrf: evpn.spec.mac_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Mac)),
             ip_vrf: evpn.spec.ip_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Ip)),
             subnets: network_subnets(&evpn.spec.network, snap.networks),
@@ -742,7 +744,7 @@ fn carried_networks<'a>(
     for evpn in evpns {
         if evpn.metadata.deletion_timestamp.is_none()
             && !rejections.contains_key(name(&evpn.metadata))
-            && network_problem(&evpn.spec.network, evpn, snap.networks).is_none()
+            && network_problem(&evpn.spec.network, evpn, snap).is_none()
             && vteps.contains_key(evpn.spec.vtep.as_str())
         {
             carried.entry(evpn.spec.vtep.as_str()).or_default().push(evpn);
@@ -774,10 +776,23 @@ fn auto_rt_asn(asn: u32) -> u32 {
     if asn > 65535 { asn & 0xffff } else { asn }
 }
 
-/// Name of the network's VRF on the nodes. Provisional rule (the network name, cut to the 15
-/// characters of a Linux interface name) until OVN-Kubernetes' own naming is adopted.
-pub fn vrf_name(network: &NetworkRef) -> String {
-    network.name.chars().take(15).collect()
+/// The name OVN-Kubernetes gives a network (`k8s.ovn.org/network-name` on its attachments).
+pub fn ovn_network_name(network: &NetworkRef) -> String {
+    match &network.namespace {
+        Some(ns) if network.kind == NetworkKind::UserDefinedNetwork => format!("{ns}_{}", network.name),
+        _ => format!("cluster_udn_{}", network.name),
+    }
+}
+
+/// Name of the network's VRF on the nodes, by OVN-Kubernetes' rule (`GetNetworkVRFName` in
+/// go-controller/pkg/util/multi_network.go): a CUDN's own name when it fits a Linux interface
+/// name (15 characters) and is not `default`; otherwise `mp<network ID>-udn-vrf`, the ID being
+/// the one OVN-Kubernetes annotates on the network's attachments. `None` until that ID is known.
+pub fn vrf_name(network: &NetworkRef, network_ids: &HashMap<String, u32>) -> Option<String> {
+    if network.kind == NetworkKind::ClusterUserDefinedNetwork && network.name.len() <= 15 && network.name != "default" {
+        return Some(network.name.clone());
+    }
+    network_ids.get(&ovn_network_name(network)).map(|id| format!("mp{id}-udn-vrf"))
 }
 
 fn network_subnets(net: &NetworkRef, networks: &HashMap<NetworkKey, NetworkFacts>) -> Vec<String> {
@@ -788,12 +803,8 @@ fn network_key(net: &NetworkRef) -> NetworkKey {
     (net.kind, if net.kind == NetworkKind::UserDefinedNetwork { net.namespace.clone() } else { None }, net.name.clone())
 }
 
-fn network_problem(
-    net: &NetworkRef,
-    evpn: &Evpn,
-    networks: &HashMap<NetworkKey, NetworkFacts>,
-) -> Option<(&'static str, String)> {
-    let Some(facts) = networks.get(&network_key(net)) else {
+fn network_problem(net: &NetworkRef, evpn: &Evpn, snap: &Snapshot<'_>) -> Option<(&'static str, String)> {
+    let Some(facts) = snap.networks.get(&network_key(net)) else {
         return Some(("NetworkNotFound", format!("{net} does not exist")));
     };
     let fits = match facts.topology.as_str() {
@@ -803,6 +814,16 @@ fn network_problem(
     };
     if facts.role.as_deref() != Some("Primary") || !fits || facts.transport.as_deref() == Some("EVPN") {
         return Some(("NetworkMismatch", format!("{net} is not a primary Layer2/Layer3 network this EVPN's VRFs fit")));
+    }
+    if vrf_name(net, snap.network_ids).is_none() {
+        return Some((
+            "VrfNameUnknown",
+            format!(
+                "OVN-Kubernetes has not given {net} a network ID yet (annotation k8s.ovn.org/network-id on its \
+                 NetworkAttachmentDefinitions, network name {}); its VRF will be mp<ID>-udn-vrf",
+                ovn_network_name(net)
+            ),
+        ));
     }
     None
 }

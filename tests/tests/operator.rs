@@ -97,11 +97,13 @@ async fn world(client: &Client, nodes: usize, range_size: u32) -> World {
     )
     .await
     .unwrap();
-    let network = format!("{id}-net");
+    // Longer than a VRF name may be, so the VRF is named by network ID.
+    let network = format!("{id}-long-network");
     apply(client, &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork", "metadata": {"name": network},
         "spec": {"namespaceSelector": {}, "network": {"topology": "Layer2", "layer2": {"role": "Primary", "subnets": ["10.100.0.0/16"]}}}}))
     .await
     .unwrap();
+    evpn_tests::annotate_network_id(client, &network, base).await.unwrap();
     World { id, vtep, network, nodes: names, range }
 }
 
@@ -180,7 +182,7 @@ async fn an_evpn_becomes_ready_with_allocated_values() {
     assert_eq!(mac.route_targets.import, [format!("65001:{}", mac.vni)]);
     assert!(mac.route_distinguisher_index.is_some());
     assert_eq!(status.ready_nodes.as_deref(), Some("2/2"));
-    assert_eq!(status.vrf_name.as_deref(), Some(&w.network[..w.network.len().min(15)]));
+    assert_eq!(status.vrf_name, Some(format!("mp{}-udn-vrf", w.range.0)));
     assert!(evpn.metadata.finalizers.unwrap_or_default().contains(&evpn_operator::plan::FINALIZER.to_owned()));
 
     let set = Api::<EvpnNetworkSet>::all(client.clone()).get(&w.vtep).await.unwrap();

@@ -90,6 +90,7 @@ impl Cluster {
             vteps: &self.vteps,
             nodes: &self.nodes,
             networks: &self.networks,
+            network_ids: &HashMap::new(),
             network_sets: &self.network_sets,
             node_states: &node_states,
             now: at(1000),
@@ -405,4 +406,27 @@ fn segments_go_to_the_selected_nodes_only() {
     let n1 = &plan.node_specs["n1"].spec.ethernet_segments;
     assert_eq!((n1.len(), n1[0].evpn.as_str(), n1[0].interface.as_str()), (1, "blue", "eth1"));
     assert!(plan.node_specs["n2"].spec.ethernet_segments.is_empty());
+}
+
+#[test]
+fn vrfs_are_named_the_way_ovn_kubernetes_names_them() {
+    let cudn =
+        |name: &str| NetworkRef { kind: NetworkKind::ClusterUserDefinedNetwork, name: name.into(), namespace: None };
+    let udn =
+        NetworkRef { kind: NetworkKind::UserDefinedNetwork, name: "blue".into(), namespace: Some("tenant".into()) };
+    let ids: HashMap<String, u32> =
+        [("cluster_udn_a-long-network-name".to_owned(), 7), ("tenant_blue".to_owned(), 9)].into();
+    assert_eq!(vrf_name(&cudn("red"), &ids).as_deref(), Some("red"), "a short CUDN name is the VRF's");
+    assert_eq!(vrf_name(&cudn("a-long-network-name"), &ids).as_deref(), Some("mp7-udn-vrf"));
+    assert_eq!(vrf_name(&udn, &ids).as_deref(), Some("mp9-udn-vrf"), "a UDN always goes by its ID");
+    assert_eq!(vrf_name(&cudn("default"), &ids), None, "`default` is the cluster network's");
+    assert_eq!(vrf_name(&cudn("another-long-name"), &ids), None, "no ID yet, no name");
+
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("a-long-network-name", None))]);
+    c.networks = networks(&["a-long-network-name"]);
+    let plan = c.plan(&mut Planner::default());
+    let ready = condition(&plan.evpn_statuses["blue"], "Ready");
+    assert_eq!(ready.reason, "VrfNameUnknown");
+    assert!(ready.message.contains("cluster_udn_a-long-network-name"), "{}", ready.message);
+    assert!(plan.network_sets["fabric"].spec.networks.is_empty(), "no node is told a network without its VRF");
 }
