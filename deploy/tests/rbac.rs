@@ -44,6 +44,8 @@ fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
         "ConfigMap" => typed::<core::v1::ConfigMap>(),
         "DaemonSet" => typed::<apps::v1::DaemonSet>(),
         "Event" => typed::<events::v1::Event>(),
+        "FrrConfiguration" => typed::<evpn_crds::frrk8s::FrrConfiguration>(),
+        "FrrNodeState" => typed::<evpn_crds::frrk8s::FrrNodeState>(),
         "Lease" => typed::<coordination::v1::Lease>(),
         "Namespace" => typed::<core::v1::Namespace>(),
         "Node" => typed::<core::v1::Node>(),

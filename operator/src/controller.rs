@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use evpn_crds::common::NetworkKind;
+use evpn_crds::frrk8s::{FrrConfiguration, FrrNodeState, FrrNodeStateStatus};
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, EvpnNodeStateSpec, Vtep};
 use evpn_webhook::index::{NetworkFacts, NetworkKey};
 use evpn_webhook::watch::{attachment_resource, network_resource};
@@ -32,6 +33,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::frrk8s;
 use crate::metrics::{Metrics, WriteLabels};
 use crate::plan::{FINALIZER, NodeInfo, ObservedNodeState, Plan, Planner, Snapshot};
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub status_refresh: Duration,
     /// System MAC of type-3 ESIs, shared by the whole cluster.
     pub system_mac: [u8; 6],
+    /// Namespace where frr-k8s reads FRRConfigurations (frr-k8s mode).
+    pub frr_namespace: String,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             concurrency: 32,
             status_refresh: Duration::from_secs(2),
             system_mac: [0x02, 0x65, 0x76, 0x70, 0x6e, 0x00],
+            frr_namespace: "frr-k8s-system".into(),
         }
     }
 }
@@ -142,6 +147,8 @@ struct World {
     networks: Mirror<NetworkFacts>,
     /// Per NetworkAttachmentDefinition (namespace/name): the OVN network name and ID it carries.
     attachments: Mirror<(String, u32)>,
+    frr_configurations: Mirror<Arc<FrrConfiguration>>,
+    frr_node_states: Mirror<FrrNodeStateStatus>,
 }
 
 impl World {
@@ -155,6 +162,8 @@ impl World {
             &self.cluster_networks.synced,
             &self.networks.synced,
             &self.attachments.synced,
+            &self.frr_configurations.synced,
+            &self.frr_node_states.synced,
         ]
         .iter()
         .all(|s| s.load(Ordering::Acquire))
@@ -184,7 +193,12 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone()),
                 &world.nodes,
                 |n: &PartialObjectMeta<Node>| {
-                    let info = NodeInfo { name: n.name_any(), uid: n.uid()?, labels: n.labels().clone() };
+                    let info = NodeInfo {
+                        name: n.name_any(),
+                        uid: n.uid()?,
+                        labels: n.labels().clone(),
+                        subnets: NodeInfo::parse_subnets(n.annotations().get(NODE_SUBNETS_ANNOTATION)),
+                    };
                     Some((info.name.clone(), info))
                 },
                 &dirty
@@ -236,6 +250,18 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 },
                 &dirty
             ),
+            follow(
+                watcher(Api::<FrrConfiguration>::namespaced(client.clone(), &config.frr_namespace), cfg.clone()),
+                &world.frr_configurations,
+                |o: &FrrConfiguration| Some((o.name_any(), Arc::new(o.clone()))),
+                &dirty
+            ),
+            follow(
+                watcher(Api::<FrrNodeState>::all(client.clone()), cfg.clone()),
+                &world.frr_node_states,
+                |o: &FrrNodeState| Some((o.name_any(), o.status.clone().unwrap_or_default())),
+                &dirty
+            ),
         )
     };
     let rounds = async {
@@ -263,6 +289,8 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 let networks = networks(&world);
                 let network_ids: HashMap<String, u32> = world.attachments.lock().values().cloned().collect();
                 let network_sets = world.network_sets.lock().clone();
+                let frr_configurations = values(&world.frr_configurations);
+                let frr_node_states = world.frr_node_states.lock().clone();
                 let node_states = world.node_states.lock();
                 planner.plan(&Snapshot {
                     evpns: &evpns,
@@ -272,6 +300,9 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                     network_ids: &network_ids,
                     network_sets: &network_sets,
                     node_states: &node_states,
+                    frr_configurations: &frr_configurations,
+                    frr_node_states: &frr_node_states,
+                    frr_namespace: &config.frr_namespace,
                     now: Time(k8s_openapi::jiff::Timestamp::now()),
                 })
             };
@@ -294,6 +325,8 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
     futures::join!(watches, rounds);
 }
 
+/// Where OVN-Kubernetes records a node's subnets of each network.
+const NODE_SUBNETS_ANNOTATION: &str = "k8s.ovn.org/node-subnets";
 /// Annotations OVN-Kubernetes puts on each NetworkAttachmentDefinition of a user-defined network.
 const NETWORK_NAME_ANNOTATION: &str = "k8s.ovn.org/network-name";
 const NETWORK_ID_ANNOTATION: &str = "k8s.ovn.org/network-id";
@@ -335,6 +368,7 @@ struct Observed {
     vteps: BTreeMap<String, Arc<Vtep>>,
     network_sets: BTreeMap<String, Arc<EvpnNetworkSet>>,
     node_specs: BTreeMap<String, EvpnNodeStateSpec>,
+    frr_configurations: BTreeMap<String, Arc<FrrConfiguration>>,
 }
 
 impl Observed {
@@ -344,6 +378,7 @@ impl Observed {
             vteps: world.vteps.lock().clone(),
             network_sets: world.network_sets.lock().clone(),
             node_specs: world.node_states.lock().iter().map(|(k, v)| (k.clone(), v.spec.clone())).collect(),
+            frr_configurations: world.frr_configurations.lock().clone(),
         }
     }
 }
@@ -359,6 +394,7 @@ struct Writer {
     recorder: Recorder,
     backoff: Mutex<HashMap<WriteKey, (Instant, u32)>>,
     status_refresh: Duration,
+    frr_namespace: String,
     /// When each EVPN's status was last written.
     status_written: Mutex<HashMap<String, Instant>>,
 }
@@ -378,6 +414,7 @@ impl Writer {
             recorder,
             backoff: Mutex::default(),
             status_refresh: config.status_refresh,
+            frr_namespace: config.frr_namespace.clone(),
             status_written: Mutex::default(),
         }
     }
@@ -475,6 +512,27 @@ impl Writer {
             writes.extend(self.write("EVPNNodeState", node.clone(), async move {
                 states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&state)).await.map(drop)
             }));
+        }
+        self.run_all(std::mem::take(&mut writes)).await;
+
+        let frr: Api<FrrConfiguration> = Api::namespaced(self.client.clone(), &self.frr_namespace);
+        for (name, desired) in &plan.frr_configurations {
+            let current = observed.frr_configurations.get(name);
+            if current.is_some_and(|c| c.spec == desired.spec && c.metadata.labels == desired.metadata.labels) {
+                continue;
+            }
+            let (frr, name, desired) = (frr.clone(), name.clone(), desired.clone());
+            writes.extend(self.write("FRRConfiguration", name.clone(), async move {
+                frr.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await.map(drop)
+            }));
+        }
+        for (name, current) in &observed.frr_configurations {
+            if frrk8s::is_ours(&current.metadata) && !plan.frr_configurations.contains_key(name) {
+                let (frr, name) = (frr.clone(), name.clone());
+                writes.extend(self.write("FRRConfiguration/delete", name.clone(), async move {
+                    frr.delete(&name, &Default::default()).await.map(drop)
+                }));
+            }
         }
         self.run_all(std::mem::take(&mut writes)).await;
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, selector_matches};
 use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
+use evpn_crds::frrk8s::{FrrConfiguration, FrrNodeStateStatus};
 use evpn_crds::networkset::SetNetwork;
 use evpn_crds::nodestate::{NetworkPhase, NodeSegment, NodeVrf, NodeVtep};
 use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
@@ -27,6 +28,7 @@ use evpn_webhook::index::{NetworkFacts, NetworkKey, VrfSide};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::allocator::{Pool, host_address, host_index};
+use crate::frrk8s;
 
 /// Finalizer that holds an EVPN until every node has removed it.
 pub const FINALIZER: &str = "evpn.k8s.ovn.org/node-cleanup";
@@ -46,6 +48,32 @@ pub struct NodeInfo {
     pub name: String,
     pub uid: String,
     pub labels: BTreeMap<String, String>,
+    /// The node's own subnets of each network, by OVN network name (`k8s.ovn.org/node-subnets`).
+    pub subnets: BTreeMap<String, Vec<String>>,
+}
+
+impl NodeInfo {
+    /// Reads OVN-Kubernetes' `k8s.ovn.org/node-subnets` annotation, whose values are a CIDR or a
+    /// list of them depending on the OVN-Kubernetes version. Unreadable means none.
+    pub fn parse_subnets(annotation: Option<&String>) -> BTreeMap<String, Vec<String>> {
+        let Some(map) =
+            annotation.and_then(|a| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(a).ok())
+        else {
+            return BTreeMap::new();
+        };
+        map.into_iter()
+            .map(|(network, v)| {
+                let cidrs = match v {
+                    serde_json::Value::String(c) => vec![c],
+                    serde_json::Value::Array(a) => {
+                        a.into_iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                (network, cidrs)
+            })
+            .collect()
+    }
 }
 
 /// What an agent reported for one network it lists as not applied.
@@ -126,6 +154,12 @@ pub struct Snapshot<'a> {
     pub network_ids: &'a HashMap<String, u32>,
     pub network_sets: &'a BTreeMap<String, Arc<EvpnNetworkSet>>,
     pub node_states: &'a BTreeMap<String, ObservedNodeState>,
+    /// frr-k8s mode: the FRRConfigurations of frr-k8s' namespace (the users' and ours).
+    pub frr_configurations: &'a [Arc<FrrConfiguration>],
+    /// frr-k8s mode: what frr-k8s reports per node.
+    pub frr_node_states: &'a BTreeMap<String, FrrNodeStateStatus>,
+    /// frr-k8s mode: the namespace frr-k8s reads FRRConfigurations from.
+    pub frr_namespace: &'a str,
     pub now: Time,
 }
 
@@ -150,6 +184,8 @@ pub struct Plan {
     pub network_sets: BTreeMap<String, NetworkSetPlan>,
     pub node_specs: BTreeMap<String, NodeSpec>,
     pub vtep_statuses: BTreeMap<String, VtepStatus>,
+    /// frr-k8s mode: every FRRConfiguration the operator wants, by name; others it wrote go.
+    pub frr_configurations: BTreeMap<String, FrrConfiguration>,
     pub add_finalizer: Vec<String>,
     pub remove_finalizer: Vec<String>,
 }
@@ -215,13 +251,31 @@ impl Planner {
         let mut plan = Plan::default();
         let carried = carried_networks(&evpns, &vteps, &rejections, snap);
         plan.network_sets = self.network_sets(&carried, &vteps, snap);
+        let underlays = frr_k8s_underlays(&vteps, snap);
+        for (vtep_name, underlay) in &underlays {
+            if let (Ok(underlay), Some(vtep), Some(set)) =
+                (underlay, vteps.get(vtep_name), plan.network_sets.get(*vtep_name))
+            {
+                let nodes: Vec<frrk8s::NodeSubnets<'_>> = selected_nodes(vtep, snap.nodes)
+                    .map(|n| frrk8s::NodeSubnets { name: &n.name, subnets: &n.subnets })
+                    .collect();
+                plan.frr_configurations.extend(frrk8s::configurations(
+                    snap.frr_namespace,
+                    vtep,
+                    underlay,
+                    &set.spec,
+                    &nodes,
+                ));
+            }
+        }
         for evpn in &evpns {
             let n = name(&evpn.metadata);
             let entry = plan
                 .network_sets
                 .get(evpn.spec.vtep.as_str())
                 .and_then(|s| s.spec.networks.iter().find(|net| net.evpn == n));
-            let status = self.evpn_status(evpn, &vteps, rejections.get(n), entry, snap);
+            let underlay = underlays.get(evpn.spec.vtep.as_str()).and_then(|u| u.as_ref().err());
+            let status = self.evpn_status(evpn, &vteps, rejections.get(n), entry, underlay, snap);
             plan.evpn_statuses.insert(n.to_owned(), status);
             let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
             if evpn.metadata.deletion_timestamp.is_none() && !has_finalizer {
@@ -233,7 +287,8 @@ impl Planner {
         }
         plan.node_specs = self.node_specs(&carried, &vteps, snap);
         for (vtep_name, vtep) in &vteps {
-            plan.vtep_statuses.insert((*vtep_name).to_owned(), self.vtep_status(vtep_name, vtep, snap));
+            let underlay = underlays.get(vtep_name).and_then(|u| u.as_ref().err());
+            plan.vtep_statuses.insert((*vtep_name).to_owned(), self.vtep_status(vtep_name, vtep, underlay, snap));
         }
         plan
     }
@@ -453,6 +508,7 @@ impl Planner {
         vteps: &BTreeMap<&str, &Vtep>,
         rejection: Option<&Rejection>,
         entry: Option<&SetNetwork>,
+        underlay_problem: Option<&String>,
         snap: &Snapshot<'_>,
     ) -> EvpnStatus {
         let n = name(&evpn.metadata);
@@ -474,8 +530,24 @@ impl Planner {
         // The set the nodes can see, and the revision this EVPN's current entry needs.
         let set = snap.network_sets.get(evpn.spec.vtep.as_str());
         let needed = entry.filter(|e| e.generation == generation).map(|e| e.revision);
+        // In frr-k8s mode FRR is frr-k8s' to configure: a node also needs frr-k8s to report it.
+        let frr_k8s = vtep.is_some_and(|v| v.spec.bgp.is_none());
         for node in &desired {
             let Some(state) = snap.node_states.get(&node.name) else { continue };
+            let frr_k8s_problem = frr_k8s
+                .then(|| match snap.frr_node_states.get(&node.name) {
+                    None => Some(None),
+                    Some(s) => s.problem().map(Some),
+                })
+                .flatten();
+            if let Some(Some(problem)) = &frr_k8s_problem {
+                failed.push(NodeFailure {
+                    node: node.name.clone(),
+                    reason: "FrrK8sFailed".into(),
+                    message: problem.clone(),
+                });
+                continue;
+            }
             match state.unapplied.get(n) {
                 Some(r) if r.phase == NetworkPhase::Failed => failed.push(NodeFailure {
                     node: node.name.clone(),
@@ -484,7 +556,7 @@ impl Planner {
                 }),
                 Some(_) => {}
                 None => {
-                    if let (Some(set), Some(revision)) = (set, needed)
+                    if let (Some(set), Some(revision), None) = (set, needed, &frr_k8s_problem)
                         && state.has_applied(set, revision)
                     {
                         ready += 1;
@@ -517,6 +589,8 @@ impl Planner {
             cond(condition::READY, false, "NotAccepted", "see the Accepted condition".into())
         } else if let Some((reason, message)) = network {
             cond(condition::READY, false, reason, message)
+        } else if let Some(problem) = underlay_problem {
+            cond(condition::READY, false, "UnderlayNotFound", format!("VTEP {:?}: {problem}", evpn.spec.vtep))
         } else if desired_count == 0 {
             cond(condition::READY, false, "NoNodes", format!("VTEP {:?} selects no node", evpn.spec.vtep))
         } else if ready == desired_count {
@@ -662,12 +736,27 @@ impl Planner {
         specs
     }
 
-    fn vtep_status(&self, vtep_name: &str, vtep: &Vtep, snap: &Snapshot<'_>) -> VtepStatus {
+    fn vtep_status(
+        &self,
+        vtep_name: &str,
+        vtep: &Vtep,
+        underlay_problem: Option<&String>,
+        snap: &Snapshot<'_>,
+    ) -> VtepStatus {
         let nodes = selected_nodes(vtep, snap.nodes).count() as u32;
         let allocated = self.ips.get(vtep_name).map(Pool::len).unwrap_or_default() as u32;
         let generation = vtep.metadata.generation.unwrap_or_default();
         let old = vtep.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         let ready = match vtep.spec.mode {
+            _ if underlay_problem.is_some() => make_condition(
+                old,
+                condition::READY,
+                false,
+                "UnderlayNotFound",
+                underlay_problem.cloned().unwrap_or_default(),
+                generation,
+                &snap.now,
+            ),
             VtepMode::Managed if allocated < nodes => make_condition(
                 old,
                 condition::READY,
@@ -730,6 +819,19 @@ fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: &[ResolvedSegment]) -> 
                 df_preference: seg.df_preference,
             })
         })
+        .collect()
+}
+
+/// The underlay of each VTEP in frr-k8s mode, or why it cannot be built on.
+fn frr_k8s_underlays<'a>(
+    vteps: &BTreeMap<&'a str, &Vtep>,
+    snap: &Snapshot<'_>,
+) -> BTreeMap<&'a str, Result<frrk8s::Underlay, String>> {
+    let configurations: Vec<&FrrConfiguration> = snap.frr_configurations.iter().map(AsRef::as_ref).collect();
+    vteps
+        .iter()
+        .filter(|(_, v)| v.spec.bgp.is_none() && v.spec.frr_configuration_selector.is_some())
+        .map(|(name, v)| (*name, frrk8s::underlay(v, &configurations)))
         .collect()
 }
 

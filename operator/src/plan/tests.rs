@@ -44,7 +44,12 @@ fn vtep(ranges: Value, mode: &str) -> Arc<Vtep> {
 }
 
 fn node(name: &str) -> NodeInfo {
-    NodeInfo { name: name.into(), uid: format!("uid-{name}"), labels: [("evpn".to_owned(), "on".to_owned())].into() }
+    NodeInfo {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        labels: [("evpn".to_owned(), "on".to_owned())].into(),
+        subnets: BTreeMap::new(),
+    }
 }
 
 fn networks(names: &[&str]) -> HashMap<NetworkKey, NetworkFacts> {
@@ -93,6 +98,9 @@ impl Cluster {
             network_ids: &HashMap::new(),
             network_sets: &self.network_sets,
             node_states: &node_states,
+            frr_configurations: &[],
+            frr_node_states: &BTreeMap::new(),
+            frr_namespace: "frr-k8s-system",
             now: at(1000),
         })
     }
