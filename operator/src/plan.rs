@@ -914,7 +914,17 @@ fn network_problem(net: &NetworkRef, evpn: &Evpn, snap: &Snapshot<'_>) -> Option
         "Layer3" => evpn.spec.ip_vrf.is_some() && evpn.spec.mac_vrf.is_none(),
         _ => false,
     };
-    if facts.role.as_deref() != Some("Primary") || !fits || facts.transport.as_deref() == Some("EVPN") {
+    // The webhook refuses this at admission; a CUDN switched to the EVPN transport later is
+    // caught here, and the network leaves the nodes rather than being managed twice.
+    if facts.transport.as_deref() == Some("EVPN") {
+        return Some((
+            "NetworkUsesOvnEvpn",
+            format!(
+                "{net} uses OVN-Kubernetes' own EVPN transport (spec.network.transport: EVPN); one network cannot be managed twice"
+            ),
+        ));
+    }
+    if facts.role.as_deref() != Some("Primary") || !fits {
         return Some(("NetworkMismatch", format!("{net} is not a primary Layer2/Layer3 network this EVPN's VRFs fit")));
     }
     if vrf_name(net, snap.network_ids).is_none() {

@@ -438,3 +438,20 @@ fn vrfs_are_named_the_way_ovn_kubernetes_names_them() {
     assert!(ready.message.contains("cluster_udn_a-long-network-name"), "{}", ready.message);
     assert!(plan.network_sets["fabric"].spec.networks.is_empty(), "no node is told a network without its VRF");
 }
+
+#[test]
+fn a_network_that_turns_to_ovn_kubernetes_own_evpn_leaves_the_nodes() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    let mut p = Planner::default();
+    let plan = c.plan(&mut p);
+    c.apply(&plan, true);
+    assert_eq!(c.plan(&mut p).network_sets["fabric"].spec.networks.len(), 1);
+    for facts in c.networks.values_mut() {
+        facts.transport = Some("EVPN".into());
+    }
+    let plan = c.plan(&mut p);
+    let ready = condition(&plan.evpn_statuses["blue"], "Ready");
+    assert_eq!(ready.reason, "NetworkUsesOvnEvpn");
+    assert!(ready.message.contains("transport: EVPN"), "{}", ready.message);
+    assert!(plan.network_sets["fabric"].spec.networks.is_empty());
+}
