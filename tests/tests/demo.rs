@@ -79,7 +79,7 @@ fn demo_up_shows_ready_networks_and_isolation_and_down_leaves_nothing() {
         let _listener = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
         let out = demo("up");
         assert!(!out.status.success(), "up must refuse to start with port {taken} taken");
-        assert!(stderr(&out).contains(&format!("ports {taken} on 127.0.0.1 are taken")), "up must name the port");
+        assert!(stderr(&out).contains(&format!("ports already in use on 127.0.0.1: {taken}")), "up must name the port");
         assert!(!Path::new(DIR).exists(), "a refused up must leave nothing behind");
     }
 
