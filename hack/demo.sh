@@ -359,10 +359,12 @@ cmd_up() {
   FABRIC_PID=
   load_settings
   preconditions
-  mkdir -p "$LOG"
-  chmod 755 "$DEMO_DIR" # FRR's user must reach the lab's files below it
+  # The settings file marks the directory as the demo's: `down` removes no other.
+  mkdir -p "$(dirname "$DEMO_DIR")"
+  mkdir -m 755 "$DEMO_DIR" # 755: FRR's user must reach the lab's files below it
   printf 'prefix=%s\nport_base=%s\n' "$PREFIX" "$PORT_BASE" >"$DEMO_DIR/settings"
   echo starting >"$DEMO_DIR/state"
+  mkdir "$LOG"
   trap 'on_exit $?' EXIT
   trap 'say "interrupted"; exit 130' INT TERM
   install_prerequisites
@@ -481,6 +483,10 @@ cmd_status() {
 cmd_down() {
   load_settings
   [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, mounts)"
+  if [ -d "$DEMO_DIR" ] && [ ! -f "$DEMO_DIR/settings" ]; then
+    # Empty: `up` was stopped right after making it. Anything else is not ours to remove.
+    rmdir "$DEMO_DIR" 2>/dev/null || die "$DEMO_DIR is not a demo's directory (no settings file): left alone"
+  fi
   local name pids=() pid
   for name in operator "${NODES[@]/#/agent-}"; do
     pid=$(pid_of "$name") && pids+=("$pid")
