@@ -275,6 +275,22 @@ pub async fn annotate_network_id(client: &Client, network: &str, id: u32) -> any
     apply(client, &nad).await.map(drop)
 }
 
+/// Keeps what cargo sets for a running test out of a command that builds with cargo: ring's
+/// build script reruns when CARGO_MANIFEST_DIR changes, so a build from a test and the test
+/// suite's own would otherwise rebuild the TLS stack for each other every time.
+pub fn without_cargo_test_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"]
+                .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
 /// The status code of a failed API call, if the apiserver answered.
 pub fn api_status(err: &kube::Error) -> Option<u16> {
     match err {

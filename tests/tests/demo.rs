@@ -37,18 +37,7 @@ fn demo_command(arg: &str) -> Command {
         .env("EVPN_DEMO_PREFIX", PREFIX)
         .env("EVPN_DEMO_PORT_BASE", PORT_BASE.to_string())
         .stdin(Stdio::null());
-    // What cargo sets for this test must not reach the demo's own `cargo build`: ring's build
-    // script reruns when CARGO_MANIFEST_DIR changes, and the build here and the test suite's
-    // would then rebuild the TLS stack for each other every time.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"]
-                .contains(&key.as_ref())
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
+    evpn_tests::without_cargo_test_env(&mut cmd);
     cmd
 }
 
