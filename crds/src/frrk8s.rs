@@ -216,3 +216,34 @@ impl FrrNodeStateStatus {
             .or_else(|| failed(&self.last_reload_result).map(|e| format!("frr-k8s' last FRR reload failed: {e}")))
     }
 }
+
+/// One BGP session of one node, as frr-k8s reports it (status only).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "frrk8s.metallb.io",
+    version = "v1beta1",
+    kind = "BGPSessionState",
+    root = "BgpSessionState",
+    plural = "bgpsessionstates",
+    status = "BgpSessionStateStatus",
+    namespaced
+)]
+pub struct BgpSessionStateSpec {}
+
+/// The session's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpSessionStateStatus {
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub peer: String,
+    /// The VRF; empty for the default one.
+    #[serde(default)]
+    pub vrf: String,
+    /// FRR's session state (`Established` when up).
+    #[serde(default)]
+    pub bgp_status: String,
+    #[serde(default)]
+    pub bfd_status: String,
+}

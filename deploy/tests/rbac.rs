@@ -46,6 +46,7 @@ fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
         "Event" => typed::<events::v1::Event>(),
         "FrrConfiguration" => typed::<evpn_crds::frrk8s::FrrConfiguration>(),
         "FrrNodeState" => typed::<evpn_crds::frrk8s::FrrNodeState>(),
+        "BgpSessionState" => typed::<evpn_crds::frrk8s::BgpSessionState>(),
         "Lease" => typed::<coordination::v1::Lease>(),
         "Namespace" => typed::<core::v1::Namespace>(),
         "Node" => typed::<core::v1::Node>(),

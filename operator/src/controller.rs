@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use evpn_crds::common::NetworkKind;
-use evpn_crds::frrk8s::{FrrConfiguration, FrrNodeState, FrrNodeStateStatus};
+use evpn_crds::frrk8s::{BgpSessionState, BgpSessionStateStatus, FrrConfiguration, FrrNodeState, FrrNodeStateStatus};
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, EvpnNodeStateSpec, Vtep};
 use evpn_webhook::index::{NetworkFacts, NetworkKey};
 use evpn_webhook::watch::{attachment_resource, network_resource};
@@ -149,6 +149,7 @@ struct World {
     attachments: Mirror<(String, u32)>,
     frr_configurations: Mirror<Arc<FrrConfiguration>>,
     frr_node_states: Mirror<FrrNodeStateStatus>,
+    frr_sessions: Mirror<BgpSessionStateStatus>,
 }
 
 impl World {
@@ -164,6 +165,7 @@ impl World {
             &self.attachments.synced,
             &self.frr_configurations.synced,
             &self.frr_node_states.synced,
+            &self.frr_sessions.synced,
         ]
         .iter()
         .all(|s| s.load(Ordering::Acquire))
@@ -262,6 +264,12 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 |o: &FrrNodeState| Some((o.name_any(), o.status.clone().unwrap_or_default())),
                 &dirty
             ),
+            follow(
+                watcher(Api::<BgpSessionState>::namespaced(client.clone(), &config.frr_namespace), cfg.clone()),
+                &world.frr_sessions,
+                |o: &BgpSessionState| Some((o.name_any(), o.status.clone()?)),
+                &dirty
+            ),
         )
     };
     let rounds = async {
@@ -291,6 +299,10 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 let network_sets = world.network_sets.lock().clone();
                 let frr_configurations = values(&world.frr_configurations);
                 let frr_node_states = world.frr_node_states.lock().clone();
+                let mut frr_sessions: BTreeMap<String, Vec<BgpSessionStateStatus>> = BTreeMap::new();
+                for session in world.frr_sessions.lock().values() {
+                    frr_sessions.entry(session.node.clone()).or_default().push(session.clone());
+                }
                 let node_states = world.node_states.lock();
                 planner.plan(&Snapshot {
                     evpns: &evpns,
@@ -302,6 +314,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                     node_states: &node_states,
                     frr_configurations: &frr_configurations,
                     frr_node_states: &frr_node_states,
+                    frr_sessions: &frr_sessions,
                     frr_namespace: &config.frr_namespace,
                     now: Time(k8s_openapi::jiff::Timestamp::now()),
                 })

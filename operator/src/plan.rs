@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, selector_matches};
 use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
-use evpn_crds::frrk8s::{FrrConfiguration, FrrNodeStateStatus};
+use evpn_crds::frrk8s::{BgpSessionStateStatus, FrrConfiguration, FrrNodeStateStatus};
 use evpn_crds::networkset::SetNetwork;
 use evpn_crds::nodestate::{NetworkPhase, NodeSegment, NodeVrf, NodeVtep};
 use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
@@ -158,6 +158,8 @@ pub struct Snapshot<'a> {
     pub frr_configurations: &'a [Arc<FrrConfiguration>],
     /// frr-k8s mode: what frr-k8s reports per node.
     pub frr_node_states: &'a BTreeMap<String, FrrNodeStateStatus>,
+    /// frr-k8s mode: the BGP sessions frr-k8s reports, by node.
+    pub frr_sessions: &'a BTreeMap<String, Vec<BgpSessionStateStatus>>,
     /// frr-k8s mode: the namespace frr-k8s reads FRRConfigurations from.
     pub frr_namespace: &'a str,
     pub now: Time,
@@ -548,6 +550,14 @@ impl Planner {
                 });
                 continue;
             }
+            // frr-k8s reports the node's underlay sessions and none is up: nothing reaches the
+            // fabric from there. (Older frr-k8s reports no sessions; the reload result then
+            // stands alone.)
+            let sessions_down = frr_k8s
+                && snap.frr_sessions.get(&node.name).is_some_and(|sessions| {
+                    let underlay: Vec<&BgpSessionStateStatus> = sessions.iter().filter(|s| s.vrf.is_empty()).collect();
+                    !underlay.is_empty() && !underlay.iter().any(|s| s.bgp_status.eq_ignore_ascii_case("established"))
+                });
             match state.unapplied.get(n) {
                 Some(r) if r.phase == NetworkPhase::Failed => failed.push(NodeFailure {
                     node: node.name.clone(),
@@ -556,7 +566,7 @@ impl Planner {
                 }),
                 Some(_) => {}
                 None => {
-                    if let (Some(set), Some(revision), None) = (set, needed, &frr_k8s_problem)
+                    if let (Some(set), Some(revision), None, false) = (set, needed, &frr_k8s_problem, sessions_down)
                         && state.has_applied(set, revision)
                     {
                         ready += 1;

@@ -29,11 +29,12 @@ fn upstream_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("../shared/fixtures/crds"))
 }
 
-const UPSTREAM_FILES: [&str; 4] = [
+const UPSTREAM_FILES: [&str; 5] = [
     "ovn-kubernetes/k8s.ovn.org_clusteruserdefinednetworks.yaml",
     "ovn-kubernetes/k8s.ovn.org_userdefinednetworks.yaml",
     "frr-k8s/frrk8s.metallb.io_frrconfigurations.yaml",
     "frr-k8s/frrk8s.metallb.io_frrnodestates.yaml",
+    "frr-k8s/frrk8s.metallb.io_bgpsessionstates.yaml",
 ];
 
 fn renamed_group(group: &str) -> String {

@@ -381,10 +381,11 @@ async fn deletion_waits_for_the_nodes_then_releases_the_vni() {
 
 /// frr-k8s mode: a VTEP that leaves BGP to frr-k8s gets typed FRRConfigurations layered on the
 /// user's underlay; a node whose frr-k8s reports a failed reload is a failed node of the EVPN
-/// until frr-k8s reports success; the EVPN's VNI leaves the configurations with the EVPN.
+/// until frr-k8s reports success, and a node whose underlay sessions frr-k8s reports down is not
+/// ready; the EVPN's VNI leaves the configurations with the EVPN.
 #[tokio::test]
 async fn frr_k8s_mode_layers_typed_configurations_and_reads_frr_k8s_reports() {
-    use evpn_crds::frrk8s::{FrrConfiguration, FrrNodeState};
+    use evpn_crds::frrk8s::{BgpSessionState, FrrConfiguration, FrrNodeState};
     let _turn = TURN.lock().await;
     let client = admin().await;
     let w = world(&client, 2, 100).await;
@@ -445,6 +446,26 @@ async fn frr_k8s_mode_layers_typed_configurations_and_reads_frr_k8s_reports() {
     assert_eq!(sessions.metadata.owner_references.unwrap()[0].name, w.vtep);
 
     report(w.nodes[1].clone(), "success").await;
+    wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await;
+
+    // frr-k8s says node 0's only underlay session is down: the node no longer counts as ready.
+    let sessions: Api<BgpSessionState> = Api::namespaced(client.clone(), namespace);
+    let session = format!("{}-tor", w.nodes[0]);
+    let _ = sessions.create(&PostParams::default(), &BgpSessionState::new(&session, Default::default())).await;
+    let set_session = |state: &'static str| {
+        let (sessions, session, node) = (sessions.clone(), session.clone(), w.nodes[0].clone());
+        async move {
+            let body = json!({"status": {"node": node, "peer": "198.18.255.1", "bgpStatus": state}});
+            sessions
+                .patch_status(&session, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&body))
+                .await
+                .unwrap();
+        }
+    };
+    set_session("Active").await;
+    let evpn = wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "False")).await.remove(0);
+    assert_eq!(evpn.status.unwrap().nodes.map(|n| (n.ready, n.failed)), Some((1, 0)));
+    set_session("Established").await;
     wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await;
 
     Api::<Evpn>::all(client.clone()).delete(&name, &DeleteParams::default()).await.unwrap();

@@ -100,6 +100,7 @@ impl Cluster {
             node_states: &node_states,
             frr_configurations: &[],
             frr_node_states: &BTreeMap::new(),
+            frr_sessions: &BTreeMap::new(),
             frr_namespace: "frr-k8s-system",
             now: at(1000),
         })
