@@ -43,8 +43,10 @@
 # NODE is evl-nN or nN; NAME gets the evl- prefix when it lacks it.
 #
 # Environment: EVPN_LAB_DIR (run dir: FRR configs, logs, GoBGP config and pid; default
-# /tmp/evpn-lab), EVPN_LAB_TIMEOUT (seconds for every wait; default 30), EVPN_LAB_SMOKE_KEEP
-# (smoke leaves the lab up), EVPN_LAB_SMOKE_OUT (where smoke saves the nodes' running configs).
+# /tmp/evpn-lab), EVPN_LAB_PREFIX (prefix of every namespace and FRR pathspace instead of evl,
+# so a second lab, such as the demo's, runs beside the test suite's), EVPN_LAB_TIMEOUT (seconds
+# for every wait; default 30), EVPN_LAB_SMOKE_KEEP (smoke leaves the lab up), EVPN_LAB_SMOKE_OUT
+# (where smoke saves the nodes' running configs).
 #
 # The FRR TOR takes any speaker on 198.18.255.0/24 (listen range, remote-as external); the GoBGP
 # TOR only the lab's nodes (see below). The nodes start with a minimal FRR config: the agent
@@ -84,7 +86,8 @@ TIMEOUT=${EVPN_LAB_TIMEOUT:-30}
 FRR_RUN=/var/run/frr
 FRR_ETC=/etc/frr
 FRR_LIB=/usr/lib/frr
-TOR=evl-tor
+PREFIX=${EVPN_LAB_PREFIX:-evl}
+TOR=$PREFIX-tor
 TOR_ADDR=198.18.255.1
 FABRIC_PREFIX=198.18.255
 TOR_ASN=65000
@@ -106,10 +109,12 @@ wait_until() {
   done
 }
 
-# "n1", "evl-n1" -> "evl-n1"; "pod1" -> "evl-pod1"
-ns_name() { case $1 in evl-*) echo "$1" ;; *) echo "evl-$1" ;; esac; }
-node_index() { local n; n=$(ns_name "$1"); [[ $n =~ ^evl-n([1-3])$ ]] || die "not a node: $1"; echo "${BASH_REMATCH[1]}"; }
-nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "evl-n$i"; done; }
+# "n1", "evl-n1" -> "evl-n1"; "pod1" -> "evl-pod1" (with the default prefix)
+ns_name() { case $1 in "$PREFIX"-*) echo "$1" ;; *) echo "$PREFIX-$1" ;; esac; }
+node_index() { local n; n=$(ns_name "$1"); [[ $n =~ ^$PREFIX-n([1-3])$ ]] || die "not a node: $1"; echo "${BASH_REMATCH[1]}"; }
+nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "$PREFIX-n$i"; done; }
+# Names of this lab's namespaces, and nothing else's.
+lab_netns() { ip netns list 2>/dev/null | awk -v p="$PREFIX-" 'index($1, p) == 1 {print $1}'; }
 tor_kind() { cat "$LAB_DIR/tor" 2>/dev/null || true; }
 netns_exists() { [ -e "/run/netns/$1" ]; }
 is_up() { [ -f "$LAB_DIR/tor" ] && [ -f "$LAB_DIR/nodes" ] && netns_exists "$TOR"; }
@@ -137,7 +142,7 @@ preconditions() {
   for b in vtysh gobgpd gobgp unshare tcpdump python3; do command -v "$b" >/dev/null || die "$b not found"; done
   getent passwd frr >/dev/null || die "user frr missing (frr package)"
   # One throw-away namespace proves netns, veth, bridge and vxlan work on this kernel.
-  local p=evl-probe
+  local p=$PREFIX-probe
   ip netns del "$p" 2>/dev/null || true
   ip netns add "$p" 2>/dev/null || die "'ip netns add' does not work here (need CAP_SYS_ADMIN and /run/netns)"
   local why=""
@@ -183,7 +188,7 @@ frr_start() {
 # pid file never hits an unrelated process).
 lab_pids() {
   local f pid d
-  for f in "$FRR_RUN"/evl-*/zebra.pid "$FRR_RUN"/evl-*/bgpd.pid "$LAB_DIR/gobgpd.pid"; do
+  for f in "$FRR_RUN/$PREFIX"-*/zebra.pid "$FRR_RUN/$PREFIX"-*/bgpd.pid "$LAB_DIR/gobgpd.pid"; do
     pid=$(cat "$f" 2>/dev/null) || continue
     d=$(basename "$f" .pid)
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ] && echo "$pid"
@@ -277,9 +282,9 @@ gobgp_start() {
   write_gobgp_conf "$1"
   # Own UTS namespace: GoBGP announces its hostname to the nodes.
   # shellcheck disable=SC2016 # expanded by the inner shell
-  nsx "$TOR" unshare --uts sh -c 'hostname evl-tor
+  nsx "$TOR" unshare --uts sh -c 'hostname "$5"
     gobgpd -f "$1" -p --pprof-disable --api-hosts "$2" >"$3" 2>&1 & echo $! >"$4"' \
-    sh "$LAB_DIR/gobgpd.toml" "$GOBGP_API" "$LAB_DIR/log/$TOR-gobgpd.log" "$LAB_DIR/gobgpd.pid"
+    sh "$LAB_DIR/gobgpd.toml" "$GOBGP_API" "$LAB_DIR/log/$TOR-gobgpd.log" "$LAB_DIR/gobgpd.pid" "$TOR"
   wait_until "$TIMEOUT" gob global || die "gobgpd does not answer (see $LAB_DIR/log/$TOR-gobgpd.log)"
 }
 
@@ -305,7 +310,7 @@ cmd_up() {
     say "already up ($kind TOR, $count nodes)"
     return 0
   fi
-  ip netns list | grep -q '^evl-' && die "evl-* namespaces left from an earlier lab: lab.sh down first"
+  [ -z "$(lab_netns)" ] || die "$PREFIX-* namespaces left from an earlier lab: lab.sh down first"
   preconditions
   say "creating the fabric ($kind TOR, $count nodes) in $LAB_DIR"
   mkdir -p "$LAB_DIR/log"
@@ -319,7 +324,7 @@ cmd_up() {
   ip -n "$TOR" addr add "$TOR_ADDR/24" dev fabric
   ip -n "$TOR" link set fabric up
   for ((i = 1; i <= count; i++)); do
-    n=evl-n$i
+    n=$PREFIX-n$i
     new_netns "$n"
     ip link add eth0 netns "$n" mtu 9000 type veth peer name "n$i" netns "$TOR" mtu 9000
     ip -n "$TOR" link set "n$i" master fabric up
@@ -329,8 +334,8 @@ cmd_up() {
 
   say "starting FRR on the nodes (minimal config; the agent renders the rest)"
   for ((i = 1; i <= count; i++)); do
-    write_node_base_conf "evl-n$i"
-    frr_start "evl-n$i" -n
+    write_node_base_conf "$PREFIX-n$i"
+    frr_start "$PREFIX-n$i" -n
   done
   if [ "$kind" = frr ]; then
     say "starting FRR on $TOR"
@@ -354,9 +359,10 @@ cmd_down() {
     wait_until 10 all_gone "${pids[@]}" || kill -9 "${pids[@]}" 2>/dev/null || true
     wait_until 5 all_gone "${pids[@]}" || die "daemons still running: ${pids[*]}"
   fi
-  # Anything else still running inside an evl-* namespace was started for the lab (pods' pings,
-  # captures, agents under test); it would keep the namespace alive after `ip netns del`.
-  for ns in $(ip netns list 2>/dev/null | awk '/^evl-/{print $1}'); do
+  # Anything else still running inside one of the lab's namespaces was started for the lab
+  # (pods' pings, captures, agents under test); it would keep the namespace alive after
+  # `ip netns del`.
+  for ns in $(lab_netns); do
     left=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
     if [ -n "$left" ]; then
       say "killing processes left in $ns: $left"
@@ -366,20 +372,20 @@ cmd_down() {
   done
   # VRF binds first, then the per-node directories (deepest mount point first).
   local run; run=$(realpath -m "$FRR_RUN")
-  awk -v p="$run/evl-" 'index($5, p) == 1 {print length($5), $5}' /proc/self/mountinfo | sort -rn |
+  awk -v p="$run/$PREFIX-" 'index($5, p) == 1 {print length($5), $5}' /proc/self/mountinfo | sort -rn |
     while read -r _ m; do umount -l "$m" 2>/dev/null || true; done
-  for ns in $(ip netns list 2>/dev/null | awk '/^evl-/{print $1}'); do
+  for ns in $(lab_netns); do
     ip netns del "$ns"
   done
-  rm -rf "$FRR_RUN"/evl-* "$LAB_DIR"
-  for ns in "$FRR_ETC"/evl-*; do [ -L "$ns" ] && rm -f "$ns"; done
+  rm -rf "$FRR_RUN/$PREFIX"-* "$LAB_DIR"
+  for ns in "$FRR_ETC/$PREFIX"-*; do [ -L "$ns" ] && rm -f "$ns"; done
   # Verify: nothing of ours may be left.
   local bad=""
-  ip netns list 2>/dev/null | grep -q '^evl-' && bad+=" namespaces"
-  grep -q " $run/evl-" /proc/self/mountinfo && bad+=" mounts"
-  ls -d "$FRR_ETC"/evl-* >/dev/null 2>&1 && bad+=" /etc/frr links"
+  [ -z "$(lab_netns)" ] || bad+=" namespaces"
+  grep -qF " $run/$PREFIX-" /proc/self/mountinfo && bad+=" mounts"
+  ls -d "$FRR_ETC/$PREFIX"-* >/dev/null 2>&1 && bad+=" /etc/frr links"
   [ -z "$bad" ] || die "left behind:$bad"
-  say "down: no evl-* namespaces, mounts, daemons or files left"
+  say "down: no $PREFIX-* namespaces, mounts, daemons or files left"
 }
 
 # A crashed and restarted FRR comes back with whatever frr.conf last saved, not with the changes
@@ -439,7 +445,7 @@ cmd_unvrf() {
 
 # Host side of a veth: a name derived from the namespace it leads to, at most 15 characters.
 peer_ifname() {
-  local name="$1-${2#evl-}"
+  local name="$1-${2#"$PREFIX"-}"
   [ ${#name} -le 15 ] || die "name too long for an interface: $name (shorten $2)"
   echo "$name"
 }
@@ -519,6 +525,7 @@ EVPN_LAB_TOR_ASN="$TOR_ASN"
 EVPN_LAB_NODE_ASN="$NODE_ASN"
 EVPN_LAB_NODES="$list"
 EOF
+  # Every node's agent runs on this host, so each takes a free port for its metrics (it logs it).
   for n in $(nodes); do
     i=$(node_index "$n")
     cat <<EOF
@@ -528,7 +535,7 @@ EVPN_LAB_N${i}_FRR_CONF="$FRR_ETC/$n/frr.conf"
 EVPN_LAB_N${i}_VRF_NETNS_DIR="$FRR_RUN/$n/netns"
 EVPN_LAB_N${i}_UNDERLAY_ADDR="$FABRIC_PREFIX.1$i"
 EVPN_LAB_N${i}_VTEP_IP="198.18.0.$i"
-EVPN_LAB_N${i}_AGENT_ARGS="--netns /run/netns/$n --frr-pathspace $n --vrf-netns-dir $FRR_RUN/$n/netns"
+EVPN_LAB_N${i}_AGENT_ARGS="--netns /run/netns/$n --frr-pathspace $n --vrf-netns-dir $FRR_RUN/$n/netns --metrics-listen 127.0.0.1:0"
 EOF
   done
 }
@@ -537,7 +544,7 @@ cmd_status() {
   if ! is_up; then echo "lab is down"; return 0; fi
   local n
   echo "== lab: $(tor_kind) TOR, nodes: $(nodes | tr '\n' ' ')  (run dir $LAB_DIR)"
-  echo "== namespaces"; ip netns list | awk '/^evl-/{print "  " $1}'
+  echo "== namespaces"; lab_netns | sed 's/^/  /'
   echo "== $TOR"
   ip -n "$TOR" -br addr
   if [ "$(tor_kind)" = gobgp ]; then
@@ -716,11 +723,11 @@ cmd_smoke() {
   done
   check "TOR has type-3 of every node" tor_has_all_imet
   check "TOR has type-2 of pod1" tor_has_evpn "[2]:[0]:[48]:[02:00:c6:13:64:11]" "[mac:02:00:c6:13:64:11]"
-  check "evl-n1: route to the VTEP of n2, learned through the TOR" route_has evl-n1 198.18.0.2 "via $FABRIC_PREFIX"
-  check "evl-n1: evx10100 flood entry to 198.18.0.2" fdb_has evl-n1 evx10100 "^00:00:00:00:00:00 dst 198.18.0.2"
-  check "evl-n1: evx10100 fdb has pod2's MAC via 198.18.0.2" fdb_has evl-n1 evx10100 "^02:00:c6:13:64:12 dst 198.18.0.2"
-  check "pod1 -> pod2 ping over L2VNI 10100" ping1 evl-pod1 198.19.100.12
-  check "underlay carries VXLAN VNI 10100 (tcpdump on $TOR port n1)" capture_vni 10100 evl-pod1 198.19.100.12
+  check "$PREFIX-n1: route to the VTEP of n2, learned through the TOR" route_has "$PREFIX-n1" 198.18.0.2 "via $FABRIC_PREFIX"
+  check "$PREFIX-n1: evx10100 flood entry to 198.18.0.2" fdb_has "$PREFIX-n1" evx10100 "^00:00:00:00:00:00 dst 198.18.0.2"
+  check "$PREFIX-n1: evx10100 fdb has pod2's MAC via 198.18.0.2" fdb_has "$PREFIX-n1" evx10100 "^02:00:c6:13:64:12 dst 198.18.0.2"
+  check "pod1 -> pod2 ping over L2VNI 10100" ping1 "$PREFIX-pod1" 198.19.100.12
+  check "underlay carries VXLAN VNI 10100 (tcpdump on $TOR port n1)" capture_vni 10100 "$PREFIX-pod1" 198.19.100.12
 
   # -- L3VNI 20100 in VRF red with one routed host subnet per node
   for n in $(nodes); do
@@ -731,12 +738,12 @@ cmd_smoke() {
     smoke_frr_conf "$n" "$i" 1 >"$LAB_DIR/$n/smoke-l3.conf"
     frr_apply "$n" "$LAB_DIR/$n/smoke-l3.conf"
   done
-  check "evl-n1: L3VNI 20100 up in VRF red" vtysh_has evl-n1 "show evpn vni 20100" "State: Up"
+  check "$PREFIX-n1: L3VNI 20100 up in VRF red" vtysh_has "$PREFIX-n1" "show evpn vni 20100" "State: Up"
   check "TOR has type-5 198.19.11.0/24 of n1" tor_has_evpn "[5]:[0]:[24]:[198.19.11.0]" "[prefix:198.19.11.0/24]"
   check "TOR has type-5 198.19.12.0/24 of n2" tor_has_evpn "[5]:[0]:[24]:[198.19.12.0]" "[prefix:198.19.12.0/24]"
-  check "evl-n1-red: route to 198.19.12.0/24 via VTEP 198.18.0.2" route_has evl-n1-red 198.19.12.0/24 "via 198.18.0.2 dev evb20100"
-  check "host1 -> host2 ping over L3VNI 20100" ping1 evl-host1 198.19.12.10
-  check "underlay carries VXLAN VNI 20100 (tcpdump on $TOR port n1)" capture_vni 20100 evl-host1 198.19.12.10
+  check "$PREFIX-n1-red: route to 198.19.12.0/24 via VTEP 198.18.0.2" route_has "$PREFIX-n1-red" 198.19.12.0/24 "via 198.18.0.2 dev evb20100"
+  check "host1 -> host2 ping over L3VNI 20100" ping1 "$PREFIX-host1" 198.19.12.10
+  check "underlay carries VXLAN VNI 20100 (tcpdump on $TOR port n1)" capture_vni 20100 "$PREFIX-host1" 198.19.12.10
 
   # The node config the agent's renderer has to produce, as FRR itself prints it.
   local out=${EVPN_LAB_SMOKE_OUT:-/tmp/evpn-lab-smoke/$kind}
@@ -760,6 +767,8 @@ usage() { sed -n '/^# Usage/,/^# NODE is/p' "$0" | sed 's/^# \{0,1\}//'; exit "$
 
 main() {
   local cmd=${1:-}
+  # Short and plain: it goes into interface, namespace and path names, and into patterns.
+  [[ $PREFIX =~ ^[a-z][a-z0-9]{0,4}$ ]] || die "EVPN_LAB_PREFIX must be 1-5 lowercase letters or digits, not '$PREFIX'"
   [ $# -eq 0 ] || shift
   case $cmd in
     install) apt_install "${PACKAGES[@]}" ;;

@@ -184,10 +184,14 @@ impl Agent {
                 outcomes.insert(evpn.clone(), failed(e.reason(), e.to_string()));
             }
         }
+        // A VTEP without `bgp` hands FRR to frr-k8s, which renders the FRRConfigurations the
+        // operator writes: this agent builds the devices only. Touching FRR would fight frr-k8s
+        // (a reload of this agent's partial configuration would wipe frr-k8s' own).
+        let frr_k8s = plan.vtep.as_ref().is_some_and(|v| v.bgp.is_none());
         // Networks whose VRF zebra has not bound yet stay out of FRR: configuring a netns VRF
         // before zebra sees it leaves it inactive for good.
         let mut frr_plan = NodePlan { vtep: plan.vtep.clone(), networks: Vec::new(), rejected: Vec::new() };
-        let active_vrfs = if plan.networks.iter().any(|n| n.ip_vrf.is_some()) {
+        let active_vrfs = if !frr_k8s && plan.networks.iter().any(|n| n.ip_vrf.is_some()) {
             self.frr.active_vrfs().await.unwrap_or_else(|e| {
                 self.metrics.error("frr_state");
                 warn!("reading FRR's VRFs: {e}");
@@ -200,7 +204,7 @@ impl Agent {
             if outcomes.contains_key(&n.evpn) {
                 continue;
             }
-            if n.ip_vrf.is_some() && !active_vrfs.contains(&n.vrf) {
+            if !frr_k8s && n.ip_vrf.is_some() && !active_vrfs.contains(&n.vrf) {
                 outcomes.insert(
                     n.evpn.clone(),
                     Outcome::Pending {
@@ -213,25 +217,18 @@ impl Agent {
             frr_plan.networks.push(n.clone());
         }
         let mut frr_removals = BTreeMap::new();
-        // A VTEP without `bgp` hands FRR to frr-k8s. This agent only drives FRR directly, and a
-        // reload of its partial configuration would wipe what frr-k8s wrote: leave FRR alone.
-        let vtep_ip = match plan.vtep.as_ref().filter(|v| v.bgp.is_none()) {
-            Some(v) => {
-                let message = format!(
-                    "VTEP {:?} leaves BGP to frr-k8s (frrConfigurationSelector), which this agent does not drive; FRR left untouched",
-                    v.name
-                );
-                for n in &frr_plan.networks {
-                    outcomes.insert(n.evpn.clone(), failed("FrrK8sNotSupported", message.clone()));
-                }
-                None
+        let frr_ip = if frr_k8s {
+            for n in &frr_plan.networks {
+                outcomes.insert(n.evpn.clone(), Outcome::Applied { generation: n.generation });
             }
-            None => vtep_ip,
+            None
+        } else {
+            vtep_ip
         };
-        let vtep_ip = match self.passwords(&plan).await {
+        let frr_ip = match self.passwords(&plan).await {
             Ok(passwords) => {
                 self.render.passwords = passwords;
-                vtep_ip
+                frr_ip
             }
             // Never bring a session up without the password the admin asked for.
             Err(message) => {
@@ -242,7 +239,7 @@ impl Agent {
                 None
             }
         };
-        if let Some(ip) = vtep_ip {
+        if let Some(ip) = frr_ip {
             let config = frr::render(&frr_plan, ip, &self.render);
             let started = Instant::now();
             let sync = self.frr.sync(&config).instrument(tracing::info_span!("frr_sync")).await;
@@ -312,7 +309,7 @@ impl Agent {
             agent: Some(AgentInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
                 vrf_backend: self.dataplane.backend(),
-                frr_driver: FrrDriver::Direct,
+                frr_driver: if frr_k8s { FrrDriver::FrrK8s } else { FrrDriver::Direct },
             }),
             vteps: plan
                 .vtep

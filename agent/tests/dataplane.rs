@@ -755,10 +755,11 @@ fn apply_can_run_on_a_tokio_task() {
     let _ = check;
 }
 
-/// A VTEP whose BGP belongs to frr-k8s: the agent builds the devices but must not touch FRR (a
-/// reload of its partial configuration would wipe what frr-k8s wrote), and says so per network.
+/// A VTEP whose BGP belongs to frr-k8s: the agent builds the devices and reports them applied,
+/// but must not touch FRR (a reload of its partial configuration would wipe what frr-k8s wrote);
+/// frr-k8s' own report completes the node's readiness on the operator's side.
 #[tokio::test]
-async fn an_frr_k8s_vtep_leaves_frr_untouched_and_says_so() {
+async fn an_frr_k8s_vtep_gets_its_devices_and_frr_is_left_to_frr_k8s() {
     require_root!();
     let lab = Lab::new();
     let spec: evpn_crds::nodestate::DesiredNode = serde_json::from_value(serde_json::json!({
@@ -782,11 +783,9 @@ async fn an_frr_k8s_vtep_leaves_frr_untouched_and_says_so() {
 
     assert!(lab.link(None, &bridge_name(10100)).is_some(), "the data plane is still built");
     match &observed.networks[..] {
-        [(evpn, evpn_agent::report::Outcome::Failed { reason, message })] => {
-            assert_eq!((evpn.as_str(), reason.as_str()), ("blue", "FrrK8sNotSupported"));
-            assert!(message.contains("frr-k8s") && message.contains("fabric"), "{message}");
-        }
-        other => panic!("expected one failed network, got {other:?}"),
+        [(evpn, evpn_agent::report::Outcome::Applied { generation: 1 })] => assert_eq!(evpn, "blue"),
+        other => panic!("expected one applied network, got {other:?}"),
     }
+    assert_eq!(observed.agent.map(|a| a.frr_driver), Some(evpn_crds::nodestate::FrrDriver::FrrK8s));
     assert!(agent.frr.baseline().is_none(), "FRR was never synced");
 }

@@ -17,6 +17,7 @@
 
 pub mod common;
 pub mod evpn;
+pub mod frrk8s;
 pub mod manifests;
 pub mod networkset;
 pub mod nodestate;

@@ -44,6 +44,9 @@ fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
         "ConfigMap" => typed::<core::v1::ConfigMap>(),
         "DaemonSet" => typed::<apps::v1::DaemonSet>(),
         "Event" => typed::<events::v1::Event>(),
+        "FrrConfiguration" => typed::<evpn_crds::frrk8s::FrrConfiguration>(),
+        "FrrNodeState" => typed::<evpn_crds::frrk8s::FrrNodeState>(),
+        "BgpSessionState" => typed::<evpn_crds::frrk8s::BgpSessionState>(),
         "Lease" => typed::<coordination::v1::Lease>(),
         "Namespace" => typed::<core::v1::Namespace>(),
         "Node" => typed::<core::v1::Node>(),
@@ -62,6 +65,10 @@ fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
                     Ok(vec![network(ClusterUserDefinedNetwork)])
                 }
                 Some("network_resource(NetworkKind::UserDefinedNetwork)") => Ok(vec![network(UserDefinedNetwork)]),
+                Some("attachment_resource()") => {
+                    let r = evpn_webhook::watch::attachment_resource();
+                    Ok(vec![(r.group, r.plural)])
+                }
                 other => Err(format!("{}: a dynamic Api of resource {other:?}, which this test cannot map", call.at)),
             };
         }

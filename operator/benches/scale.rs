@@ -67,11 +67,15 @@ async fn main() {
     .await
     .unwrap();
     let networks: Vec<String> = (0..evpn_count).map(|i| format!("{id}-net{i}")).collect();
-    run_all(networks.iter().map(|n| {
+    run_all(networks.iter().enumerate().map(|(i, n)| {
         let obj = json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork", "metadata": {"name": n},
             "spec": {"namespaceSelector": {}, "network": {"topology": "Layer2", "layer2": {"role": "Primary", "subnets": ["10.100.0.0/16"]}}}});
         let client = client.clone();
-        async move { evpn_tests::apply(&client, &obj).await.map(drop) }
+        // The names are too long for VRFs: OVN-Kubernetes would name them by network ID.
+        async move {
+            evpn_tests::apply(&client, &obj).await?;
+            evpn_tests::annotate_network_id(&client, n, 100 + i as u32).await
+        }
     }))
     .await;
     println!("setup: {:.1} s", setup.elapsed().as_secs_f64());

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use evpn_crds::common::NetworkKind;
+use evpn_crds::frrk8s::{BgpSessionState, BgpSessionStateStatus, FrrConfiguration, FrrNodeState, FrrNodeStateStatus};
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, EvpnNodeStateSpec, Vtep};
 use evpn_webhook::index::{NetworkFacts, NetworkKey};
-use evpn_webhook::watch::network_resource;
+use evpn_webhook::watch::{attachment_resource, network_resource};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
@@ -33,6 +34,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+use crate::frrk8s;
 use crate::metrics::{Metrics, WriteLabels};
 use crate::plan::{FINALIZER, NodeInfo, ObservedNodeState, Plan, Planner, Snapshot};
 
@@ -52,6 +54,8 @@ pub struct Config {
     pub status_refresh: Duration,
     /// System MAC of type-3 ESIs, shared by the whole cluster.
     pub system_mac: [u8; 6],
+    /// Namespace where frr-k8s reads FRRConfigurations (frr-k8s mode).
+    pub frr_namespace: String,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             concurrency: 32,
             status_refresh: Duration::from_secs(2),
             system_mac: [0x02, 0x65, 0x76, 0x70, 0x6e, 0x00],
+            frr_namespace: "frr-k8s-system".into(),
         }
     }
 }
@@ -141,6 +146,11 @@ struct World {
     node_states: Mirror<ObservedNodeState>,
     cluster_networks: Mirror<NetworkFacts>,
     networks: Mirror<NetworkFacts>,
+    /// Per NetworkAttachmentDefinition (namespace/name): the OVN network name and ID it carries.
+    attachments: Mirror<(String, u32)>,
+    frr_configurations: Mirror<Arc<FrrConfiguration>>,
+    frr_node_states: Mirror<FrrNodeStateStatus>,
+    frr_sessions: Mirror<BgpSessionStateStatus>,
 }
 
 impl World {
@@ -153,6 +163,10 @@ impl World {
             &self.node_states.synced,
             &self.cluster_networks.synced,
             &self.networks.synced,
+            &self.attachments.synced,
+            &self.frr_configurations.synced,
+            &self.frr_node_states.synced,
+            &self.frr_sessions.synced,
         ]
         .iter()
         .all(|s| s.load(Ordering::Acquire))
@@ -182,7 +196,12 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), cfg.clone()),
                 &world.nodes,
                 |n: &PartialObjectMeta<Node>| {
-                    let info = NodeInfo { name: n.name_any(), uid: n.uid()?, labels: n.labels().clone() };
+                    let info = NodeInfo {
+                        name: n.name_any(),
+                        uid: n.uid()?,
+                        labels: n.labels().clone(),
+                        subnets: NodeInfo::parse_subnets(n.annotations().get(NODE_SUBNETS_ANNOTATION)),
+                    };
                     Some((info.name.clone(), info))
                 },
                 &dirty
@@ -223,6 +242,35 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 )),
                 &dirty
             ),
+            follow(
+                watcher(Api::<DynamicObject>::all_with(client.clone(), &attachment_resource()), cfg.clone()),
+                &world.attachments,
+                |o: &DynamicObject| {
+                    let annotations = o.annotations();
+                    let network = annotations.get(NETWORK_NAME_ANNOTATION)?.clone();
+                    let id = annotations.get(NETWORK_ID_ANNOTATION)?.parse().ok()?;
+                    Some((format!("{}/{}", o.namespace()?, o.name_any()), (network, id)))
+                },
+                &dirty
+            ),
+            follow(
+                watcher(Api::<FrrConfiguration>::namespaced(client.clone(), &config.frr_namespace), cfg.clone()),
+                &world.frr_configurations,
+                |o: &FrrConfiguration| Some((o.name_any(), Arc::new(o.clone()))),
+                &dirty
+            ),
+            follow(
+                watcher(Api::<FrrNodeState>::all(client.clone()), cfg.clone()),
+                &world.frr_node_states,
+                |o: &FrrNodeState| Some((o.name_any(), o.status.clone().unwrap_or_default())),
+                &dirty
+            ),
+            follow(
+                watcher(Api::<BgpSessionState>::namespaced(client.clone(), &config.frr_namespace), cfg.clone()),
+                &world.frr_sessions,
+                |o: &BgpSessionState| Some((o.name_any(), o.status.clone()?)),
+                &dirty
+            ),
         )
     };
     let rounds = async {
@@ -256,15 +304,27 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
             let plan = round.in_scope(|| {
                 let (evpns, vteps, nodes) = (values(&world.evpns), values(&world.vteps), values(&world.nodes));
                 let networks = networks(&world);
+                let network_ids: HashMap<String, u32> = world.attachments.lock().values().cloned().collect();
                 let network_sets = world.network_sets.lock().clone();
+                let frr_configurations = values(&world.frr_configurations);
+                let frr_node_states = world.frr_node_states.lock().clone();
+                let mut frr_sessions: BTreeMap<String, Vec<BgpSessionStateStatus>> = BTreeMap::new();
+                for session in world.frr_sessions.lock().values() {
+                    frr_sessions.entry(session.node.clone()).or_default().push(session.clone());
+                }
                 let node_states = world.node_states.lock();
                 planner.plan(&Snapshot {
                     evpns: &evpns,
                     vteps: &vteps,
                     nodes: &nodes,
                     networks: &networks,
+                    network_ids: &network_ids,
                     network_sets: &network_sets,
                     node_states: &node_states,
+                    frr_configurations: &frr_configurations,
+                    frr_node_states: &frr_node_states,
+                    frr_sessions: &frr_sessions,
+                    frr_namespace: &config.frr_namespace,
                     now: Time(k8s_openapi::jiff::Timestamp::now()),
                 })
             });
@@ -288,6 +348,12 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
     };
     futures::join!(watches, rounds);
 }
+
+/// Where OVN-Kubernetes records a node's subnets of each network.
+const NODE_SUBNETS_ANNOTATION: &str = "k8s.ovn.org/node-subnets";
+/// Annotations OVN-Kubernetes puts on each NetworkAttachmentDefinition of a user-defined network.
+const NETWORK_NAME_ANNOTATION: &str = "k8s.ovn.org/network-name";
+const NETWORK_ID_ANNOTATION: &str = "k8s.ovn.org/network-id";
 
 /// Waits until changes pause for `quiet`, or `max` has passed.
 async fn debounce(dirty: &Notify, quiet: Duration, max: Duration) {
@@ -326,6 +392,7 @@ struct Observed {
     vteps: BTreeMap<String, Arc<Vtep>>,
     network_sets: BTreeMap<String, Arc<EvpnNetworkSet>>,
     node_specs: BTreeMap<String, EvpnNodeStateSpec>,
+    frr_configurations: BTreeMap<String, Arc<FrrConfiguration>>,
 }
 
 impl Observed {
@@ -335,6 +402,7 @@ impl Observed {
             vteps: world.vteps.lock().clone(),
             network_sets: world.network_sets.lock().clone(),
             node_specs: world.node_states.lock().iter().map(|(k, v)| (k.clone(), v.spec.clone())).collect(),
+            frr_configurations: world.frr_configurations.lock().clone(),
         }
     }
 }
@@ -350,6 +418,7 @@ struct Writer {
     recorder: Recorder,
     backoff: Mutex<HashMap<WriteKey, (Instant, u32)>>,
     status_refresh: Duration,
+    frr_namespace: String,
     /// When each EVPN's status was last written.
     status_written: Mutex<HashMap<String, Instant>>,
 }
@@ -369,6 +438,7 @@ impl Writer {
             recorder,
             backoff: Mutex::default(),
             status_refresh: config.status_refresh,
+            frr_namespace: config.frr_namespace.clone(),
             status_written: Mutex::default(),
         }
     }
@@ -466,6 +536,27 @@ impl Writer {
             writes.extend(self.write("EVPNNodeState", node.clone(), async move {
                 states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&state)).await.map(drop)
             }));
+        }
+        self.run_all(std::mem::take(&mut writes)).await;
+
+        let frr: Api<FrrConfiguration> = Api::namespaced(self.client.clone(), &self.frr_namespace);
+        for (name, desired) in &plan.frr_configurations {
+            let current = observed.frr_configurations.get(name);
+            if current.is_some_and(|c| c.spec == desired.spec && c.metadata.labels == desired.metadata.labels) {
+                continue;
+            }
+            let (frr, name, desired) = (frr.clone(), name.clone(), desired.clone());
+            writes.extend(self.write("FRRConfiguration", name.clone(), async move {
+                frr.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await.map(drop)
+            }));
+        }
+        for (name, current) in &observed.frr_configurations {
+            if frrk8s::is_ours(&current.metadata) && !plan.frr_configurations.contains_key(name) {
+                let (frr, name) = (frr.clone(), name.clone());
+                writes.extend(self.write("FRRConfiguration/delete", name.clone(), async move {
+                    frr.delete(&name, &Default::default()).await.map(drop)
+                }));
+            }
         }
         self.run_all(std::mem::take(&mut writes)).await;
 

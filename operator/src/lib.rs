@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod allocator;
 pub mod controller;
+pub mod frrk8s;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

@@ -36,6 +36,9 @@ struct Args {
     /// Seconds a leader may go without renewing before another replica takes over.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Namespace where frr-k8s reads FRRConfigurations (VTEPs in frr-k8s mode).
+    #[arg(long, default_value = "frr-k8s-system")]
+    frr_k8s_namespace: String,
     /// Override the type-3 ESI system MAC (default: derived from the kube-system namespace UID).
     #[arg(long, value_parser = parse_mac)]
     system_mac: Option<[u8; 6]>,
@@ -94,7 +97,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             duration: Duration::from_secs(args.lease_seconds),
             renew: Duration::from_secs((args.lease_seconds / 3).max(1)),
         };
-        let config = controller::Config { system_mac, ..Default::default() };
+        let config =
+            controller::Config { system_mac, frr_namespace: args.frr_k8s_namespace.clone(), ..Default::default() };
         evpn_operator::run_controllers(client.clone(), election, config, metrics.clone()).await;
         anyhow::Ok(())
     };

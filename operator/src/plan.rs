@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, selector_matches};
 use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
+use evpn_crds::frrk8s::{BgpSessionStateStatus, FrrConfiguration, FrrNodeStateStatus};
 use evpn_crds::networkset::SetNetwork;
 use evpn_crds::nodestate::{NetworkPhase, NodeSegment, NodeVrf, NodeVtep};
 use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
@@ -27,6 +28,7 @@ use evpn_webhook::index::{NetworkFacts, NetworkKey, VrfSide};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::allocator::{Pool, host_address, host_index};
+use crate::frrk8s;
 
 /// Finalizer that holds an EVPN until every node has removed it.
 pub const FINALIZER: &str = "evpn.k8s.ovn.org/node-cleanup";
@@ -46,6 +48,32 @@ pub struct NodeInfo {
     pub name: String,
     pub uid: String,
     pub labels: BTreeMap<String, String>,
+    /// The node's own subnets of each network, by OVN network name (`k8s.ovn.org/node-subnets`).
+    pub subnets: BTreeMap<String, Vec<String>>,
+}
+
+impl NodeInfo {
+    /// Reads OVN-Kubernetes' `k8s.ovn.org/node-subnets` annotation, whose values are a CIDR or a
+    /// list of them depending on the OVN-Kubernetes version. Unreadable means none.
+    pub fn parse_subnets(annotation: Option<&String>) -> BTreeMap<String, Vec<String>> {
+        let Some(map) =
+            annotation.and_then(|a| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(a).ok())
+        else {
+            return BTreeMap::new();
+        };
+        map.into_iter()
+            .map(|(network, v)| {
+                let cidrs = match v {
+                    serde_json::Value::String(c) => vec![c],
+                    serde_json::Value::Array(a) => {
+                        a.into_iter().filter_map(|c| c.as_str().map(str::to_owned)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                (network, cidrs)
+            })
+            .collect()
+    }
 }
 
 /// What an agent reported for one network it lists as not applied.
@@ -122,8 +150,18 @@ pub struct Snapshot<'a> {
     pub vteps: &'a [Arc<Vtep>],
     pub nodes: &'a [NodeInfo],
     pub networks: &'a HashMap<NetworkKey, NetworkFacts>,
+    /// OVN-Kubernetes' network IDs, by OVN network name (from its NetworkAttachmentDefinitions).
+    pub network_ids: &'a HashMap<String, u32>,
     pub network_sets: &'a BTreeMap<String, Arc<EvpnNetworkSet>>,
     pub node_states: &'a BTreeMap<String, ObservedNodeState>,
+    /// frr-k8s mode: the FRRConfigurations of frr-k8s' namespace (the users' and ours).
+    pub frr_configurations: &'a [Arc<FrrConfiguration>],
+    /// frr-k8s mode: what frr-k8s reports per node.
+    pub frr_node_states: &'a BTreeMap<String, FrrNodeStateStatus>,
+    /// frr-k8s mode: the BGP sessions frr-k8s reports, by node.
+    pub frr_sessions: &'a BTreeMap<String, Vec<BgpSessionStateStatus>>,
+    /// frr-k8s mode: the namespace frr-k8s reads FRRConfigurations from.
+    pub frr_namespace: &'a str,
     pub now: Time,
 }
 
@@ -148,6 +186,8 @@ pub struct Plan {
     pub network_sets: BTreeMap<String, NetworkSetPlan>,
     pub node_specs: BTreeMap<String, NodeSpec>,
     pub vtep_statuses: BTreeMap<String, VtepStatus>,
+    /// frr-k8s mode: every FRRConfiguration the operator wants, by name; others it wrote go.
+    pub frr_configurations: BTreeMap<String, FrrConfiguration>,
     pub add_finalizer: Vec<String>,
     pub remove_finalizer: Vec<String>,
 }
@@ -213,13 +253,31 @@ impl Planner {
         let mut plan = Plan::default();
         let carried = carried_networks(&evpns, &vteps, &rejections, snap);
         plan.network_sets = self.network_sets(&carried, &vteps, snap);
+        let underlays = frr_k8s_underlays(&vteps, snap);
+        for (vtep_name, underlay) in &underlays {
+            if let (Ok(underlay), Some(vtep), Some(set)) =
+                (underlay, vteps.get(vtep_name), plan.network_sets.get(*vtep_name))
+            {
+                let nodes: Vec<frrk8s::NodeSubnets<'_>> = selected_nodes(vtep, snap.nodes)
+                    .map(|n| frrk8s::NodeSubnets { name: &n.name, subnets: &n.subnets })
+                    .collect();
+                plan.frr_configurations.extend(frrk8s::configurations(
+                    snap.frr_namespace,
+                    vtep,
+                    underlay,
+                    &set.spec,
+                    &nodes,
+                ));
+            }
+        }
         for evpn in &evpns {
             let n = name(&evpn.metadata);
             let entry = plan
                 .network_sets
                 .get(evpn.spec.vtep.as_str())
                 .and_then(|s| s.spec.networks.iter().find(|net| net.evpn == n));
-            let status = self.evpn_status(evpn, &vteps, rejections.get(n), entry, snap);
+            let underlay = underlays.get(evpn.spec.vtep.as_str()).and_then(|u| u.as_ref().err());
+            let status = self.evpn_status(evpn, &vteps, rejections.get(n), entry, underlay, snap);
             plan.evpn_statuses.insert(n.to_owned(), status);
             let has_finalizer = evpn.metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
             if evpn.metadata.deletion_timestamp.is_none() && !has_finalizer {
@@ -231,7 +289,8 @@ impl Planner {
         }
         plan.node_specs = self.node_specs(&carried, &vteps, snap);
         for (vtep_name, vtep) in &vteps {
-            plan.vtep_statuses.insert((*vtep_name).to_owned(), self.vtep_status(vtep_name, vtep, snap));
+            let underlay = underlays.get(vtep_name).and_then(|u| u.as_ref().err());
+            plan.vtep_statuses.insert((*vtep_name).to_owned(), self.vtep_status(vtep_name, vtep, underlay, snap));
         }
         plan
     }
@@ -451,6 +510,7 @@ impl Planner {
         vteps: &BTreeMap<&str, &Vtep>,
         rejection: Option<&Rejection>,
         entry: Option<&SetNetwork>,
+        underlay_problem: Option<&String>,
         snap: &Snapshot<'_>,
     ) -> EvpnStatus {
         let n = name(&evpn.metadata);
@@ -462,18 +522,42 @@ impl Planner {
             observed_generation: Some(generation),
             mac_vrf: accepted.then(|| self.resolved_vrf(evpn, VrfSide::Mac, asn)).flatten(),
             ip_vrf: accepted.then(|| self.resolved_vrf(evpn, VrfSide::Ip, asn)).flatten(),
-            vrf_name: Some(vrf_name(&evpn.spec.network)),
+            vrf_name: vrf_name(&evpn.spec.network, snap.network_ids),
             ethernet_segments: if accepted { self.segments(evpn) } else { Vec::new() },
             ..Default::default()
         };
-        let network = network_problem(&evpn.spec.network, evpn, snap.networks);
+        let network = network_problem(&evpn.spec.network, evpn, snap);
         let desired: Vec<&NodeInfo> = vtep.map(|v| selected_nodes(v, snap.nodes).collect()).unwrap_or_default();
         let (mut ready, mut failed) = (0u32, Vec::new());
         // The set the nodes can see, and the revision this EVPN's current entry needs.
         let set = snap.network_sets.get(evpn.spec.vtep.as_str());
         let needed = entry.filter(|e| e.generation == generation).map(|e| e.revision);
+        // In frr-k8s mode FRR is frr-k8s' to configure: a node also needs frr-k8s to report it.
+        let frr_k8s = vtep.is_some_and(|v| v.spec.bgp.is_none());
         for node in &desired {
             let Some(state) = snap.node_states.get(&node.name) else { continue };
+            let frr_k8s_problem = frr_k8s
+                .then(|| match snap.frr_node_states.get(&node.name) {
+                    None => Some(None),
+                    Some(s) => s.problem().map(Some),
+                })
+                .flatten();
+            if let Some(Some(problem)) = &frr_k8s_problem {
+                failed.push(NodeFailure {
+                    node: node.name.clone(),
+                    reason: "FrrK8sFailed".into(),
+                    message: problem.clone(),
+                });
+                continue;
+            }
+            // frr-k8s reports the node's underlay sessions and none is up: nothing reaches the
+            // fabric from there. (Older frr-k8s reports no sessions; the reload result then
+            // stands alone.)
+            let sessions_down = frr_k8s
+                && snap.frr_sessions.get(&node.name).is_some_and(|sessions| {
+                    let underlay: Vec<&BgpSessionStateStatus> = sessions.iter().filter(|s| s.vrf.is_empty()).collect();
+                    !underlay.is_empty() && !underlay.iter().any(|s| s.bgp_status.eq_ignore_ascii_case("established"))
+                });
             match state.unapplied.get(n) {
                 Some(r) if r.phase == NetworkPhase::Failed => failed.push(NodeFailure {
                     node: node.name.clone(),
@@ -482,7 +566,7 @@ impl Planner {
                 }),
                 Some(_) => {}
                 None => {
-                    if let (Some(set), Some(revision)) = (set, needed)
+                    if let (Some(set), Some(revision), None, false) = (set, needed, &frr_k8s_problem, sessions_down)
                         && state.has_applied(set, revision)
                     {
                         ready += 1;
@@ -515,6 +599,8 @@ impl Planner {
             cond(condition::READY, false, "NotAccepted", "see the Accepted condition".into())
         } else if let Some((reason, message)) = network {
             cond(condition::READY, false, reason, message)
+        } else if let Some(problem) = underlay_problem {
+            cond(condition::READY, false, "UnderlayNotFound", format!("VTEP {:?}: {problem}", evpn.spec.vtep))
         } else if desired_count == 0 {
             cond(condition::READY, false, "NoNodes", format!("VTEP {:?} selects no node", evpn.spec.vtep))
         } else if ready == desired_count {
@@ -611,7 +697,7 @@ impl Planner {
             generation: evpn.metadata.generation.unwrap_or_default(),
             revision: 0,
             network: evpn.spec.network.clone(),
-            vrf: vrf_name(&evpn.spec.network),
+            vrf: vrf_name(&evpn.spec.network, snap.network_ids).unwrap_or_default(),
             mac_vrf: evpn.spec.mac_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Mac)),
             ip_vrf: evpn.spec.ip_vrf.as_ref().and_then(|_| node_vrf(VrfSide::Ip)),
             subnets: network_subnets(&evpn.spec.network, snap.networks),
@@ -660,12 +746,27 @@ impl Planner {
         specs
     }
 
-    fn vtep_status(&self, vtep_name: &str, vtep: &Vtep, snap: &Snapshot<'_>) -> VtepStatus {
+    fn vtep_status(
+        &self,
+        vtep_name: &str,
+        vtep: &Vtep,
+        underlay_problem: Option<&String>,
+        snap: &Snapshot<'_>,
+    ) -> VtepStatus {
         let nodes = selected_nodes(vtep, snap.nodes).count() as u32;
         let allocated = self.ips.get(vtep_name).map(Pool::len).unwrap_or_default() as u32;
         let generation = vtep.metadata.generation.unwrap_or_default();
         let old = vtep.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         let ready = match vtep.spec.mode {
+            _ if underlay_problem.is_some() => make_condition(
+                old,
+                condition::READY,
+                false,
+                "UnderlayNotFound",
+                underlay_problem.cloned().unwrap_or_default(),
+                generation,
+                &snap.now,
+            ),
             VtepMode::Managed if allocated < nodes => make_condition(
                 old,
                 condition::READY,
@@ -731,6 +832,19 @@ fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: &[ResolvedSegment]) -> 
         .collect()
 }
 
+/// The underlay of each VTEP in frr-k8s mode, or why it cannot be built on.
+fn frr_k8s_underlays<'a>(
+    vteps: &BTreeMap<&'a str, &Vtep>,
+    snap: &Snapshot<'_>,
+) -> BTreeMap<&'a str, Result<frrk8s::Underlay, String>> {
+    let configurations: Vec<&FrrConfiguration> = snap.frr_configurations.iter().map(AsRef::as_ref).collect();
+    vteps
+        .iter()
+        .filter(|(_, v)| v.spec.bgp.is_none() && v.spec.frr_configuration_selector.is_some())
+        .map(|(name, v)| (*name, frrk8s::underlay(v, &configurations)))
+        .collect()
+}
+
 /// The EVPNs each VTEP's nodes carry: accepted, on a network that fits, not being deleted.
 fn carried_networks<'a>(
     evpns: &[&'a Evpn],
@@ -742,7 +856,7 @@ fn carried_networks<'a>(
     for evpn in evpns {
         if evpn.metadata.deletion_timestamp.is_none()
             && !rejections.contains_key(name(&evpn.metadata))
-            && network_problem(&evpn.spec.network, evpn, snap.networks).is_none()
+            && network_problem(&evpn.spec.network, evpn, snap).is_none()
             && vteps.contains_key(evpn.spec.vtep.as_str())
         {
             carried.entry(evpn.spec.vtep.as_str()).or_default().push(evpn);
@@ -774,10 +888,23 @@ fn auto_rt_asn(asn: u32) -> u32 {
     if asn > 65535 { asn & 0xffff } else { asn }
 }
 
-/// Name of the network's VRF on the nodes. Provisional rule (the network name, cut to the 15
-/// characters of a Linux interface name) until OVN-Kubernetes' own naming is adopted.
-pub fn vrf_name(network: &NetworkRef) -> String {
-    network.name.chars().take(15).collect()
+/// The name OVN-Kubernetes gives a network (`k8s.ovn.org/network-name` on its attachments).
+pub fn ovn_network_name(network: &NetworkRef) -> String {
+    match &network.namespace {
+        Some(ns) if network.kind == NetworkKind::UserDefinedNetwork => format!("{ns}_{}", network.name),
+        _ => format!("cluster_udn_{}", network.name),
+    }
+}
+
+/// Name of the network's VRF on the nodes, by OVN-Kubernetes' rule (`GetNetworkVRFName` in
+/// go-controller/pkg/util/multi_network.go): a CUDN's own name when it fits a Linux interface
+/// name (15 characters) and is not `default`; otherwise `mp<network ID>-udn-vrf`, the ID being
+/// the one OVN-Kubernetes annotates on the network's attachments. `None` until that ID is known.
+pub fn vrf_name(network: &NetworkRef, network_ids: &HashMap<String, u32>) -> Option<String> {
+    if network.kind == NetworkKind::ClusterUserDefinedNetwork && network.name.len() <= 15 && network.name != "default" {
+        return Some(network.name.clone());
+    }
+    network_ids.get(&ovn_network_name(network)).map(|id| format!("mp{id}-udn-vrf"))
 }
 
 fn network_subnets(net: &NetworkRef, networks: &HashMap<NetworkKey, NetworkFacts>) -> Vec<String> {
@@ -788,12 +915,8 @@ fn network_key(net: &NetworkRef) -> NetworkKey {
     (net.kind, if net.kind == NetworkKind::UserDefinedNetwork { net.namespace.clone() } else { None }, net.name.clone())
 }
 
-fn network_problem(
-    net: &NetworkRef,
-    evpn: &Evpn,
-    networks: &HashMap<NetworkKey, NetworkFacts>,
-) -> Option<(&'static str, String)> {
-    let Some(facts) = networks.get(&network_key(net)) else {
+fn network_problem(net: &NetworkRef, evpn: &Evpn, snap: &Snapshot<'_>) -> Option<(&'static str, String)> {
+    let Some(facts) = snap.networks.get(&network_key(net)) else {
         return Some(("NetworkNotFound", format!("{net} does not exist")));
     };
     let fits = match facts.topology.as_str() {
@@ -801,8 +924,28 @@ fn network_problem(
         "Layer3" => evpn.spec.ip_vrf.is_some() && evpn.spec.mac_vrf.is_none(),
         _ => false,
     };
-    if facts.role.as_deref() != Some("Primary") || !fits || facts.transport.as_deref() == Some("EVPN") {
+    // The webhook refuses this at admission; a CUDN switched to the EVPN transport later is
+    // caught here, and the network leaves the nodes rather than being managed twice.
+    if facts.transport.as_deref() == Some("EVPN") {
+        return Some((
+            "NetworkUsesOvnEvpn",
+            format!(
+                "{net} uses OVN-Kubernetes' own EVPN transport (spec.network.transport: EVPN); one network cannot be managed twice"
+            ),
+        ));
+    }
+    if facts.role.as_deref() != Some("Primary") || !fits {
         return Some(("NetworkMismatch", format!("{net} is not a primary Layer2/Layer3 network this EVPN's VRFs fit")));
+    }
+    if vrf_name(net, snap.network_ids).is_none() {
+        return Some((
+            "VrfNameUnknown",
+            format!(
+                "OVN-Kubernetes has not given {net} a network ID yet (annotation k8s.ovn.org/network-id on its \
+                 NetworkAttachmentDefinitions, network name {}); its VRF will be mp<ID>-udn-vrf",
+                ovn_network_name(net)
+            ),
+        ));
     }
     None
 }

@@ -148,7 +148,9 @@ pub fn agent_binary() -> PathBuf {
         if dir.ends_with("release") {
             args.push("--release");
         }
-        let status = std::process::Command::new(cargo).args(args).status().unwrap();
+        let mut build = std::process::Command::new(cargo);
+        build.args(args);
+        let status = crate::without_cargo_test_env(&mut build).status().unwrap();
         assert!(status.success(), "building evpn-agent");
     });
     dir.join("evpn-agent")

@@ -264,6 +264,33 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Does what OVN-Kubernetes does for a ClusterUserDefinedNetwork named `network`: a
+/// NetworkAttachmentDefinition (in `default`) annotated with the network's OVN name and `id`,
+/// which names the network's VRF (`mp<id>-udn-vrf`) when the CUDN's own name is too long.
+pub async fn annotate_network_id(client: &Client, network: &str, id: u32) -> anyhow::Result<()> {
+    let nad = serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": network, "namespace": "default", "annotations": {
+            "k8s.ovn.org/network-name": format!("cluster_udn_{network}"), "k8s.ovn.org/network-id": id.to_string()}},
+        "spec": {"config": "{}"}});
+    apply(client, &nad).await.map(drop)
+}
+
+/// Keeps what cargo sets for a running test out of a command that builds with cargo: ring's
+/// build script reruns when CARGO_MANIFEST_DIR changes, so a build from a test and the test
+/// suite's own would otherwise rebuild the TLS stack for each other every time.
+pub fn without_cargo_test_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"]
+                .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
+
 /// The status code of a failed API call, if the apiserver answered.
 pub fn api_status(err: &kube::Error) -> Option<u16> {
     match err {

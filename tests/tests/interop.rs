@@ -1,5 +1,8 @@
 //! Our minimal OVN-Kubernetes and frr-k8s CRDs against the real upstream schemas.
 //!
+//! The samples are the third-party objects under `config/samples/third-party/` and the
+//! FRRConfigurations the operator generates in frr-k8s mode (its golden files).
+//!
 //! The upstream CRDs are installed beside ours under a renamed group (`upstream.<group>`), so
 //! both can be served at once. Every third-party sample must be accepted by both and read back
 //! with the same spec, and must pass upstream's CEL rules, evaluated locally because the local
@@ -26,11 +29,12 @@ fn upstream_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("../shared/fixtures/crds"))
 }
 
-const UPSTREAM_FILES: [&str; 4] = [
+const UPSTREAM_FILES: [&str; 5] = [
     "ovn-kubernetes/k8s.ovn.org_clusteruserdefinednetworks.yaml",
     "ovn-kubernetes/k8s.ovn.org_userdefinednetworks.yaml",
     "frr-k8s/frrk8s.metallb.io_frrconfigurations.yaml",
     "frr-k8s/frrk8s.metallb.io_frrnodestates.yaml",
+    "frr-k8s/frrk8s.metallb.io_bgpsessionstates.yaml",
 ];
 
 fn renamed_group(group: &str) -> String {
@@ -70,8 +74,12 @@ async fn minimal_crds_accept_the_samples_like_upstream() {
         wait_crd_established(&client, &name).await.unwrap();
     }
 
-    let samples = read_yaml_dir(&repo_root().join("config/samples/third-party")).unwrap();
+    let mut samples = read_yaml_dir(&repo_root().join("config/samples/third-party")).unwrap();
     assert!(samples.len() >= 4, "expected third-party samples, found {}", samples.len());
+    // What the operator writes in frr-k8s mode must be valid under both schemas too.
+    let generated = read_yaml_dir(&repo_root().join("operator/src/frrk8s/golden")).unwrap();
+    assert!(generated.len() >= 4, "expected the generated FRRConfigurations, found {}", generated.len());
+    samples.extend(generated);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for sample in samples {
         let kind = sample["kind"].as_str().unwrap().to_owned();

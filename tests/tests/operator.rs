@@ -97,11 +97,13 @@ async fn world(client: &Client, nodes: usize, range_size: u32) -> World {
     )
     .await
     .unwrap();
-    let network = format!("{id}-net");
+    // Longer than a VRF name may be, so the VRF is named by network ID.
+    let network = format!("{id}-long-network");
     apply(client, &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork", "metadata": {"name": network},
         "spec": {"namespaceSelector": {}, "network": {"topology": "Layer2", "layer2": {"role": "Primary", "subnets": ["10.100.0.0/16"]}}}}))
     .await
     .unwrap();
+    evpn_tests::annotate_network_id(client, &network, base).await.unwrap();
     World { id, vtep, network, nodes: names, range }
 }
 
@@ -180,7 +182,7 @@ async fn an_evpn_becomes_ready_with_allocated_values() {
     assert_eq!(mac.route_targets.import, [format!("65001:{}", mac.vni)]);
     assert!(mac.route_distinguisher_index.is_some());
     assert_eq!(status.ready_nodes.as_deref(), Some("2/2"));
-    assert_eq!(status.vrf_name.as_deref(), Some(&w.network[..w.network.len().min(15)]));
+    assert_eq!(status.vrf_name, Some(format!("mp{}-udn-vrf", w.range.0)));
     assert!(evpn.metadata.finalizers.unwrap_or_default().contains(&evpn_operator::plan::FINALIZER.to_owned()));
 
     let set = Api::<EvpnNetworkSet>::all(client.clone()).get(&w.vtep).await.unwrap();
@@ -375,4 +377,103 @@ async fn deletion_waits_for_the_nodes_then_releases_the_vni() {
     let reuse = unique_name("reuse");
     create(&client, evpn_json(&reuse, &w, Some(vni))).await;
     wait_evpns(&client, std::slice::from_ref(&reuse), |e| is(e, "Ready", "True")).await;
+}
+
+/// frr-k8s mode: a VTEP that leaves BGP to frr-k8s gets typed FRRConfigurations layered on the
+/// user's underlay; a node whose frr-k8s reports a failed reload is a failed node of the EVPN
+/// until frr-k8s reports success, and a node whose underlay sessions frr-k8s reports down is not
+/// ready; the EVPN's VNI leaves the configurations with the EVPN.
+#[tokio::test]
+async fn frr_k8s_mode_layers_typed_configurations_and_reads_frr_k8s_reports() {
+    use evpn_crds::frrk8s::{BgpSessionState, FrrConfiguration, FrrNodeState};
+    let _turn = TURN.lock().await;
+    let client = admin().await;
+    let w = world(&client, 2, 100).await;
+    let namespace = "frr-k8s-system";
+    apply(&client, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await.unwrap();
+    apply(&client, &json!({"apiVersion": "frrk8s.metallb.io/v1beta1", "kind": "FRRConfiguration",
+        "metadata": {"name": format!("{}-underlay", w.id), "namespace": namespace, "labels": {"evpn-test/underlay": w.id}},
+        "spec": {"bgp": {"routers": [{"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}]}}}))
+    .await
+    .unwrap();
+    // The world's VTEP handed over to frr-k8s.
+    apply(
+        &client,
+        &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": w.vtep}, "spec": {
+        "cidrs": ["198.18.0.0/22"], "mode": "Managed", "nodeSelector": {"matchLabels": {"evpn-test/world": w.id}},
+        "vniRanges": [{"start": w.range.0, "end": w.range.1}],
+        "frrConfigurationSelector": {"matchLabels": {"evpn-test/underlay": w.id}}}}),
+    )
+    .await
+    .unwrap();
+    let reports: Api<FrrNodeState> = Api::all(client.clone());
+    let report = |node: String, result: &'static str| {
+        let reports = reports.clone();
+        async move {
+            let _ = reports.create(&PostParams::default(), &FrrNodeState::new(&node, Default::default())).await;
+            let body = json!({"status": {"lastConversionResult": "success", "lastReloadResult": result}});
+            reports
+                .patch_status(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&body))
+                .await
+                .unwrap();
+        }
+    };
+    report(w.nodes[0].clone(), "success").await;
+    report(w.nodes[1].clone(), "error: vtysh -f failed: line 12: unknown command").await;
+
+    let _operator = replica(&client, &unique_name("lease"), "a");
+    let _agents = agents(&client, w.nodes.iter().cloned().collect(), BTreeSet::new());
+    let name = unique_name("blue");
+    create(&client, evpn_json(&name, &w, None)).await;
+    let evpn = wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Degraded", "True")).await.remove(0);
+    let status = evpn.status.clone().unwrap();
+    assert_eq!(status.nodes.map(|n| (n.desired, n.ready, n.failed)), Some((2, 1, 1)));
+    assert_eq!(
+        (status.failed_nodes[0].node.as_str(), status.failed_nodes[0].reason.as_str()),
+        (w.nodes[1].as_str(), "FrrK8sFailed")
+    );
+    assert!(status.failed_nodes[0].message.contains("unknown command"), "{}", status.failed_nodes[0].message);
+
+    let vni = status.mac_vrf.unwrap().vni;
+    let configs: Api<FrrConfiguration> = Api::namespaced(client.clone(), namespace);
+    let sessions = configs.get(&format!("evpn-{}-l2-0", w.vtep)).await.unwrap();
+    let router = &sessions.spec.bgp.routers[0];
+    assert_eq!(router.asn, 65001, "the underlay's AS number, or frr-k8s cannot merge the routers");
+    assert_eq!(router.neighbors[0].address_families, ["evpn"]);
+    let evpn_part = router.evpn.clone().unwrap();
+    assert_eq!(evpn_part.advertise_vnis.as_deref(), Some("All"));
+    assert!(evpn_part.l2vnis.iter().any(|v| v.vni == vni), "VNI {vni} missing from {:?}", evpn_part.l2vnis);
+    assert_eq!(sessions.metadata.owner_references.unwrap()[0].name, w.vtep);
+
+    report(w.nodes[1].clone(), "success").await;
+    wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await;
+
+    // frr-k8s says node 0's only underlay session is down: the node no longer counts as ready.
+    let sessions: Api<BgpSessionState> = Api::namespaced(client.clone(), namespace);
+    let session = format!("{}-tor", w.nodes[0]);
+    let _ = sessions.create(&PostParams::default(), &BgpSessionState::new(&session, Default::default())).await;
+    let set_session = |state: &'static str| {
+        let (sessions, session, node) = (sessions.clone(), session.clone(), w.nodes[0].clone());
+        async move {
+            let body = json!({"status": {"node": node, "peer": "198.18.255.1", "bgpStatus": state}});
+            sessions
+                .patch_status(&session, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&body))
+                .await
+                .unwrap();
+        }
+    };
+    set_session("Active").await;
+    let evpn = wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "False")).await.remove(0);
+    assert_eq!(evpn.status.unwrap().nodes.map(|n| (n.ready, n.failed)), Some((1, 0)));
+    set_session("Established").await;
+    wait_evpns(&client, std::slice::from_ref(&name), |e| is(e, "Ready", "True")).await;
+
+    Api::<Evpn>::all(client.clone()).delete(&name, &DeleteParams::default()).await.unwrap();
+    eventually(|| async {
+        let l2vnis =
+            configs.get(&format!("evpn-{}-l2-0", w.vtep)).await.ok().and_then(|c| c.spec.bgp.routers[0].evpn.clone());
+        l2vnis.is_some_and(|e| e.l2vnis.iter().all(|v| v.vni != vni))
+    })
+    .await
+    .expect("the deleted EVPN's VNI stayed in the FRRConfiguration");
 }

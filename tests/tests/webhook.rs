@@ -307,12 +307,15 @@ async fn agents_write_only_their_own_node_state() {
             json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPNNodeState", "metadata": {"name": node}, "spec": {}}),
         )
     };
+    let admin_states: Api<EvpnNodeState> = Api::all(client.clone());
     for node in ["worker-1", "worker-2"] {
+        // Start from scratch: a run that stopped half-way left these labelled for its own,
+        // now dead, webhook.
+        let _ = admin_states.delete(node, &DeleteParams::default()).await;
         let obj: EvpnNodeState = serde_json::from_value(state_json(node)).unwrap();
         states.patch(node, &PatchParams::apply("evpn-operator").force(), &Patch::Apply(&obj)).await.unwrap();
     }
     // Only the operator writes specs: not even an admin.
-    let admin_states: Api<EvpnNodeState> = Api::all(client.clone());
     let spec = json!({"spec": {"vteps": [{"name": "x", "mode": "Managed", "cidrs": [], "udpPort": 4789}]}});
     let err = admin_states
         .patch("worker-1", &PatchParams::default(), &Patch::Merge(&spec))
@@ -334,6 +337,11 @@ async fn agents_write_only_their_own_node_state() {
         .expect_err("cross-node write");
     assert_eq!(api_status(&err), Some(403), "{err}");
     assert!(err.to_string().contains("\"worker-1\"") && err.to_string().contains("not \"worker-2\""), "{err}");
+    // The lab's agents are these same two nodes: node states left with this process's label
+    // would send their writes to this webhook after it is gone.
+    for node in ["worker-1", "worker-2"] {
+        admin_states.delete(node, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 /// The certificate the webhook presents to a fresh TLS connection.

@@ -106,6 +106,18 @@ pub fn network_resource(kind: NetworkKind) -> ApiResource {
     }
 }
 
+/// Multus' NetworkAttachmentDefinition, where OVN-Kubernetes records each user-defined
+/// network's ID (which names its VRF when the network's own name cannot).
+pub fn attachment_resource() -> ApiResource {
+    ApiResource {
+        group: "k8s.cni.cncf.io".into(),
+        version: "v1".into(),
+        api_version: "k8s.cni.cncf.io/v1".into(),
+        kind: "NetworkAttachmentDefinition".into(),
+        plural: "network-attachment-definitions".into(),
+    }
+}
+
 fn network_entry(kind: NetworkKind, obj: &DynamicObject) -> (NetworkKey, Option<NetworkFacts>) {
     let spec = &obj.data["spec"];
     let (ns, network) = match kind {

@@ -44,7 +44,12 @@ fn vtep(ranges: Value, mode: &str) -> Arc<Vtep> {
 }
 
 fn node(name: &str) -> NodeInfo {
-    NodeInfo { name: name.into(), uid: format!("uid-{name}"), labels: [("evpn".to_owned(), "on".to_owned())].into() }
+    NodeInfo {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        labels: [("evpn".to_owned(), "on".to_owned())].into(),
+        subnets: BTreeMap::new(),
+    }
 }
 
 fn networks(names: &[&str]) -> HashMap<NetworkKey, NetworkFacts> {
@@ -90,8 +95,13 @@ impl Cluster {
             vteps: &self.vteps,
             nodes: &self.nodes,
             networks: &self.networks,
+            network_ids: &HashMap::new(),
             network_sets: &self.network_sets,
             node_states: &node_states,
+            frr_configurations: &[],
+            frr_node_states: &BTreeMap::new(),
+            frr_sessions: &BTreeMap::new(),
+            frr_namespace: "frr-k8s-system",
             now: at(1000),
         })
     }
@@ -405,4 +415,44 @@ fn segments_go_to_the_selected_nodes_only() {
     let n1 = &plan.node_specs["n1"].spec.ethernet_segments;
     assert_eq!((n1.len(), n1[0].evpn.as_str(), n1[0].interface.as_str()), (1, "blue", "eth1"));
     assert!(plan.node_specs["n2"].spec.ethernet_segments.is_empty());
+}
+
+#[test]
+fn vrfs_are_named_the_way_ovn_kubernetes_names_them() {
+    let cudn =
+        |name: &str| NetworkRef { kind: NetworkKind::ClusterUserDefinedNetwork, name: name.into(), namespace: None };
+    let udn =
+        NetworkRef { kind: NetworkKind::UserDefinedNetwork, name: "blue".into(), namespace: Some("tenant".into()) };
+    let ids: HashMap<String, u32> =
+        [("cluster_udn_a-long-network-name".to_owned(), 7), ("tenant_blue".to_owned(), 9)].into();
+    assert_eq!(vrf_name(&cudn("red"), &ids).as_deref(), Some("red"), "a short CUDN name is the VRF's");
+    assert_eq!(vrf_name(&cudn("a-long-network-name"), &ids).as_deref(), Some("mp7-udn-vrf"));
+    assert_eq!(vrf_name(&udn, &ids).as_deref(), Some("mp9-udn-vrf"), "a UDN always goes by its ID");
+    assert_eq!(vrf_name(&cudn("default"), &ids), None, "`default` is the cluster network's");
+    assert_eq!(vrf_name(&cudn("another-long-name"), &ids), None, "no ID yet, no name");
+
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("a-long-network-name", None))]);
+    c.networks = networks(&["a-long-network-name"]);
+    let plan = c.plan(&mut Planner::default());
+    let ready = condition(&plan.evpn_statuses["blue"], "Ready");
+    assert_eq!(ready.reason, "VrfNameUnknown");
+    assert!(ready.message.contains("cluster_udn_a-long-network-name"), "{}", ready.message);
+    assert!(plan.network_sets["fabric"].spec.networks.is_empty(), "no node is told a network without its VRF");
+}
+
+#[test]
+fn a_network_that_turns_to_ovn_kubernetes_own_evpn_leaves_the_nodes() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    let mut p = Planner::default();
+    let plan = c.plan(&mut p);
+    c.apply(&plan, true);
+    assert_eq!(c.plan(&mut p).network_sets["fabric"].spec.networks.len(), 1);
+    for facts in c.networks.values_mut() {
+        facts.transport = Some("EVPN".into());
+    }
+    let plan = c.plan(&mut p);
+    let ready = condition(&plan.evpn_statuses["blue"], "Ready");
+    assert_eq!(ready.reason, "NetworkUsesOvnEvpn");
+    assert!(ready.message.contains("transport: EVPN"), "{}", ready.message);
+    assert!(plan.network_sets["fabric"].spec.networks.is_empty());
 }
