@@ -21,10 +21,14 @@
 #   EVPN_VMLAB_CPUS     virtual CPUs (default 2)     EVPN_VMLAB_MEM  MiB of memory (default 1536)
 #   EVPN_VMLAB_TIMEOUT  seconds before the VM is killed (default 1200)
 #   EVPN_VMLAB_ENV      names of variables passed on to CMD (space separated)
+#   EVPN_VMLAB_FORWARD  TCP ports of the host's loopback that CMD finds on the VM's loopback
+#                       (space separated), e.g. a control plane's apiserver port
 #   EVPN_CACHE          cache directory (default ~/.cache/evpn-operator)
 #
-# Inside the VM the host's loopback is reachable at 10.0.2.2 (qemu user networking), so CMD can
-# use a control plane running on the host; the VM has no other way out (no default route).
+# Inside the VM the host's loopback is reachable at 10.0.2.2 (qemu user networking), and the
+# ports in EVPN_VMLAB_FORWARD are forwarded from the VM's loopback to it, so CMD can use a control
+# plane running on the host with the host's kubeconfigs (127.0.0.1, as its certificate says). The
+# VM has no other way out (no default route).
 #
 # Why things are the way they are:
 # - Software emulation (TCG), not KVM: KVM guests hang on this machine's hypervisor.
@@ -41,7 +45,7 @@ OUT=${EVPN_VMLAB_OUT:-/tmp/evpn-vmlab}
 CPUS=${EVPN_VMLAB_CPUS:-2}
 MEM=${EVPN_VMLAB_MEM:-1536}
 TIMEOUT=${EVPN_VMLAB_TIMEOUT:-1200}
-PACKAGES=(qemu-system-x86 busybox-static cpio kmod iproute2)
+PACKAGES=(qemu-system-x86 busybox-static cpio kmod iproute2 socat)
 # What the initramfs loads to reach the shared root and the network; everything else is loaded
 # on demand from the shared root.
 BOOT_MODULES=(virtio_pci 9pnet_virtio 9p overlay virtio_net)
@@ -153,6 +157,13 @@ write_guest_script() {
     # Renamed: on this kernel `ip link add eth0 netns X` clashes with an eth0 in the caller's
     # namespace, and the labs name their veths eth0.
     echo 'ip link set eth0 name vmnet0 && ip link set vmnet0 up && ip addr add 10.0.2.15/24 dev vmnet0'
+    # listening PORT: polled until socat listens, for up to 20 s.
+    echo 'listening() { local i; for i in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }'
+    for v in ${EVPN_VMLAB_FORWARD:-}; do
+      [[ $v =~ ^[0-9]+$ ]] || die "EVPN_VMLAB_FORWARD: not a port: $v"
+      echo "socat TCP-LISTEN:$v,bind=127.0.0.1,fork,reuseaddr TCP:10.0.2.2:$v &"
+      echo "listening $v || { echo 'vmlab: port $v not forwarded'; exit 1; }"
+    done
     printf 'cd %q\n' "$PWD"
     printf '%q ' "$@"
     echo
@@ -176,7 +187,7 @@ cmd_run() {
   timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -smp "$CPUS" -m "$MEM" \
     -display none -monitor none -serial stdio -no-reboot -nodefaults \
     -kernel "$KROOT/boot/vmlinuz-$kv" -initrd "$OUT/initramfs.gz" \
-    -append "console=ttyS0 quiet panic=-1" \
+    -append "console=ttyS0 quiet panic=-1 mitigations=off" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$OUT,mount_tag=out,security_model=none" \
     -netdev user,id=net0 -device virtio-net-pci,netdev=net0 \
