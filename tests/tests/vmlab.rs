@@ -81,15 +81,16 @@ fn run_vm() -> Outcome {
     }
 
     let agent = agent_binary();
-    let lab_test = test_binary("evpn-tests", "lab");
-    let dataplane_test = test_binary("evpn-agent", "dataplane");
+    let lab_test = test_binary("lab");
+    let dataplane_test = test_binary("dataplane");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cp = runtime.block_on(control_plane()).expect("control plane");
     let kubeconfig = cp.admin_kubeconfig();
     let cp_dir = kubeconfig.parent().unwrap().to_owned();
     let port = apiserver_port(&kubeconfig);
 
-    let out = std::env::temp_dir().join(format!("evpn-vmlab-{}", std::process::id()));
+    // One place, replaced by every run: what the last run left stays there to look at.
+    let out = std::env::temp_dir().join("evpn-vmlab-suite");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let steps_dir = out.join("steps");
@@ -147,20 +148,23 @@ fn hack_lab_install() -> Option<String> {
     (!out.status.success()).then(|| format!("`hack/lab.sh install` failed:\n{}", String::from_utf8_lossy(&out.stderr)))
 }
 
-/// Builds a test binary of `package` and returns its path, as cargo reports it.
-fn test_binary(package: &str, test: &str) -> PathBuf {
+/// Builds the integration-test binary `test` and returns its path, as cargo reports it. Built
+/// for the whole workspace, so features resolve as in `cargo test --workspace` and the binary
+/// `hack/test.sh` already built is reused.
+fn test_binary(test: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["test", "-p", package, "--test", test, "--no-run", "--message-format=json"])
+        .args(["test", "--workspace", "--test", test, "--no-run", "--message-format=json"])
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
-    assert!(out.status.success(), "building the {test} tests of {package}");
+    assert!(out.status.success(), "building the {test} tests");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == test && m["target"]["kind"] == serde_json::json!(["test"]))
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo named no executable for the {test} tests of {package}"))
+        .unwrap_or_else(|| panic!("cargo named no executable for the {test} tests"))
 }
 
 /// The port of the apiserver in a kubeconfig (`server: https://127.0.0.1:PORT`).
@@ -172,15 +176,20 @@ fn apiserver_port(kubeconfig: &Path) -> u16 {
         .unwrap_or_else(|| panic!("no loopback apiserver in {}", kubeconfig.display()))
 }
 
-/// Asserts that scenario `scenario` of the lab's FRR fabric passed in the VM.
-fn scenario(scenario: &str) {
-    let run = match vm_run() {
+/// The VM run, or `None` (having said why) where it was skipped.
+fn ran() -> Option<&'static VmRun> {
+    match vm_run() {
         Outcome::Skipped(why) => {
             eprintln!("skipped: {why}");
-            return;
+            None
         }
-        Outcome::Ran(run) => run,
-    };
+        Outcome::Ran(run) => Some(run),
+    }
+}
+
+/// Asserts that scenario `scenario` of the lab's FRR fabric passed in the VM.
+fn scenario(scenario: &str) {
+    let Some(run) = ran() else { return };
     let console = run.out.join("console.log");
     match run.scenarios.iter().find(|r| r.test == "fabric_with_an_frr_tor" && r.scenario == scenario) {
         Some(r) if r.result == "passed" => eprintln!("{scenario}: passed in the VM in {:.1}s", r.seconds),
@@ -191,13 +200,7 @@ fn scenario(scenario: &str) {
 
 /// Asserts that step `name` of `hack/vmlab-suite.sh` exited 0.
 fn step(name: &str) {
-    let run = match vm_run() {
-        Outcome::Skipped(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Outcome::Ran(run) => run,
-    };
+    let Some(run) = ran() else { return };
     let log = run.out.join("steps").join(format!("{name}.log"));
     match run.steps.get(name) {
         Some((0, seconds)) => eprintln!("step {name}: passed in the VM in {seconds}s"),
@@ -250,6 +253,13 @@ fn kernel_vrf_deletion() {
 #[test]
 fn kernel_vrf_lab_suite() {
     step("lab");
+}
+
+/// Multi-homing's data plane: an external host's LACP bond aggregates one leg to each of two
+/// nodes, whose one-leg bonds share the Ethernet segment's system ID.
+#[test]
+fn bond_to_two_nodes() {
+    step("bond");
 }
 
 /// The agent's data-plane tests, including the kernel-VRF backend's, which skip on this host.
