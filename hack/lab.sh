@@ -121,7 +121,7 @@ nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "ev
 tor_kind() { cat "$LAB_DIR/tor" 2>/dev/null || true; }
 vrf_kind() { cat "$LAB_DIR/vrf" 2>/dev/null || echo netns; }
 # zebra's VRF backend: netns VRFs need -n.
-zebra_opts() { [ "$(vrf_kind)" = kernel ] || echo -n; }
+zebra_opts() { [ "$(vrf_kind)" = kernel ] || printf %s -n; }
 netns_exists() { [ -e "/run/netns/$1" ]; }
 is_up() { [ -f "$LAB_DIR/tor" ] && [ -f "$LAB_DIR/nodes" ] && netns_exists "$TOR"; }
 need_up() { is_up || die "the lab is not up (lab.sh up)"; }
