@@ -451,12 +451,7 @@ impl Scenarios {
                 Some(value)
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panicked".into());
-                self.record(name, "failed", seconds, &message);
+                self.record(name, "failed", seconds, &panic_message(panic.as_ref()));
                 None
             }
         }
@@ -479,6 +474,15 @@ impl Scenarios {
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
         std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
     }
+}
+
+/// The message a panic carried.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked".into())
 }
 
 pub fn mac_vni(e: &Evpn) -> u32 {

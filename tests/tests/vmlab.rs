@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use evpn_tests::lab::agent_binary;
+use evpn_tests::lab::{agent_binary, panic_message};
 use evpn_tests::{control_plane, repo_root};
 use serde::Deserialize;
 
@@ -45,6 +45,8 @@ struct VmRun {
 
 enum Outcome {
     Skipped(String),
+    /// Setting up or running the VM failed: every test fails with this, none runs it again.
+    Failed(String),
     Ran(VmRun),
 }
 
@@ -60,7 +62,9 @@ fn cannot_run(why: String) -> Outcome {
 
 fn vm_run() -> &'static Outcome {
     static RUN: OnceLock<Outcome> = OnceLock::new();
-    RUN.get_or_init(run_vm)
+    RUN.get_or_init(|| {
+        std::panic::catch_unwind(run_vm).unwrap_or_else(|panic| Outcome::Failed(panic_message(panic.as_ref())))
+    })
 }
 
 fn run_vm() -> Outcome {
@@ -183,6 +187,7 @@ fn ran() -> Option<&'static VmRun> {
             eprintln!("skipped: {why}");
             None
         }
+        Outcome::Failed(why) => panic!("the VM lab failed: {why}"),
         Outcome::Ran(run) => Some(run),
     }
 }
