@@ -19,6 +19,14 @@
 #         |                          hang off a VRF (`host`), "pods" off a bridge (`pod`)
 #     evl-host1
 #
+# VRFs come in two kinds, chosen by EVPN_LAB_VRF at `up` and kept until `down`:
+#   netns   (default) a VRF is a network namespace bound into the node's FRR (zebra -n), for
+#           kernels without the VRF device, like this machine's;
+#   kernel  a VRF is a VRF device in the node's namespace, as OVN-Kubernetes makes it in
+#           production (zebra's default VRF backend); needs a kernel with VRF devices, such as
+#           Debian's in the VM lab (hack/vmlab.sh). Hosts and pods of a VRF then hang off
+#           devices enslaved to it, and the VTEP address goes on a dummy device.
+#
 # Every address is in 198.18.0.0/15 (RFC 2544 benchmarking range) and only ever exists inside
 # our own namespaces; every namespace is called evl-*, so `down` can find all of it.
 #
@@ -44,9 +52,10 @@
 #
 # Environment: EVPN_LAB_DIR (run dir: FRR configs, logs, GoBGP config and pid; default
 # /tmp/evpn-lab), EVPN_LAB_PREFIX (prefix of every namespace and FRR pathspace instead of evl,
-# so a second lab, such as the demo's, runs beside the test suite's), EVPN_LAB_TIMEOUT (seconds
-# for every wait; default 30), EVPN_LAB_SMOKE_KEEP (smoke leaves the lab up), EVPN_LAB_SMOKE_OUT
-# (where smoke saves the nodes' running configs).
+# so a second lab, such as the demo's, runs beside the test suite's), EVPN_LAB_VRF (netns or
+# kernel, read by `up`), EVPN_LAB_TIMEOUT (seconds for every wait; default 30),
+# EVPN_LAB_SMOKE_KEEP (smoke leaves the lab up), EVPN_LAB_SMOKE_OUT (where smoke saves the nodes'
+# running configs).
 #
 # The FRR TOR takes any speaker on 198.18.255.0/24 (listen range, remote-as external); the GoBGP
 # TOR only the lab's nodes (see below). The nodes start with a minimal FRR config: the agent
@@ -116,6 +125,9 @@ nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "$P
 # Names of this lab's namespaces, and nothing else's.
 lab_netns() { ip netns list 2>/dev/null | awk -v p="$PREFIX-" 'index($1, p) == 1 {print $1}'; }
 tor_kind() { cat "$LAB_DIR/tor" 2>/dev/null || true; }
+vrf_kind() { cat "$LAB_DIR/vrf" 2>/dev/null || echo netns; }
+# zebra's VRF backend: netns VRFs need -n.
+zebra_opts() { [ "$(vrf_kind)" = kernel ] || printf %s -n; }
 netns_exists() { [ -e "/run/netns/$1" ]; }
 is_up() { [ -f "$LAB_DIR/tor" ] && [ -f "$LAB_DIR/nodes" ] && netns_exists "$TOR"; }
 need_up() { is_up || die "the lab is not up (lab.sh up)"; }
@@ -134,7 +146,7 @@ apt_install() {
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-preconditions() {
+preconditions() { # VRF-KIND
   [ "$(id -u)" = 0 ] || die "must run as root (namespaces, mounts, daemons)"
   command -v dpkg >/dev/null && apt_install "${PACKAGES[@]}"
   local b
@@ -149,6 +161,7 @@ preconditions() {
   ip -n "$p" link add name pa type veth peer name pb 2>/dev/null || why="veth"
   [ -n "$why" ] || ip -n "$p" link add name pbr type bridge 2>/dev/null || why="bridge"
   [ -n "$why" ] || ip -n "$p" link add name pvx type vxlan id 1 local 127.0.0.1 dstport 4789 nolearning 2>/dev/null || why="vxlan"
+  [ -n "$why" ] || [ "$1" != kernel ] || ip -n "$p" link add name pvrf type vrf table 1 2>/dev/null || why="vrf"
   ip netns del "$p"
   [ -z "$why" ] || die "the kernel cannot create $why devices (module missing?)"
 }
@@ -303,17 +316,20 @@ cmd_up() {
   t0=$(now_ms)
   case $kind in frr | gobgp) ;; *) die "TOR kind must be frr or gobgp, not $kind" ;; esac
   [[ $count =~ ^[1-3]$ ]] || die "NODES must be 1, 2 or 3"
+  local vrf=${EVPN_LAB_VRF:-netns}
+  case $vrf in netns | kernel) ;; *) die "EVPN_LAB_VRF must be netns or kernel, not $vrf" ;; esac
   if is_up; then
-    if [ "$(tor_kind)" != "$kind" ] || [ "$(cat "$LAB_DIR/nodes")" != "$count" ]; then
-      die "the lab is already up with a $(tor_kind) TOR and $(cat "$LAB_DIR/nodes") nodes: lab.sh down first"
+    if [ "$(tor_kind)" != "$kind" ] || [ "$(cat "$LAB_DIR/nodes")" != "$count" ] || [ "$(vrf_kind)" != "$vrf" ]; then
+      die "the lab is already up with a $(tor_kind) TOR, $(cat "$LAB_DIR/nodes") nodes and $(vrf_kind) VRFs: lab.sh down first"
     fi
     say "already up ($kind TOR, $count nodes)"
     return 0
   fi
   [ -z "$(lab_netns)" ] || die "$PREFIX-* namespaces left from an earlier lab: lab.sh down first"
-  preconditions
-  say "creating the fabric ($kind TOR, $count nodes) in $LAB_DIR"
+  preconditions "$vrf"
+  say "creating the fabric ($kind TOR, $count nodes, $vrf VRFs) in $LAB_DIR"
   mkdir -p "$LAB_DIR/log"
+  echo "$vrf" >"$LAB_DIR/vrf"
   chmod 755 "$LAB_DIR"
   chown frr:frr "$LAB_DIR/log"
   runuser -u frr -- test -w "$LAB_DIR/log" ||
@@ -335,7 +351,7 @@ cmd_up() {
   say "starting FRR on the nodes (minimal config; the agent renders the rest)"
   for ((i = 1; i <= count; i++)); do
     write_node_base_conf "$PREFIX-n$i"
-    frr_start "$PREFIX-n$i" -n
+    frr_start "$PREFIX-n$i" "$(zebra_opts)"
   done
   if [ "$kind" = frr ]; then
     say "starting FRR on $TOR"
@@ -404,20 +420,37 @@ cmd_restart_frr() {
   [ ${#pids[@]} -eq 0 ] || kill -9 "${pids[@]}" 2>/dev/null || true
   wait_until "$TIMEOUT" all_gone "${pids[@]}" || die "FRR of $n did not die"
   rm -f "$FRR_RUN/$n"/*.pid "$FRR_RUN/$n"/*.vty
-  frr_start "$n" -n
+  frr_start "$n" "$(zebra_opts)"
   say "FRR of $n restarted"
 }
 
 # ---------------------------------------------------------------- VRFs, hosts, pods
 
-# VRF of NODE's FRR: netns NODE-VRF, bound as $FRR_RUN/NODE/netns/VRF (= /run/netns/VRF for zebra).
+# VRF of NODE's FRR: netns NODE-VRF, bound as $FRR_RUN/NODE/netns/VRF (= /run/netns/VRF for zebra),
+# or with kernel VRFs the VRF device VRF in NODE.
 vrf_bound() { vtysh_ns "$1" "show vrf" | grep -qE "^vrf $2 id [0-9]+"; }
+
+# The routing table of a new kernel VRF: one above the highest one of NODE's VRFs (OVN-Kubernetes
+# allocates its own; any unused number does here).
+next_vrf_table() {
+  ip -n "$1" -d link show type vrf | awk '$1 == "vrf" && $2 == "table" {if ($3 > t) t = $3} END {print (t ? t + 1 : 1001)}'
+}
 
 cmd_vrf() {
   [ $# -eq 2 ] || die "usage: lab.sh vrf NODE VRF"
   need_up
   local node vrf=$2 vns f
   node=$(ns_name "$1"); node_index "$node" >/dev/null
+  if [ "$(vrf_kind)" = kernel ]; then
+    if ! ip -n "$node" link show "$vrf" type vrf >/dev/null 2>&1; then
+      say "creating VRF device $vrf in $node"
+      ip -n "$node" link add "$vrf" type vrf table "$(next_vrf_table "$node")"
+      ip -n "$node" link set "$vrf" up
+    fi
+    wait_until "$TIMEOUT" vrf_bound "$node" "$vrf" || die "zebra of $node does not show VRF $vrf within ${TIMEOUT}s"
+    say "VRF $vrf is known to zebra of $node"
+    return 0
+  fi
   vns=$node-$vrf; f=$FRR_RUN/$node/netns/$vrf
   new_netns "$vns"
   if ! mountpoint -q "$f"; then
@@ -434,6 +467,11 @@ cmd_unvrf() {
   need_up
   local node vrf=$2 f
   node=$(ns_name "$1"); node_index "$node" >/dev/null
+  if [ "$(vrf_kind)" = kernel ]; then
+    say "removing VRF device $vrf of $node"
+    ! ip -n "$node" link show "$vrf" >/dev/null 2>&1 || ip -n "$node" link del "$vrf"
+    return 0
+  fi
   f=$FRR_RUN/$node/netns/$vrf
   say "removing VRF $vrf of $node (netns $node-$vrf)"
   if mountpoint -q "$f"; then umount -l "$f"; fi # lazy: zebra holds the netns open
@@ -455,6 +493,10 @@ cmd_host() {
   need_up
   local node vrf=$2 name addr=$4 gw=$5 vns ifn
   node=$(ns_name "$1"); name=$(ns_name "$3"); vns=$node-$vrf
+  if [ "$(vrf_kind)" = kernel ]; then
+    vns=$node
+    ip -n "$node" link show "$vrf" type vrf >/dev/null 2>&1 || die "no VRF $vrf on $node (lab.sh vrf $node $vrf)"
+  fi
   netns_exists "$vns" || die "no VRF $vrf on $node (lab.sh vrf $node $vrf)"
   [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
   ifn=$(peer_ifname h "$name")
@@ -465,6 +507,7 @@ cmd_host() {
   say "host $name ($addr, gateway $gw) behind VRF $vrf of $node"
   new_netns "$name"
   ip link add eth0 netns "$name" type veth peer name "$ifn" netns "$vns"
+  [ "$(vrf_kind)" != kernel ] || ip -n "$vns" link set "$ifn" master "$vrf"
   ip -n "$vns" addr add "$gw/${addr#*/}" dev "$ifn"
   ip -n "$vns" link set "$ifn" up
   ip -n "$name" addr add "$addr" dev eth0
@@ -489,7 +532,8 @@ cmd_pod() {
   need_up
   local node name br=${args[2]} addr=${args[3]} gw=${args[4]:-} where ifn
   node=$(ns_name "${args[0]}"); name=$(ns_name "${args[1]}")
-  where=$node; [ -z "$vrf" ] || where=$node-$vrf
+  # With kernel VRFs the bridge stays in the node's namespace, enslaved to the VRF.
+  where=$node; [ -z "$vrf" ] || [ "$(vrf_kind)" = kernel ] || where=$node-$vrf
   netns_exists "$where" || die "no netns $where"
   [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
   ifn=$(peer_ifname p "$name")
@@ -519,13 +563,13 @@ cmd_env() {
   cat <<EOF
 EVPN_LAB_DIR="$LAB_DIR"
 EVPN_LAB_TOR_KIND="$(tor_kind)"
+EVPN_LAB_VRF="$(vrf_kind)"
 EVPN_LAB_TOR_NETNS="/run/netns/$TOR"
 EVPN_LAB_TOR_ADDR="$TOR_ADDR"
 EVPN_LAB_TOR_ASN="$TOR_ASN"
 EVPN_LAB_NODE_ASN="$NODE_ASN"
 EVPN_LAB_NODES="$list"
 EOF
-  # Every node's agent runs on this host, so each takes a free port for its metrics (it logs it).
   for n in $(nodes); do
     i=$(node_index "$n")
     cat <<EOF
@@ -535,15 +579,20 @@ EVPN_LAB_N${i}_FRR_CONF="$FRR_ETC/$n/frr.conf"
 EVPN_LAB_N${i}_VRF_NETNS_DIR="$FRR_RUN/$n/netns"
 EVPN_LAB_N${i}_UNDERLAY_ADDR="$FABRIC_PREFIX.1$i"
 EVPN_LAB_N${i}_VTEP_IP="198.18.0.$i"
-EVPN_LAB_N${i}_AGENT_ARGS="--netns /run/netns/$n --frr-pathspace $n --vrf-netns-dir $FRR_RUN/$n/netns --metrics-listen 127.0.0.1:0"
 EOF
+    # Every node's agent runs on this host, so each takes a free port for its metrics (it logs it).
+    if [ "$(vrf_kind)" = kernel ]; then
+      echo "EVPN_LAB_N${i}_AGENT_ARGS=\"--netns /run/netns/$n --frr-pathspace $n --vrf-backend kernel --metrics-listen 127.0.0.1:0\""
+    else
+      echo "EVPN_LAB_N${i}_AGENT_ARGS=\"--netns /run/netns/$n --frr-pathspace $n --vrf-backend netns --vrf-netns-dir $FRR_RUN/$n/netns --metrics-listen 127.0.0.1:0\""
+    fi
   done
 }
 
 cmd_status() {
   if ! is_up; then echo "lab is down"; return 0; fi
   local n
-  echo "== lab: $(tor_kind) TOR, nodes: $(nodes | tr '\n' ' ')  (run dir $LAB_DIR)"
+  echo "== lab: $(tor_kind) TOR, $(vrf_kind) VRFs, nodes: $(nodes | tr '\n' ' ')  (run dir $LAB_DIR)"
   echo "== namespaces"; lab_netns | sed 's/^/  /'
   echo "== $TOR"
   ip -n "$TOR" -br addr
@@ -598,6 +647,10 @@ tor_has_all_imet() {
   done
 }
 route_has() { ip -n "$1" route show "$2" | grep -qE -- "$3"; }
+vrf_route_has() { # NODE VRF PREFIX REGEX: a route in the VRF, whichever kind it is
+  if [ "$(vrf_kind)" = kernel ]; then ip -n "$1" route show vrf "$2" "$3" | grep -qE -- "$4"
+  else route_has "$1-$2" "$3" "$4"; fi
+}
 fdb_has() { bridge -n "$1" fdb show dev "$2" | grep -qE -- "$3"; }
 ping1() { nsx "$1" ping -c1 -W1 "$2"; }
 
@@ -615,6 +668,15 @@ smoke_node_l2() {
 smoke_node_l3() {
   local n=$1 i=$2 v=$1-red
   ip -n "$n" link add evx20100 type vxlan id 20100 local "198.18.0.$i" dstport 4789 nolearning
+  if [ "$(vrf_kind)" = kernel ]; then
+    ip -n "$n" link add evb20100 type bridge stp_state 0
+    ip -n "$n" link set evb20100 master red
+    ip -n "$n" link set evx20100 master evb20100
+    ip -n "$n" link set evx20100 type bridge_slave learning off
+    ip -n "$n" link set evx20100 up
+    ip -n "$n" link set evb20100 up
+    return 0
+  fi
   ip -n "$n" link set evx20100 netns "$v"
   ip -n "$v" link add evb20100 type bridge stp_state 0
   ip -n "$v" link set evx20100 master evb20100
@@ -634,7 +696,7 @@ EOF
   [ "$3" = 1 ] && cat <<EOF
 vrf red
  vni 20100
- netns /run/netns/red
+$([ "$(vrf_kind)" = kernel ] || echo " netns /run/netns/red")
 exit-vrf
 !
 EOF
@@ -741,7 +803,7 @@ cmd_smoke() {
   check "$PREFIX-n1: L3VNI 20100 up in VRF red" vtysh_has "$PREFIX-n1" "show evpn vni 20100" "State: Up"
   check "TOR has type-5 198.19.11.0/24 of n1" tor_has_evpn "[5]:[0]:[24]:[198.19.11.0]" "[prefix:198.19.11.0/24]"
   check "TOR has type-5 198.19.12.0/24 of n2" tor_has_evpn "[5]:[0]:[24]:[198.19.12.0]" "[prefix:198.19.12.0/24]"
-  check "$PREFIX-n1-red: route to 198.19.12.0/24 via VTEP 198.18.0.2" route_has "$PREFIX-n1-red" 198.19.12.0/24 "via 198.18.0.2 dev evb20100"
+  check "$PREFIX-n1, VRF red: route to 198.19.12.0/24 via VTEP 198.18.0.2" vrf_route_has "$PREFIX-n1" red 198.19.12.0/24 "via 198.18.0.2 dev evb20100"
   check "host1 -> host2 ping over L3VNI 20100" ping1 "$PREFIX-host1" 198.19.12.10
   check "underlay carries VXLAN VNI 20100 (tcpdump on $TOR port n1)" capture_vni 20100 "$PREFIX-host1" 198.19.12.10
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, unit tests, and the integration tests
-# against a real kube-apiserver + etcd (installed on first use, then reused from the cache).
+# The whole test suite, as CI runs it: formatting, lints, unit tests, the integration tests
+# against a real kube-apiserver + etcd (installed on first use, then reused from the cache), and
+# as root the end-to-end lab suites: in network namespaces here, and on Debian's kernel in a VM.
 #
 #   hack/test.sh                 everything
 #   hack/test.sh -p evpn-crds    extra arguments go to `cargo test`
@@ -33,6 +34,9 @@ if [ "$(id -u)" = 0 ]; then
   # saying why, when not run as root).
   step "lab packages"
   bash hack/lab.sh install
+  # qemu and Debian's kernel for the VM tier (tests/tests/vmlab.rs).
+  step "VM lab packages and kernel"
+  bash hack/vmlab.sh install
 fi
 
 step "cargo test"

@@ -1,8 +1,8 @@
 //! The netlink data plane against the real kernel, each test in its own scratch network
 //! namespaces (made and checked with `ip`, independently of the code under test). Needs root;
 //! skips with a message otherwise. Tests that need a kernel feature (VRF devices) skip saying so
-//! where it is missing; they run where it exists, e.g. in a VM booting Debian's kernel with this
-//! test binary shared in (the recipe of `reference/vmlab/vm-probe.sh`).
+//! where it is missing; they run where it exists: the VM lab (`tests/tests/vmlab.rs`) runs this
+//! binary on Debian's kernel.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

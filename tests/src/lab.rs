@@ -5,6 +5,10 @@
 //!
 //! Needs root and network namespaces; [`unavailable`] says why not. The lab is one set of
 //! namespaces, so only one user at a time.
+//!
+//! VRFs are network namespaces by default (this machine's kernel has no VRF device). With
+//! `EVPN_LAB_VRF=kernel` they are kernel VRF devices and the agents use their production
+//! backend: what the VM lab (`hack/vmlab.sh`, `tests/vmlab.rs`) runs on Debian's kernel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a fixture that cannot build its input should panic")]
 
@@ -17,6 +21,7 @@ use evpn_crds::{Evpn, EvpnNodeState};
 use evpn_operator::controller::Config;
 use evpn_operator::leader::Election;
 use evpn_operator::metrics::Metrics;
+use futures::FutureExt as _;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
@@ -26,8 +31,38 @@ use tokio::time::Instant;
 
 use crate::{apply, control_plane, repo_root, unique_name};
 
-/// How long a fabric condition (BGP, routes, pings) may take before the test fails.
-pub const FABRIC_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a fabric condition (BGP, routes, pings) may take before the test fails:
+/// `EVPN_LAB_DEADLINE_SECONDS`, default 60 (the VM lab, under software emulation on a shared
+/// machine, runs several times slower).
+pub fn fabric_deadline() -> Duration {
+    let seconds = std::env::var("EVPN_LAB_DEADLINE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    Duration::from_secs(seconds)
+}
+
+/// How the lab's VRFs are made, from `EVPN_LAB_VRF` (default: network namespaces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VrfKind {
+    /// A VRF is the network namespace `<node>-<vrf>` (kernels without the VRF device).
+    Netns,
+    /// A VRF is a VRF device in the node's namespace, as in production.
+    Kernel,
+}
+
+impl VrfKind {
+    pub fn from_env() -> Self {
+        match std::env::var("EVPN_LAB_VRF").as_deref() {
+            Ok("kernel") => VrfKind::Kernel,
+            _ => VrfKind::Netns,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            VrfKind::Netns => "netns",
+            VrfKind::Kernel => "kernel",
+        }
+    }
+}
 
 /// Nodes of the lab: namespace `evl-nN` is Kubernetes node `worker-N`.
 pub const NODES: [(&str, &str); 2] = [("evl-n1", "worker-1"), ("evl-n2", "worker-2")];
@@ -67,7 +102,14 @@ impl Lab {
     }
 
     pub async fn sh(&self, args: &[&str]) -> Output {
-        Command::new("bash").arg(&self.script).args(args).stdin(Stdio::null()).output().await.unwrap()
+        Command::new("bash")
+            .arg(&self.script)
+            .args(args)
+            .env("EVPN_LAB_VRF", VrfKind::from_env().name())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap()
     }
 
     pub async fn ok(&self, args: &[&str]) {
@@ -96,6 +138,15 @@ impl Drop for Lab {
     }
 }
 
+/// The routes to `prefix` in VRF `vrf` of lab node `node`, as `ip route` prints them.
+pub async fn vrf_routes(node: &str, vrf: &str, prefix: &str) -> String {
+    let out = match VrfKind::from_env() {
+        VrfKind::Netns => Command::new("ip").args(["-n", &format!("{node}-{vrf}"), "route", "show", prefix]).output(),
+        VrfKind::Kernel => Command::new("ip").args(["-n", node, "route", "show", "vrf", vrf, prefix]).output(),
+    };
+    String::from_utf8_lossy(&out.await.unwrap().stdout).into_owned()
+}
+
 /// Runs `cmd` inside network namespace `ns`.
 pub async fn in_ns(ns: &str, cmd: &[&str]) -> Output {
     Command::new("ip").args(["netns", "exec", ns]).args(cmd).stdin(Stdio::null()).output().await.unwrap()
@@ -105,7 +156,7 @@ pub async fn ping(from: &str, to: &str) -> bool {
     in_ns(from, &["ping", "-c1", "-W1", to]).await.status.success()
 }
 
-/// Polls `check` until it holds or [`FABRIC_DEADLINE`] passes; panics naming `what`.
+/// Polls `check` until it holds or [`fabric_deadline`] passes; panics naming `what`.
 pub async fn until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -117,7 +168,8 @@ where
             eprintln!("ok   {what} ({:.2}s)", start.elapsed().as_secs_f64());
             return;
         }
-        assert!(start.elapsed() < FABRIC_DEADLINE, "{what}: not within {FABRIC_DEADLINE:?}");
+        let deadline = fabric_deadline();
+        assert!(start.elapsed() < deadline, "{what}: not within {deadline:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -136,8 +188,12 @@ where
 }
 
 /// The `evpn-agent` binary next to this test binary, brought up to date first: `cargo test`
-/// builds another package's tests but not its binary.
+/// builds another package's tests but not its binary. `EVPN_LAB_AGENT` names one to use as it
+/// is (inside the VM lab, which cannot build).
 pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EVPN_LAB_AGENT") {
+        return path.into();
+    }
     static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
@@ -173,9 +229,18 @@ impl AgentProcess {
         let log = std::env::temp_dir().join(format!("evpn-lab-agent-{node}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let backend = match VrfKind::from_env() {
+            VrfKind::Netns => vec![
+                "--vrf-backend".into(),
+                "netns".into(),
+                "--vrf-netns-dir".into(),
+                format!("/var/run/frr/{lab_node}/netns"),
+            ],
+            VrfKind::Kernel => vec!["--vrf-backend".into(), "kernel".into()],
+        };
         let child = Command::new(agent_binary())
             .args(["--node-name", node, "--netns", &format!("/run/netns/{lab_node}")])
-            .args(["--vrf-backend", "netns", "--vrf-netns-dir", &format!("/var/run/frr/{lab_node}/netns")])
+            .args(backend)
             .args(["--frr-pathspace", lab_node, "--resync-seconds", "2"])
             .args(["--metrics-listen", &metrics.to_string()])
             .env("KUBECONFIG", kubeconfig)
@@ -368,6 +433,69 @@ impl Fabric {
         })
         .await;
     }
+}
+
+/// The scenarios of one test, run in order on one fabric. Each outcome is printed and, with
+/// `EVPN_LAB_REPORT` naming a file, appended to it as a JSON line: how the VM lab's host side
+/// (`tests/vmlab.rs`) learns the result of each. Later scenarios build on earlier ones, so after
+/// a failure the rest are recorded as not run and the test fails.
+pub struct Scenarios {
+    test: &'static str,
+    names: &'static [&'static str],
+    done: usize,
+}
+
+impl Scenarios {
+    pub fn new(test: &'static str, names: &'static [&'static str]) -> Self {
+        Scenarios { test, names, done: 0 }
+    }
+
+    /// Runs the next scenario, which must be `name`; `None` when it failed (the caller then
+    /// ends the test with [`Scenarios::fail`]).
+    pub async fn run<T>(&mut self, name: &str, body: impl std::future::Future<Output = T>) -> Option<T> {
+        assert_eq!(self.names.get(self.done).copied(), Some(name), "scenarios run in the declared order");
+        self.done += 1;
+        let start = Instant::now();
+        let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+        let seconds = start.elapsed().as_secs_f64();
+        match outcome {
+            Ok(value) => {
+                self.record(name, "passed", seconds, "");
+                Some(value)
+            }
+            Err(panic) => {
+                self.record(name, "failed", seconds, &panic_message(panic.as_ref()));
+                None
+            }
+        }
+    }
+
+    /// Records the scenarios not run yet and fails the test.
+    pub fn fail(self) {
+        let failed = self.names[self.done - 1];
+        for name in &self.names[self.done..] {
+            self.record(name, "not run", 0.0, &format!("scenario {failed} failed before it"));
+        }
+        panic!("scenario {failed} of {} failed", self.test);
+    }
+
+    fn record(&self, scenario: &str, result: &str, seconds: f64, message: &str) {
+        eprintln!("scenario {scenario}: {result} ({seconds:.1}s)");
+        let Some(path) = std::env::var_os("EVPN_LAB_REPORT") else { return };
+        let line =
+            json!({"test": self.test, "scenario": scenario, "result": result, "seconds": seconds, "message": message});
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
+    }
+}
+
+/// The message a panic carried.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked".into())
 }
 
 pub fn mac_vni(e: &Evpn) -> u32 {

@@ -4,7 +4,8 @@
 //! of the fabric.
 //!
 //! Needs root and network namespaces; without them every test says so and passes as skipped.
-//! The lab is one set of namespaces, so the tests take turns.
+//! The lab is one set of namespaces, so the tests take turns. With `EVPN_LAB_VRF=kernel` the
+//! same scenarios run with kernel VRF devices: `tests/vmlab.rs` runs them so in a VM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test that cannot build its input should panic")]
 
@@ -14,7 +15,8 @@ use std::time::Duration;
 use evpn_crds::Evpn;
 use evpn_tests::apply;
 use evpn_tests::lab::{
-    AgentProcess, Fabric, NODES, in_ns, ip_vni, link_exists, mac_vni, never, ping, unavailable, until, vrf_name,
+    AgentProcess, Fabric, NODES, Scenarios, in_ns, ip_vni, link_exists, mac_vni, never, ping, unavailable, until,
+    vrf_name, vrf_routes,
 };
 use kube::api::Api;
 use serde_json::json;
@@ -65,184 +67,225 @@ async fn capture_vxlan(lab_ns: &str, trigger_from: &str, trigger_to: &str) -> St
 async fn fabric_with_an_frr_tor() {
     require_lab!();
     let _turn = TURN.lock().await;
+    let mut s = Scenarios::new(
+        "fabric_with_an_frr_tor",
+        &["L2", "overlapping IPs", "L3", "symmetric IRB", "route targets", "faults", "deletion"],
+    );
     let mut f = Fabric::up("frr").await;
+    let blue = f.name("blue");
+    let cyan = f.name("cyan");
+    let red = f.name("red");
 
     // --- L2: a MAC-VRF across two nodes.
-    let blue = f.name("blue");
-    f.network(&blue, "Layer2", json!(["10.10.0.0/24"])).await;
-    let evpn = f.evpn(&blue, &blue, json!({"macVRF": {}})).await;
-    let vni = mac_vni(&evpn);
-    let bridge = format!("evb{vni}");
-    f.lab.ok(&["pod", "evl-n1", "evl-blue1", &bridge, "10.10.0.11/24"]).await;
-    f.lab.ok(&["pod", "evl-n2", "evl-blue2", &bridge, "10.10.0.12/24"]).await;
-    until("L2: blue1 -> blue2 ping across the fabric", || ping("evl-blue1", "10.10.0.12")).await;
-    let packet = capture_vxlan("evl-tor", "evl-blue1", "10.10.0.12").await;
-    assert!(packet.contains(&format!("vni {vni}")), "the underlay carries VXLAN with VNI {vni}: {packet}");
-    let metrics = f.agents[0].as_ref().unwrap().metrics;
-    until("L2: node 1's agent metrics count the network applied and its VNI up in zebra", || async {
-        let Ok(scraped) = evpn_tests::http_get(metrics, "/metrics").await else { return false };
-        let value = |m: &str| evpn_tests::sample(&scraped.body, m).unwrap_or(0.0);
-        value(r#"evpn_agent_networks{phase="Applied"}"#) >= 1.0
-            && value(r#"evpn_agent_vnis{type="L2",state="up"}"#) >= 1.0
-            && value(r#"evpn_agent_apply_duration_seconds_count{step="frr"}"#) >= 1.0
-            && value("evpn_agent_last_success_timestamp_seconds") > 0.0
-    })
-    .await;
-    until("L2: type-3 routes of both VTEPs at the TOR", || async {
-        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type multicast").await;
-        routes.contains("[3]:[0]:[32]:[198.18.0.1]") && routes.contains("[3]:[0]:[32]:[198.18.0.2]")
-    })
-    .await;
-    let mac2 = String::from_utf8_lossy(&in_ns("evl-blue2", &["cat", "/sys/class/net/eth0/address"]).await.stdout)
-        .trim()
-        .to_owned();
-    until("L2: type-2 route of blue2's MAC at the TOR", || async {
-        f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await.contains(&format!("[{mac2}]"))
-    })
-    .await;
+    let l2 = s.run("L2", async {
+        f.network(&blue, "Layer2", json!(["10.10.0.0/24"])).await;
+        let evpn = f.evpn(&blue, &blue, json!({"macVRF": {}})).await;
+        let vni = mac_vni(&evpn);
+        let bridge = format!("evb{vni}");
+        f.lab.ok(&["pod", "evl-n1", "evl-blue1", &bridge, "10.10.0.11/24"]).await;
+        f.lab.ok(&["pod", "evl-n2", "evl-blue2", &bridge, "10.10.0.12/24"]).await;
+        until("L2: blue1 -> blue2 ping across the fabric", || ping("evl-blue1", "10.10.0.12")).await;
+        let packet = capture_vxlan("evl-tor", "evl-blue1", "10.10.0.12").await;
+        assert!(packet.contains(&format!("vni {vni}")), "the underlay carries VXLAN with VNI {vni}: {packet}");
+        let metrics = f.agents[0].as_ref().unwrap().metrics;
+        until("L2: node 1's agent metrics count the network applied and its VNI up in zebra", || async {
+            let Ok(scraped) = evpn_tests::http_get(metrics, "/metrics").await else { return false };
+            let value = |m: &str| evpn_tests::sample(&scraped.body, m).unwrap_or(0.0);
+            value(r#"evpn_agent_networks{phase="Applied"}"#) >= 1.0
+                && value(r#"evpn_agent_vnis{type="L2",state="up"}"#) >= 1.0
+                && value(r#"evpn_agent_apply_duration_seconds_count{step="frr"}"#) >= 1.0
+                && value("evpn_agent_last_success_timestamp_seconds") > 0.0
+        })
+        .await;
+        until("L2: type-3 routes of both VTEPs at the TOR", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type multicast").await;
+            routes.contains("[3]:[0]:[32]:[198.18.0.1]") && routes.contains("[3]:[0]:[32]:[198.18.0.2]")
+        })
+        .await;
+        let mac2 = String::from_utf8_lossy(&in_ns("evl-blue2", &["cat", "/sys/class/net/eth0/address"]).await.stdout)
+            .trim()
+            .to_owned();
+        until("L2: type-2 route of blue2's MAC at the TOR", || async {
+            f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await.contains(&format!("[{mac2}]"))
+        })
+        .await;
+        (vni, bridge, mac2)
+    });
+    let Some((vni, bridge, mac2)) = l2.await else { return s.fail() };
 
     // --- Overlapping tenants: cyan reuses blue's subnet, on its own MAC-VRF.
-    let cyan = f.name("cyan");
-    f.network(&cyan, "Layer2", json!(["10.10.0.0/24"])).await;
-    let cyan_evpn = f.evpn(&cyan, &cyan, json!({"macVRF": {}})).await;
-    let cyan_bridge = format!("evb{}", mac_vni(&cyan_evpn));
-    f.lab.ok(&["pod", "evl-n1", "evl-cyan1", &cyan_bridge, "10.10.0.21/24"]).await;
-    f.lab.ok(&["pod", "evl-n2", "evl-cyan2", &cyan_bridge, "10.10.0.22/24"]).await;
-    until("overlap: cyan1 -> cyan2 inside cyan", || ping("evl-cyan1", "10.10.0.22")).await;
-    until("overlap: blue1 -> blue2 inside blue still", || ping("evl-blue1", "10.10.0.12")).await;
-    never("overlap: blue1 reaches cyan2 (another tenant)", Duration::from_secs(3), || ping("evl-blue1", "10.10.0.22"))
+    let overlap = s.run("overlapping IPs", async {
+        f.network(&cyan, "Layer2", json!(["10.10.0.0/24"])).await;
+        let cyan_evpn = f.evpn(&cyan, &cyan, json!({"macVRF": {}})).await;
+        let cyan_bridge = format!("evb{}", mac_vni(&cyan_evpn));
+        f.lab.ok(&["pod", "evl-n1", "evl-cyan1", &cyan_bridge, "10.10.0.21/24"]).await;
+        f.lab.ok(&["pod", "evl-n2", "evl-cyan2", &cyan_bridge, "10.10.0.22/24"]).await;
+        until("overlap: cyan1 -> cyan2 inside cyan", || ping("evl-cyan1", "10.10.0.22")).await;
+        until("overlap: blue1 -> blue2 inside blue still", || ping("evl-blue1", "10.10.0.12")).await;
+        never("overlap: blue1 reaches cyan2 (another tenant)", Duration::from_secs(3), || {
+            ping("evl-blue1", "10.10.0.22")
+        })
         .await;
-    never("overlap: cyan1 reaches blue2 (another tenant)", Duration::from_secs(3), || ping("evl-cyan1", "10.10.0.12"))
+        never("overlap: cyan1 reaches blue2 (another tenant)", Duration::from_secs(3), || {
+            ping("evl-cyan1", "10.10.0.12")
+        })
         .await;
+    });
+    if overlap.await.is_none() {
+        return s.fail();
+    }
 
     // --- L3: an IP-VRF with a routed subnet per node (type-5).
-    let red = f.name("red");
-    let vrf = f.layer3_with_hosts(&red, 20).await;
-    let red_evpn = f.evpn(&red, &red, json!({"ipVRF": {}})).await;
-    assert_eq!(vrf_name(&red_evpn), vrf);
-    until("L3: type-5 routes of both node subnets at the TOR", || async {
-        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
-        routes.contains("[5]:[0]:[24]:[10.20.1.0]") && routes.contains("[5]:[0]:[24]:[10.20.2.0]")
-    })
-    .await;
-    until("L3: red-h1 -> red-h2 routed over the L3VNI", || ping("evl-red-f-h1", "10.20.2.10")).await;
+    let l3 = s.run("L3", async {
+        let vrf = f.layer3_with_hosts(&red, 20).await;
+        let red_evpn = f.evpn(&red, &red, json!({"ipVRF": {}})).await;
+        assert_eq!(vrf_name(&red_evpn), vrf);
+        until("L3: type-5 routes of both node subnets at the TOR", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
+            routes.contains("[5]:[0]:[24]:[10.20.1.0]") && routes.contains("[5]:[0]:[24]:[10.20.2.0]")
+        })
+        .await;
+        until("L3: red-h1 -> red-h2 routed over the L3VNI", || ping("evl-red-f-h1", "10.20.2.10")).await;
+        red_evpn
+    });
+    let Some(red_evpn) = l3.await else { return s.fail() };
 
     // --- Symmetric IRB: a Layer2 network with an IP-VRF, its bridge the anycast gateway.
-    let irb = f.name("irb");
-    f.network(&irb, "Layer2", json!(["10.70.0.0/24"])).await;
-    let irb_vrf = irb.chars().take(15).collect::<String>();
-    for (lab_node, _) in NODES {
-        f.lab.ok(&["vrf", lab_node, &irb_vrf]).await;
+    let irb = s.run("symmetric IRB", async {
+        let irb = f.name("irb");
+        f.network(&irb, "Layer2", json!(["10.70.0.0/24"])).await;
+        let irb_vrf = irb.chars().take(15).collect::<String>();
+        for (lab_node, _) in NODES {
+            f.lab.ok(&["vrf", lab_node, &irb_vrf]).await;
+        }
+        f.lab.ok(&["host", "evl-n2", &irb_vrf, "evl-irb-h2", "10.71.2.10/24", "10.71.2.1"]).await;
+        let irb_evpn = f.evpn(&irb, &irb, json!({"macVRF": {}, "ipVRF": {}})).await;
+        let irb_bridge = format!("evb{}", mac_vni(&irb_evpn));
+        f.lab.ok(&["pod", "evl-n1", "evl-irb1", &irb_bridge, "10.70.0.11/24", "10.70.0.1", "--in-vrf", &irb_vrf]).await;
+        f.lab.ok(&["pod", "evl-n2", "evl-irb2", &irb_bridge, "10.70.0.12/24", "10.70.0.1", "--in-vrf", &irb_vrf]).await;
+        until("IRB: irb1 -> irb2 bridged over the MAC-VNI", || ping("evl-irb1", "10.70.0.12")).await;
+        until("IRB: irb2 reaches its anycast gateway", || ping("evl-irb2", "10.70.0.1")).await;
+        let l3_rt = format!("RT:65001:{}", ip_vni(&irb_evpn));
+        until("IRB: irb2's MAC/IP route at the TOR carries the IP-VRF's route target", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await;
+            routes.split("Route Distinguisher").any(|rd| rd.contains("[32]:[10.70.0.12]") && rd.contains(&l3_rt))
+        })
+        .await;
+        until("IRB: node 1 routes irb2's /32 over the L3VNI to node 2", || async {
+            vrf_routes("evl-n1", &irb_vrf, "10.70.0.12").await.contains("via 198.18.0.2")
+        })
+        .await;
+        until("IRB: irb1 -> host behind node 2, routed through the gateway and the L3VNI", || {
+            ping("evl-irb1", "10.71.2.10")
+        })
+        .await;
+    });
+    if irb.await.is_none() {
+        return s.fail();
     }
-    f.lab.ok(&["host", "evl-n2", &irb_vrf, "evl-irb-h2", "10.71.2.10/24", "10.71.2.1"]).await;
-    let irb_evpn = f.evpn(&irb, &irb, json!({"macVRF": {}, "ipVRF": {}})).await;
-    let irb_bridge = format!("evb{}", mac_vni(&irb_evpn));
-    f.lab.ok(&["pod", "evl-n1", "evl-irb1", &irb_bridge, "10.70.0.11/24", "10.70.0.1", "--in-vrf", &irb_vrf]).await;
-    f.lab.ok(&["pod", "evl-n2", "evl-irb2", &irb_bridge, "10.70.0.12/24", "10.70.0.1", "--in-vrf", &irb_vrf]).await;
-    until("IRB: irb1 -> irb2 bridged over the MAC-VNI", || ping("evl-irb1", "10.70.0.12")).await;
-    until("IRB: irb2 reaches its anycast gateway", || ping("evl-irb2", "10.70.0.1")).await;
-    let l3_rt = format!("RT:65001:{}", ip_vni(&irb_evpn));
-    until("IRB: irb2's MAC/IP route at the TOR carries the IP-VRF's route target", || async {
-        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await;
-        routes.split("Route Distinguisher").any(|rd| rd.contains("[32]:[10.70.0.12]") && rd.contains(&l3_rt))
-    })
-    .await;
-    until("IRB: node 1 routes irb2's /32 over the L3VNI to node 2", || async {
-        let ns = format!("evl-n1-{irb_vrf}");
-        let out = Command::new("ip").args(["-n", &ns, "route", "show", "10.70.0.12"]).output().await.unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("via 198.18.0.2")
-    })
-    .await;
-    until("IRB: irb1 -> host behind node 2, routed through the gateway and the L3VNI", || {
-        ping("evl-irb1", "10.71.2.10")
-    })
-    .await;
 
     // --- Route targets decide the VPN: changing them moves a network live, traffic follows.
-    let custom = "65001:777";
-    let moved = json!({"ipVRF": {"routeTargets": {"import": [custom], "export": [custom]}}});
-    let _ = f.evpn(&red, &red, moved).await;
-    until("VPNs: the TOR sees red's type-5 routes with the new route target only", || async {
-        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
-        routes.contains(&format!("RT:{custom}")) && !routes.contains(&format!("RT:65001:{} ", ip_vni(&red_evpn)))
-    })
-    .await;
-    until("VPNs: red-h1 -> red-h2 still routed in the new VPN", || ping("evl-red-f-h1", "10.20.2.10")).await;
-    let green = f.name("green");
-    f.network(&green, "Layer3", json!([{"cidr": "10.30.0.0/16", "hostSubnet": 24}])).await;
-    let green_vrf = green.chars().take(15).collect::<String>();
-    for (lab_node, _) in NODES {
-        f.lab.ok(&["vrf", lab_node, &green_vrf]).await;
-    }
-    let green_evpn = f.evpn(&green, &green, json!({"ipVRF": {}})).await;
-    let green_ns = format!("evl-n1-{green_vrf}");
-    let has_red_route = || async {
-        let out = Command::new("ip").args(["-n", &green_ns, "route", "show", "10.20.2.0/24"]).output().await.unwrap();
-        !out.stdout.is_empty()
-    };
-    never("VPNs: green (its own VPN) learns red's prefixes", Duration::from_secs(2), has_red_route).await;
-    let green_rt = format!("65001:{}", ip_vni(&green_evpn));
-    let _ = f
-        .evpn(&green, &green, json!({"ipVRF": {"routeTargets": {"import": [green_rt, custom], "export": [green_rt]}}}))
+    let vpns = s.run("route targets", async {
+        let custom = "65001:777";
+        let moved = json!({"ipVRF": {"routeTargets": {"import": [custom], "export": [custom]}}});
+        let _ = f.evpn(&red, &red, moved).await;
+        until("VPNs: the TOR sees red's type-5 routes with the new route target only", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
+            routes.contains(&format!("RT:{custom}")) && !routes.contains(&format!("RT:65001:{} ", ip_vni(&red_evpn)))
+        })
         .await;
-    until("VPNs: importing red's route target brings red's prefixes into green's VRF", has_red_route).await;
+        until("VPNs: red-h1 -> red-h2 still routed in the new VPN", || ping("evl-red-f-h1", "10.20.2.10")).await;
+        let green = f.name("green");
+        f.network(&green, "Layer3", json!([{"cidr": "10.30.0.0/16", "hostSubnet": 24}])).await;
+        let green_vrf = green.chars().take(15).collect::<String>();
+        for (lab_node, _) in NODES {
+            f.lab.ok(&["vrf", lab_node, &green_vrf]).await;
+        }
+        let green_evpn = f.evpn(&green, &green, json!({"ipVRF": {}})).await;
+        let has_red_route = || async { !vrf_routes("evl-n1", &green_vrf, "10.20.2.0/24").await.is_empty() };
+        never("VPNs: green (its own VPN) learns red's prefixes", Duration::from_secs(2), has_red_route).await;
+        let green_rt = format!("65001:{}", ip_vni(&green_evpn));
+        let _ = f
+            .evpn(
+                &green,
+                &green,
+                json!({"ipVRF": {"routeTargets": {"import": [green_rt, custom], "export": [green_rt]}}}),
+            )
+            .await;
+        until("VPNs: importing red's route target brings red's prefixes into green's VRF", has_red_route).await;
+    });
+    if vpns.await.is_none() {
+        return s.fail();
+    }
 
     // --- Faults. FRR restarted: the agent puts the configuration back.
-    f.lab.ok(&["restart-frr", "evl-n2"]).await;
-    until("fault: after FRR restarts on n2, blue1 -> blue2 works again", || ping("evl-blue1", "10.10.0.12")).await;
-    until("fault: after FRR restarts on n2, red-h1 -> red-h2 works again", || ping("evl-red-f-h1", "10.20.2.10")).await;
-    until("fault: after FRR restarts on n2, cyan1 -> cyan2 works again", || ping("evl-cyan1", "10.10.0.22")).await;
-
-    // The agent restarted while traffic flows: not one packet lost.
-    let pinger =
-        tokio::spawn(async { in_ns("evl-blue1", &["ping", "-c", "60", "-i", "0.05", "-W", "1", "10.10.0.12"]).await });
-    if let Some(agent) = f.agents[0].take() {
-        agent.kill().await;
-    }
-    f.agents[0] = Some(AgentProcess::start(NODES[0].0, NODES[0].1));
-    let out = pinger.await.unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains(" 0% packet loss"), "ping during the agent restart lost packets: {summary}");
-    eprintln!("ok   fault: agent restarted under traffic, 0% loss");
-
-    // A network that cannot be built on a node fails alone, visibly, and the others keep working.
-    let broken = f.name("broken");
-    f.network(&broken, "Layer3", json!([{"cidr": "10.40.0.0/16", "hostSubnet": 24}])).await;
-    apply(
-        &f.client,
-        &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": broken},
-        "spec": {"network": {"kind": "ClusterUserDefinedNetwork", "name": broken}, "vtep": f.vtep, "ipVRF": {}}}),
-    )
-    .await
-    .unwrap();
-    let evpns: Api<Evpn> = Api::all(f.client.clone());
-    until("fault: the EVPN whose VRF exists nowhere is not Ready and names the nodes and the reason", || async {
-        let Ok(e) = evpns.get(&broken).await else { return false };
-        e.status.is_some_and(|s| {
-            s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False")
-                && s.failed_nodes.iter().any(|n| n.reason == "VrfNotFound")
-        })
-    })
-    .await;
-    until("fault: blue still forwards beside the broken network", || ping("evl-blue1", "10.10.0.12")).await;
-    until("fault: red still routes beside the broken network", || ping("evl-red-f-h1", "10.20.2.10")).await;
-    f.delete_evpn(&broken).await;
-
-    // --- Deletion removes devices, FRR configuration and routes everywhere.
-    f.delete_evpn(&blue).await;
-    for (lab_node, _) in NODES {
-        until(&format!("delete: {bridge} gone on {lab_node}"), || async { !link_exists(lab_node, &bridge).await })
+    let faults = s.run("faults", async {
+        f.lab.ok(&["restart-frr", "evl-n2"]).await;
+        until("fault: after FRR restarts on n2, blue1 -> blue2 works again", || ping("evl-blue1", "10.10.0.12")).await;
+        until("fault: after FRR restarts on n2, red-h1 -> red-h2 works again", || ping("evl-red-f-h1", "10.20.2.10"))
             .await;
-        until(&format!("delete: VNI {vni} gone from FRR on {lab_node}"), || async {
-            !f.lab.vtysh(lab_node, "show running-config").await.contains(&format!(" vni {vni}\n"))
+        until("fault: after FRR restarts on n2, cyan1 -> cyan2 works again", || ping("evl-cyan1", "10.10.0.22")).await;
+
+        // The agent restarted while traffic flows: not one packet lost.
+        let pinger = tokio::spawn(async {
+            in_ns("evl-blue1", &["ping", "-c", "60", "-i", "0.05", "-W", "1", "10.10.0.12"]).await
+        });
+        if let Some(agent) = f.agents[0].take() {
+            agent.kill().await;
+        }
+        f.agents[0] = Some(AgentProcess::start(NODES[0].0, NODES[0].1));
+        let out = pinger.await.unwrap();
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains(" 0% packet loss"), "ping during the agent restart lost packets: {summary}");
+        eprintln!("ok   fault: agent restarted under traffic, 0% loss");
+
+        // A network that cannot be built on a node fails alone, visibly, and the others keep working.
+        let broken = f.name("broken");
+        f.network(&broken, "Layer3", json!([{"cidr": "10.40.0.0/16", "hostSubnet": 24}])).await;
+        apply(
+            &f.client,
+            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": broken},
+        "spec": {"network": {"kind": "ClusterUserDefinedNetwork", "name": broken}, "vtep": f.vtep, "ipVRF": {}}}),
+        )
+        .await
+        .unwrap();
+        let evpns: Api<Evpn> = Api::all(f.client.clone());
+        until("fault: the EVPN whose VRF exists nowhere is not Ready and names the nodes and the reason", || async {
+            let Ok(e) = evpns.get(&broken).await else { return false };
+            e.status.is_some_and(|s| {
+                s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False")
+                    && s.failed_nodes.iter().any(|n| n.reason == "VrfNotFound")
+            })
         })
         .await;
+        until("fault: blue still forwards beside the broken network", || ping("evl-blue1", "10.10.0.12")).await;
+        until("fault: red still routes beside the broken network", || ping("evl-red-f-h1", "10.20.2.10")).await;
+        f.delete_evpn(&broken).await;
+    });
+    if faults.await.is_none() {
+        return s.fail();
     }
-    until("delete: no route of VNI's VTEPs left at the TOR for blue's MACs", || async {
-        !f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await.contains(&format!("[{mac2}]"))
-    })
-    .await;
-    until("delete: cyan unaffected", || ping("evl-cyan1", "10.10.0.22")).await;
+
+    // --- Deletion removes devices, FRR configuration and routes everywhere.
+    let deletion = s.run("deletion", async {
+        f.delete_evpn(&blue).await;
+        for (lab_node, _) in NODES {
+            until(&format!("delete: {bridge} gone on {lab_node}"), || async { !link_exists(lab_node, &bridge).await })
+                .await;
+            until(&format!("delete: VNI {vni} gone from FRR on {lab_node}"), || async {
+                !f.lab.vtysh(lab_node, "show running-config").await.contains(&format!(" vni {vni}\n"))
+            })
+            .await;
+        }
+        until("delete: no route of VNI's VTEPs left at the TOR for blue's MACs", || async {
+            !f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type macip").await.contains(&format!("[{mac2}]"))
+        })
+        .await;
+        until("delete: cyan unaffected", || ping("evl-cyan1", "10.10.0.22")).await;
+    });
+    if deletion.await.is_none() {
+        return s.fail();
+    }
     f.remove_leftovers().await;
 }
 

@@ -29,9 +29,12 @@ use super::diff::{CommandGroup, diff};
 const VTYSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest one frr-reload.py pass may take (it reads and compares the whole configuration).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
-/// What vtysh says when asked to remove what is already gone: the goal is met. A removal is
-/// retried after a partial failure, so this is expected (and 8.4.4 then exits 1).
-const ALREADY_ABSENT: [&str; 2] = ["% Specified VNI does not exist", "% Can't find BGP instance"];
+/// What vtysh says when asked to remove what is already gone, or what is not ours to remove: the
+/// goal is met. A removal is retried after a partial failure, so this is expected (and 8.4.4 then
+/// exits 1). A kernel VRF whose device still exists (OVN-Kubernetes' device) stays in FRR as an
+/// empty, active VRF that `show running-config` no longer lists: all of ours is gone.
+const ALREADY_ABSENT: [&str; 3] =
+    ["% Specified VNI does not exist", "% Can't find BGP instance", "% Only inactive VRFs can be deleted"];
 /// The daemons whose restart loses configuration the agent applied; zebra and bgpd first, they
 /// always run.
 const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
@@ -197,6 +200,7 @@ impl Frr {
         let mut failed = Vec::new();
         for (group, outcome) in groups.iter().zip(self.run_groups(&groups).await) {
             if let Err(e) = outcome {
+                tracing::warn!(owner = ?group.owner, error = %e, "FRR command group failed; retried next sync");
                 failed.push((group.owner.clone(), e));
             }
         }
@@ -464,7 +468,9 @@ impl<'a> Session<'a> {
 
     /// Each group's outcome from vtysh's echoed output: an error with its lines when one of them
     /// is a rejection (`% ...`, except removals of what is already gone), or when vtysh stopped
-    /// before the group's last command.
+    /// before the group's last command. vtysh stops after some of those answers ("% Can't find
+    /// BGP instance", "% Only inactive VRFs can be deleted"): when one answered the group's last
+    /// command, the group is done.
     fn outcomes(&self, output: &str) -> Vec<Result<(), String>> {
         let mut lines: Vec<Vec<&str>> = vec![Vec::new(); self.group_ends.len()];
         let mut echoed = 0;
@@ -488,7 +494,9 @@ impl<'a> Session<'a> {
             .enumerate()
             .map(|(group, lines)| {
                 let rejected = lines.iter().any(|l| l.starts_with('%') && !ALREADY_ABSENT.contains(l));
-                if echoed <= self.group_ends[group] {
+                let last_was_absent =
+                    echoed == self.group_ends[group] && lines.last().is_some_and(|l| ALREADY_ABSENT.contains(l));
+                if echoed <= self.group_ends[group] && !last_was_absent {
                     Err(format!("vtysh stopped before the group ran: {}", tail(output)))
                 } else if rejected {
                     Err(lines.join("; "))
@@ -613,6 +621,31 @@ mod tests {
         assert_eq!(outcomes[0], Err("% Configuration failed.; Error description: VNI 300 is bad".into()));
         assert_eq!(outcomes[1], Ok(()), "removing what is gone is no failure");
         assert!(outcomes[2].as_ref().is_err_and(|e| e.starts_with("vtysh stopped")), "{outcomes:?}");
+    }
+
+    /// What FRR 8.4.4 answers when a network's kernel VRF, whose device still exists, is deleted.
+    #[test]
+    fn removing_a_network_whose_kernel_vrf_device_remains_is_done_although_vtysh_stopped() {
+        let groups = [
+            CommandGroup {
+                owner: Some("green".into()),
+                commands: vec![
+                    "vrf green".into(),
+                    "no vni 10005".into(),
+                    "exit-vrf".into(),
+                    "no router bgp 65001 vrf green".into(),
+                    "no vrf green".into(),
+                ],
+            },
+            CommandGroup { owner: Some("next".into()), commands: vec!["router bgp 65001".into()] },
+        ];
+        let session = Session::new(&groups);
+        let output = "n1# configure terminal\nn1(config)# vrf green\nn1(config-vrf)# no vni 10005\n\
+            n1(config-vrf)# exit-vrf\nn1(config)# no router bgp 65001 vrf green\nn1(config)# no vrf green\n\
+            % Only inactive VRFs can be deleted\n";
+        let outcomes = session.outcomes(output);
+        assert_eq!(outcomes[0], Ok(()), "{outcomes:?}");
+        assert!(outcomes[1].as_ref().is_err_and(|e| e.starts_with("vtysh stopped")), "{outcomes:?}");
     }
 
     #[test]
