@@ -266,7 +266,7 @@ start_agents() {
     [ -n "$args" ] || die "lab.sh env gave no agent arguments for node $((i + 1))"
     # shellcheck disable=SC2086 # the lab's arguments are words without spaces
     spawn "agent-$n" env KUBECONFIG="$CP_RUN/node-$n.kubeconfig" NO_COLOR=1 RUST_LOG=info \
-      "$AGENT_BIN" --node-name "$n" --vrf-backend netns $args
+      "$AGENT_BIN" --node-name "$n" $args
   done
   say "evpn-agent on ${NODES[*]}"
 }
