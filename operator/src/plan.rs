@@ -536,28 +536,11 @@ impl Planner {
         let frr_k8s = vtep.is_some_and(|v| v.spec.bgp.is_none());
         for node in &desired {
             let Some(state) = snap.node_states.get(&node.name) else { continue };
-            let frr_k8s_problem = frr_k8s
-                .then(|| match snap.frr_node_states.get(&node.name) {
-                    None => Some(None),
-                    Some(s) => s.problem().map(Some),
-                })
-                .flatten();
-            if let Some(Some(problem)) = &frr_k8s_problem {
-                failed.push(NodeFailure {
-                    node: node.name.clone(),
-                    reason: "FrrK8sFailed".into(),
-                    message: problem.clone(),
-                });
+            let frr = if frr_k8s { frr_k8s_node(&node.name, snap) } else { FrrK8sNode::Ready };
+            if let FrrK8sNode::Failed(message) = frr {
+                failed.push(NodeFailure { node: node.name.clone(), reason: "FrrK8sFailed".into(), message });
                 continue;
             }
-            // frr-k8s reports the node's underlay sessions and none is up: nothing reaches the
-            // fabric from there. (Older frr-k8s reports no sessions; the reload result then
-            // stands alone.)
-            let sessions_down = frr_k8s
-                && snap.frr_sessions.get(&node.name).is_some_and(|sessions| {
-                    let underlay: Vec<&BgpSessionStateStatus> = sessions.iter().filter(|s| s.vrf.is_empty()).collect();
-                    !underlay.is_empty() && !underlay.iter().any(|s| s.bgp_status.eq_ignore_ascii_case("established"))
-                });
             match state.unapplied.get(n) {
                 Some(r) if r.phase == NetworkPhase::Failed => failed.push(NodeFailure {
                     node: node.name.clone(),
@@ -566,7 +549,7 @@ impl Planner {
                 }),
                 Some(_) => {}
                 None => {
-                    if let (Some(set), Some(revision), None, false) = (set, needed, &frr_k8s_problem, sessions_down)
+                    if let (Some(set), Some(revision), FrrK8sNode::Ready) = (set, needed, &frr)
                         && state.has_applied(set, revision)
                     {
                         ready += 1;
@@ -711,6 +694,9 @@ impl Planner {
         vteps: &BTreeMap<&str, &Vtep>,
         snap: &Snapshot<'_>,
     ) -> BTreeMap<String, NodeSpec> {
+        // Resolved once per EVPN, not once per (EVPN, node).
+        let segments: HashMap<&str, Vec<ResolvedSegment>> =
+            carried.values().flatten().map(|e| (name(&e.metadata), self.segments(e))).collect();
         let mut specs = BTreeMap::new();
         for node in snap.nodes {
             let node_vteps: Vec<(&str, &Vtep)> = vteps
@@ -736,7 +722,9 @@ impl Planner {
             let ethernet_segments = node_vteps
                 .iter()
                 .flat_map(|(vn, _)| carried.get(vn).into_iter().flatten())
-                .flat_map(|evpn| node_segments(evpn, node, &self.segments(evpn)))
+                .flat_map(|evpn| {
+                    node_segments(evpn, node, segments.get(name(&evpn.metadata)).map_or(&[][..], Vec::as_slice))
+                })
                 .collect();
             specs.insert(
                 node.name.clone(),
@@ -830,6 +818,29 @@ fn node_segments(evpn: &Evpn, node: &NodeInfo, resolved: &[ResolvedSegment]) -> 
             })
         })
         .collect()
+}
+
+/// What frr-k8s says of one node of a VTEP in frr-k8s mode.
+enum FrrK8sNode {
+    Ready,
+    /// No report yet, or the node's underlay sessions are down.
+    Pending,
+    /// The last conversion or reload failed: frr-k8s' message.
+    Failed(String),
+}
+
+fn frr_k8s_node(node: &str, snap: &Snapshot<'_>) -> FrrK8sNode {
+    let Some(report) = snap.frr_node_states.get(node) else { return FrrK8sNode::Pending };
+    if let Some(problem) = report.problem() {
+        return FrrK8sNode::Failed(problem);
+    }
+    // frr-k8s reports the node's underlay sessions and none is up: nothing reaches the fabric
+    // from there. (Older frr-k8s reports no sessions; the reload result then stands alone.)
+    let underlay_down = snap.frr_sessions.get(node).is_some_and(|sessions| {
+        let underlay: Vec<&BgpSessionStateStatus> = sessions.iter().filter(|s| s.vrf.is_empty()).collect();
+        !underlay.is_empty() && !underlay.iter().any(|s| s.bgp_status.eq_ignore_ascii_case("established"))
+    });
+    if underlay_down { FrrK8sNode::Pending } else { FrrK8sNode::Ready }
 }
 
 /// The underlay of each VTEP in frr-k8s mode, or why it cannot be built on.
