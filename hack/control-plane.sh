@@ -49,14 +49,8 @@ wait_until() {
   done
 }
 
-apt_install() {
-  local missing=() p
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 enable_deb_src() {
   apt-cache showsrc kubernetes 2>/dev/null | grep -qxF "Version: $K8S_DEB_VERSION" && return 0

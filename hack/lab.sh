@@ -136,15 +136,8 @@ gob() { nsx "$TOR" gobgp -u "${GOBGP_API%:*}" -p "${GOBGP_API#*:}" "$@"; }
 
 # ---------------------------------------------------------------- preconditions
 
-apt_install() {
-  local missing=() p
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 preconditions() { # VRF-KIND
   [ "$(id -u)" = 0 ] || die "must run as root (namespaces, mounts, daemons)"

@@ -56,14 +56,8 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "[vmlab $(date +%T)] $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-apt_install() {
-  local missing=() p
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 kernel_version() { cat "$KROOT/version" 2>/dev/null; }
 
