@@ -184,7 +184,8 @@ pub struct ResolvedVrf {
     pub vni: u32,
     /// The effective route targets.
     pub route_targets: RouteTargets,
-    /// Every node's route distinguisher for this VRF is `<its VTEP IP>:<this index>`.
+    /// Every node's route distinguisher for this VRF is `<its VTEP IP>:<this index>`. Indexes are
+    /// 32768-65535: FRR's automatic route distinguishers take the numbers below.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_distinguisher_index: Option<u32>,
 }

@@ -33,8 +33,14 @@ use crate::frrk8s;
 /// Finalizer that holds an EVPN until every node has removed it.
 pub const FINALIZER: &str = "evpn.k8s.ovn.org/node-cleanup";
 
-/// Route-distinguisher indexes handed out (the 2-byte number of an IPv4-address RD).
-const RD_INDEXES: (u32, u32) = (1, 65535);
+/// Route-distinguisher indexes handed out (the 2-byte number of an IPv4-address RD). FRR gives
+/// every VNI and VRF it knows an automatic RD `<router ID>:<n>`, n counting up from 1, even while
+/// the explicit RD of its configuration is not applied yet (as when FRR starts from a saved
+/// configuration). The router ID is the VTEP IP, so an index in that low range equals another
+/// VNI's automatic RD: both then originate the same type-3 route, and when one of them moves to
+/// its configured RD it withdraws the other's. Only the upper half, which FRR would reach with
+/// more than 32,767 VNIs on one node, is ours.
+const RD_INDEXES: (u32, u32) = (32768, 65535);
 /// Discriminators of type-3 ESIs (3 bytes).
 const ESI_DISCRIMINATORS: (u32, u32) = (1, 0x00ff_ffff);
 /// Addresses per CIDR the IP pool can address; larger prefixes are used up to this many.
@@ -325,7 +331,9 @@ impl Planner {
                 if !self.owned_vni.contains_key(&owner) && self.vnis.claim(resolved.vni, &owner).is_ok() {
                     self.owned_vni.insert(owner.clone(), resolved.vni);
                 }
+                // An index recorded before the range moved is replaced by a new one.
                 if let Some(rd) = resolved.route_distinguisher_index
+                    && (RD_INDEXES.0..=RD_INDEXES.1).contains(&rd)
                     && !self.owned_rd.contains_key(&owner)
                     && self.rd_indexes.claim(rd, &owner).is_ok()
                 {

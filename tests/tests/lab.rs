@@ -218,13 +218,35 @@ async fn fabric_with_an_frr_tor() {
         return s.fail();
     }
 
-    // --- Faults. FRR restarted: the agent puts the configuration back.
+    // --- Faults. FRR restarted: the agent puts the configuration back. The second restart
+    // starts FRR from a saved configuration that already holds every network, which is when
+    // FRR's automatic route distinguishers would collide with ours.
     let faults = s.run("faults", async {
-        f.lab.ok(&["restart-frr", "evl-n2"]).await;
-        until("fault: after FRR restarts on n2, blue1 -> blue2 works again", || ping("evl-blue1", "10.10.0.12")).await;
-        until("fault: after FRR restarts on n2, red-h1 -> red-h2 works again", || ping("evl-red-f-h1", "10.20.2.10"))
+        let n2_type3 = || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type multicast").await;
+            routes.matches("Route Distinguisher: 198.18.0.2:").count()
+        };
+        assert_eq!(n2_type3().await, 3, "n2 originates a type-3 route for each of blue, cyan and irb");
+        for round in ["first", "second"] {
+            f.lab.ok(&["restart-frr", "evl-n2"]).await;
+            until(&format!("fault: after FRR's {round} restart on n2, blue1 -> blue2 works again"), || {
+                ping("evl-blue1", "10.10.0.12")
+            })
             .await;
-        until("fault: after FRR restarts on n2, cyan1 -> cyan2 works again", || ping("evl-cyan1", "10.10.0.22")).await;
+            until(&format!("fault: after FRR's {round} restart on n2, red-h1 -> red-h2 works again"), || {
+                ping("evl-red-f-h1", "10.20.2.10")
+            })
+            .await;
+            until(&format!("fault: after FRR's {round} restart on n2, cyan1 -> cyan2 works again"), || {
+                ping("evl-cyan1", "10.10.0.22")
+            })
+            .await;
+            until(
+                &format!("fault: after FRR's {round} restart, the TOR has n2's type-3 route of every MAC-VRF"),
+                || async { n2_type3().await == 3 },
+            )
+            .await;
+        }
 
         // The agent restarted while traffic flows: not one packet lost.
         let pinger = tokio::spawn(async {

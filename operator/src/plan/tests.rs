@@ -187,7 +187,7 @@ fn an_evpn_gets_a_vni_then_reaches_its_nodes_then_becomes_ready() {
     let mac = status.mac_vrf.as_ref().unwrap();
     assert_eq!(mac.vni, 100);
     assert_eq!(mac.route_targets.import, ["65001:100"]);
-    assert_eq!(mac.route_distinguisher_index, Some(1));
+    assert_eq!(mac.route_distinguisher_index, Some(RD_INDEXES.0));
     assert_eq!(first.node_specs["n1"].spec.vteps[0].ip.as_deref(), Some("198.18.0.1"));
     assert_eq!(first.node_specs["n2"].spec.vteps[0].ip.as_deref(), Some("198.18.0.2"));
     let net = &first.network_sets["fabric"].spec.networks[0];
@@ -455,4 +455,19 @@ fn a_network_that_turns_to_ovn_kubernetes_own_evpn_leaves_the_nodes() {
     assert_eq!(ready.reason, "NetworkUsesOvnEvpn");
     assert!(ready.message.contains("transport: EVPN"), "{}", ready.message);
     assert!(plan.network_sets["fabric"].spec.networks.is_empty());
+}
+
+#[test]
+fn route_distinguishers_stay_clear_of_frr_automatic_ones() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None)), evpn("red", 1, l2("red", None))]);
+    let plan = c.plan(&mut Planner::default());
+    let rd = |plan: &Plan, e: &str| plan.evpn_statuses[e].mac_vrf.as_ref().unwrap().route_distinguisher_index;
+    assert_eq!((rd(&plan, "blue"), rd(&plan, "red")), (Some(32768), Some(32769)));
+    c.apply(&plan, false);
+    // An index recorded in FRR's automatic range (by an older release) is replaced on the next
+    // plan, also by a restarted operator; an index in range is kept.
+    let blue = c.evpns.iter_mut().find(|e| e.metadata.name.as_deref() == Some("blue")).unwrap();
+    Arc::make_mut(blue).status.as_mut().unwrap().mac_vrf.as_mut().unwrap().route_distinguisher_index = Some(3);
+    let again = c.plan(&mut Planner::default());
+    assert_eq!((rd(&again, "blue"), rd(&again, "red")), (Some(32768), Some(32769)));
 }
