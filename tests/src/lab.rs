@@ -12,24 +12,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a fixture that cannot build its input should panic")]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use evpn_crds::frrk8s::{FrrConfiguration, FrrNodeState};
 use evpn_crds::{Evpn, EvpnNodeState};
 use evpn_operator::controller::Config;
 use evpn_operator::leader::Election;
 use evpn_operator::metrics::Metrics;
 use futures::FutureExt as _;
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::{apply, control_plane, repo_root, unique_name};
+use crate::{apply, control_plane, frrk8s, repo_root, unique_name};
 
 /// How long a fabric condition (BGP, routes, pings) may take before the test fails:
 /// `EVPN_LAB_DEADLINE_SECONDS`, default 60 (the VM lab, under software emulation on a shared
@@ -290,44 +293,97 @@ pub fn operator(client: &Client) -> Operator {
     )))
 }
 
+/// Who configures BGP on the lab's nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BgpDriver {
+    /// The agents, from the VTEP's `bgp` block.
+    Agent,
+    /// frr-k8s (its stand-in, [`FrrK8sStandIn`]), from FRRConfigurations: the user's underlay
+    /// and what the operator layers on it.
+    FrrK8s,
+}
+
+/// Namespace of the FRRConfigurations in frr-k8s mode (the operator's default).
+pub const FRR_K8S_NAMESPACE: &str = "frr-k8s-system";
+/// The fabric's AS numbers and the TOR's address on the underlay LAN (`hack/lab.sh`).
+const NODE_ASN: u32 = 65001;
+const TOR_ASN: u32 = 65000;
+const TOR_ADDRESS: &str = "198.18.255.1";
+
 /// Everything the scenarios share: the lab, the cluster side, the agents.
 pub struct Fabric {
     pub lab: Lab,
     pub client: Client,
+    /// Suffix of the fabric's object names (see [`Fabric::name`]).
     pub tor: &'static str,
     pub vtep: String,
     pub agents: Vec<Option<AgentProcess>>,
     _operator: Operator,
+    _frr_k8s: Option<FrrK8sStandIn>,
 }
 
 impl Fabric {
+    /// The lab with `tor` as top-of-rack, the agents driving FRR.
     pub async fn up(tor: &'static str) -> Self {
+        Self::up_with(tor, BgpDriver::Agent).await
+    }
+
+    pub async fn up_with(tor: &'static str, driver: BgpDriver) -> Self {
         let lab = Lab::up(tor).await;
         let cp = control_plane().await.unwrap();
         let client = cp.admin().await.unwrap();
         let id = unique_name("lab");
         for (_, node) in NODES {
-            apply(
-                &client,
-                &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"evpn-lab": id}}}),
-            )
-            .await
-            .unwrap();
+            let labels = json!({"evpn-lab": id, "kubernetes.io/hostname": node});
+            apply(&client, &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}))
+                .await
+                .unwrap();
         }
         let vtep = format!("{id}-vtep");
+        let mut spec = json!({
+            "cidrs": ["198.18.0.0/24"], "mode": "Managed", "nodeSelector": {"matchLabels": {"evpn-lab": id}},
+            "vniRanges": [{"start": 10000, "end": 19999}]});
+        let neighbor = json!({"address": TOR_ADDRESS, "asn": TOR_ASN});
+        match driver {
+            BgpDriver::Agent => spec["bgp"] = json!({"asn": NODE_ASN, "neighbors": [neighbor]}),
+            BgpDriver::FrrK8s => {
+                // The user's underlay: the sessions to the TOR on every node of the fabric.
+                apply(
+                    &client,
+                    &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": FRR_K8S_NAMESPACE}}),
+                )
+                .await
+                .unwrap();
+                apply(
+                    &client,
+                    &json!({"apiVersion": "frrk8s.metallb.io/v1beta1", "kind": "FRRConfiguration",
+                    "metadata": {"name": format!("{id}-underlay"), "namespace": FRR_K8S_NAMESPACE,
+                        "labels": {"evpn-lab/underlay": id}},
+                    "spec": {"nodeSelector": {"matchLabels": {"evpn-lab": id}},
+                        "bgp": {"routers": [{"asn": NODE_ASN, "neighbors": [neighbor]}]}}}),
+                )
+                .await
+                .unwrap();
+                spec["frrConfigurationSelector"] = json!({"matchLabels": {"evpn-lab/underlay": id}});
+            }
+        }
         apply(
             &client,
-            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": vtep}, "spec": {
-                "cidrs": ["198.18.0.0/24"], "mode": "Managed", "nodeSelector": {"matchLabels": {"evpn-lab": id}},
-                "vniRanges": [{"start": 10000, "end": 19999}],
-                "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}}}),
+            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": vtep}, "spec": spec}),
         )
         .await
         .unwrap();
         let operator = operator(&client);
         let agents = NODES.iter().map(|(lab_node, node)| Some(AgentProcess::start(lab_node, node))).collect();
-        let fabric = Fabric { lab, client, tor: &tor[..1], vtep, agents, _operator: operator };
+        let (suffix, frr_k8s) = match driver {
+            BgpDriver::Agent => (&tor[..1], None),
+            BgpDriver::FrrK8s => ("k", Some(FrrK8sStandIn::start(&client, &id, &vtep))),
+        };
+        let fabric = Fabric { lab, client, tor: suffix, vtep, agents, _operator: operator, _frr_k8s: frr_k8s };
         fabric.remove_leftovers().await;
+        if driver == BgpDriver::FrrK8s {
+            fabric.announce_vtep_ips(&id).await;
+        }
         for (i, (_, node)) in NODES.iter().enumerate() {
             let states: Api<EvpnNodeState> = Api::all(fabric.client.clone());
             until(&format!("{node}: BGP session to the TOR Established, as its agent reports"), || async {
@@ -345,6 +401,29 @@ impl Fabric {
             .await;
         }
         fabric
+    }
+
+    /// frr-k8s mode: the user announces each node's VTEP address, here in a configuration per
+    /// node (as docs/frr-k8s.md shows), once the operator has handed the addresses out.
+    async fn announce_vtep_ips(&self, id: &str) {
+        let states: Api<EvpnNodeState> = Api::all(self.client.clone());
+        for (_, node) in NODES {
+            let vtep_ip = || async {
+                let s = states.get(node).await.ok()?;
+                s.spec.vteps.iter().find(|v| v.name == self.vtep).and_then(|v| v.ip.clone())
+            };
+            until(&format!("{node}: a VTEP IP handed out"), || async { vtep_ip().await.is_some() }).await;
+            let prefix = format!("{}/32", vtep_ip().await.unwrap());
+            apply(
+                &self.client,
+                &json!({"apiVersion": "frrk8s.metallb.io/v1beta1", "kind": "FRRConfiguration",
+                "metadata": {"name": format!("{id}-vtep-{node}"), "namespace": FRR_K8S_NAMESPACE},
+                "spec": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": node}},
+                    "bgp": {"routers": [{"asn": NODE_ASN, "prefixes": [prefix]}]}}}),
+            )
+            .await
+            .unwrap();
+        }
     }
 
     /// This fabric's EVPNs, at the end of a test and left over from an earlier run that stopped
@@ -433,6 +512,121 @@ impl Fabric {
         })
         .await;
     }
+}
+
+/// frr-k8s' part on the lab's nodes, for a fabric in frr-k8s mode: the FRRConfigurations that
+/// select a node, merged and rendered as frr-k8s would ([`crate::frrk8s`]), loaded into the
+/// node's FRR with frr-reload.py, and the outcome reported in the node's FRRNodeState, where the
+/// operator reads it. Only this fabric's configurations count (the user's, named after the
+/// fabric, and the operator's for its VTEP): objects of earlier runs stay behind in the control
+/// plane, which has no garbage collector. Stops when dropped.
+pub struct FrrK8sStandIn(JoinHandle<()>);
+
+impl Drop for FrrK8sStandIn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl FrrK8sStandIn {
+    fn start(client: &Client, fabric: &str, vtep: &str) -> Self {
+        let (client, fabric, vtep) = (client.clone(), format!("{fabric}-"), vtep.to_owned());
+        FrrK8sStandIn(tokio::spawn(async move {
+            let (mut loaded, mut reported) = (BTreeMap::new(), BTreeMap::new());
+            loop {
+                frr_k8s_round(&client, &fabric, &vtep, &mut loaded, &mut reported).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+/// One pass over the nodes. `loaded`: the text each node's FRR last took; `reported`: the status
+/// last written for each node.
+async fn frr_k8s_round(
+    client: &Client,
+    fabric: &str,
+    vtep: &str,
+    loaded: &mut BTreeMap<&'static str, String>,
+    reported: &mut BTreeMap<&'static str, Value>,
+) {
+    let api: Api<FrrConfiguration> = Api::namespaced(client.clone(), FRR_K8S_NAMESPACE);
+    let Ok(list) = api.list(&Default::default()).await else { return };
+    let ours = |c: &FrrConfiguration| {
+        c.metadata.name.as_deref().is_some_and(|n| n.starts_with(fabric))
+            || c.metadata.labels.as_ref().and_then(|l| l.get(evpn_operator::frrk8s::VTEP_LABEL)).map(String::as_str)
+                == Some(vtep)
+    };
+    let configs: Vec<FrrConfiguration> = list.items.into_iter().filter(ours).collect();
+    let nodes: Api<Node> = Api::all(client.clone());
+    for (lab_node, node) in NODES {
+        let Ok(n) = nodes.get(node).await else { continue };
+        let labels = n.metadata.labels.unwrap_or_default();
+        let options = frrk8s::RenderOptions {
+            hostname: lab_node.into(),
+            vrf_netns_dir: (VrfKind::from_env() == VrfKind::Netns).then(|| "/run/netns".into()),
+            bound_vrfs: bound_vrfs(lab_node).await,
+            allowas_in_origin: true,
+            ..Default::default()
+        };
+        // A failed conversion leaves FRR, and so the last reload's result, as they were.
+        let status = match frrk8s::render(&frrk8s::for_node(&configs, &labels), &options) {
+            Err(e) => json!({"lastConversionResult": e.to_string()}),
+            Ok(text) if loaded.get(lab_node) == Some(&text) => {
+                json!({"lastConversionResult": "success", "lastReloadResult": "success"})
+            }
+            Ok(text) => {
+                let result = frr_reload(lab_node, &text).await;
+                if result.is_ok() {
+                    loaded.insert(lab_node, text);
+                }
+                json!({"lastConversionResult": "success", "lastReloadResult": result.err().unwrap_or_else(|| "success".into())})
+            }
+        };
+        if reported.get(lab_node) == Some(&status) {
+            continue;
+        }
+        let reports: Api<FrrNodeState> = Api::all(client.clone());
+        let _ = reports.create(&Default::default(), &FrrNodeState::new(node, Default::default())).await;
+        let patch = Patch::Merge(json!({"status": status}));
+        if reports.patch_status(node, &PatchParams::default(), &patch).await.is_ok() {
+            reported.insert(lab_node, status);
+        }
+    }
+}
+
+/// The VRFs the node's zebra has bound (`vrf X id N ...` in `show vrf`).
+async fn bound_vrfs(lab_node: &str) -> BTreeSet<String> {
+    let out = Command::new("vtysh").args(["-N", lab_node, "-c", "show vrf"]).output().await;
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| match l.split_whitespace().take(3).collect::<Vec<_>>()[..] {
+            ["vrf", name, "id"] => Some(name.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Loads `text` into the node's FRR as frr-k8s does, with frr-reload.py; a second pass when the
+/// first reports errors (removing an L3VNI with its VRF's BGP instance takes two on 8.4.4).
+async fn frr_reload(lab_node: &str, text: &str) -> Result<(), String> {
+    let path = std::env::temp_dir().join(format!("evpn-lab-frr-k8s-{lab_node}.conf"));
+    tokio::fs::write(&path, text).await.map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let mut last = String::new();
+    for _pass in 0..2 {
+        let out = Command::new("/usr/lib/frr/frr-reload.py")
+            .args(["--reload", "-N", lab_node, "--stdout"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("frr-reload.py: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Err(format!("frr-reload.py failed: {}", last.trim()))
 }
 
 /// The scenarios of one test, run in order on one fabric. Each outcome is printed and, with

@@ -12,13 +12,16 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use evpn_crds::Evpn;
+use evpn_crds::frrk8s::FrrConfiguration;
+use evpn_crds::nodestate::FrrDriver;
+use evpn_crds::{Evpn, EvpnNodeState};
 use evpn_tests::apply;
 use evpn_tests::lab::{
-    AgentProcess, Fabric, NODES, Scenarios, in_ns, ip_vni, link_exists, mac_vni, never, ping, unavailable, until,
-    vrf_name, vrf_routes,
+    AgentProcess, BgpDriver, FRR_K8S_NAMESPACE, Fabric, NODES, Scenarios, in_ns, ip_vni, link_exists, mac_vni, never,
+    ping, unavailable, until, vrf_name, vrf_routes,
 };
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -346,5 +349,130 @@ async fn fabric_with_a_gobgp_tor() {
     })
     .await;
     until("GoBGP L3: gred-h1 -> gred-h2", || ping("evl-red-g-h1", "10.60.2.10")).await;
+    f.remove_leftovers().await;
+}
+
+/// frr-k8s mode: the VTEP leaves BGP to frr-k8s, the agents build devices only, and FRR gets its
+/// configuration from the user's underlay FRRConfigurations plus the operator's, merged and
+/// rendered as frr-k8s would (the harness' stand-in for frr-k8s). The same fabric as with the
+/// agents driving FRR: pods bridged over a MAC-VRF, hosts routed over an IP-VRF, the same routes
+/// at the TOR; and a node whose configurations frr-k8s cannot merge fails the EVPN by name.
+#[tokio::test]
+async fn fabric_in_frr_k8s_mode() {
+    require_lab!();
+    let _turn = TURN.lock().await;
+    let mut s = Scenarios::new("fabric_in_frr_k8s_mode", &["L2", "L3", "merge failure", "deletion"]);
+    let f = Fabric::up_with("frr", BgpDriver::FrrK8s).await;
+    let blue = f.name("blue");
+    let red = f.name("red");
+
+    let l2 = s.run("L2", async {
+        f.network(&blue, "Layer2", json!(["10.70.0.0/24"])).await;
+        let evpn = f.evpn(&blue, &blue, json!({"macVRF": {}})).await;
+        let vni = mac_vni(&evpn);
+        let bridge = format!("evb{vni}");
+        f.lab.ok(&["pod", "evl-n1", "evl-kblue1", &bridge, "10.70.0.11/24"]).await;
+        f.lab.ok(&["pod", "evl-n2", "evl-kblue2", &bridge, "10.70.0.12/24"]).await;
+        until("frr-k8s L2: kblue1 -> kblue2 across the fabric", || ping("evl-kblue1", "10.70.0.12")).await;
+        let mac2 = String::from_utf8_lossy(&in_ns("evl-kblue2", &["cat", "/sys/class/net/eth0/address"]).await.stdout)
+            .trim()
+            .to_owned();
+        until("frr-k8s L2: type-3 routes of both VTEPs and type-2 of kblue2 at the TOR", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route").await;
+            routes.contains("[3]:[0]:[32]:[198.18.0.1]")
+                && routes.contains("[3]:[0]:[32]:[198.18.0.2]")
+                && routes.contains(&format!("[{mac2}]"))
+        })
+        .await;
+        // FRR's configuration is frr-k8s' (RDs left to FRR), not the agent's (RD <VTEP IP>:<index>).
+        let running = f.lab.vtysh("evl-n1", "show running-config").await;
+        assert!(running.contains("advertise-all-vni") && !running.contains("rd 198.18.0.1:"), "{running}");
+        let states: Api<EvpnNodeState> = Api::all(f.client.clone());
+        for (_, node) in NODES {
+            let agent = states.get(node).await.unwrap().status.and_then(|s| s.agent).unwrap();
+            assert_eq!(agent.frr_driver, FrrDriver::FrrK8s, "{node}'s agent leaves FRR to frr-k8s");
+        }
+        eprintln!("ok   frr-k8s L2: FRR configured by frr-k8s' rendering, the agents report frr-k8s mode");
+        (bridge, mac2)
+    });
+    let Some((bridge, mac2)) = l2.await else { return s.fail() };
+
+    let l3 = s.run("L3", async {
+        // The subnet OVN-Kubernetes gives each node, which the operator announces from that node.
+        // A merge patch: an apply by the harness' field manager would drop the labels it set.
+        let nodes: Api<Node> = Api::all(f.client.clone());
+        for (i, (_, node)) in NODES.iter().enumerate() {
+            let subnets = json!({format!("cluster_udn_{red}"): [format!("10.80.{}.0/24", i + 1)]}).to_string();
+            let patch = json!({"metadata": {"annotations": {"k8s.ovn.org/node-subnets": subnets}}});
+            nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        }
+        f.layer3_with_hosts(&red, 80).await;
+        f.evpn(&red, &red, json!({"ipVRF": {}})).await;
+        until("frr-k8s L3: type-5 routes of both node subnets at the TOR", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
+            routes.contains("[10.80.1.0]") && routes.contains("[10.80.2.0]")
+        })
+        .await;
+        until("frr-k8s L3: red-h1 -> red-h2 routed over the L3VNI", || ping("evl-red-k-h1", "10.80.2.10")).await;
+    });
+    if l3.await.is_none() {
+        return s.fail();
+    }
+
+    let failure = s.run("merge failure", async {
+        // A configuration of the user's that gives worker-2's default VRF another AS number:
+        // frr-k8s cannot merge it with the underlay, reports the conversion failed, and keeps the
+        // node's FRR as it was.
+        let conflict = format!("{}-conflict", f.vtep);
+        let configs: Api<FrrConfiguration> = Api::namespaced(f.client.clone(), FRR_K8S_NAMESPACE);
+        apply(
+            &f.client,
+            &json!({"apiVersion": "frrk8s.metallb.io/v1beta1", "kind": "FRRConfiguration",
+            "metadata": {"name": conflict, "namespace": FRR_K8S_NAMESPACE},
+            "spec": {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "worker-2"}},
+                "bgp": {"routers": [{"asn": 65099}]}}}),
+        )
+        .await
+        .unwrap();
+        let evpns: Api<Evpn> = Api::all(f.client.clone());
+        until("frr-k8s failure: the EVPN names worker-2, FrrK8sFailed, with frr-k8s' reason", || async {
+            let Ok(e) = evpns.get(&blue).await else { return false };
+            e.status.is_some_and(|s| {
+                s.failed_nodes.iter().any(|n| {
+                    n.node == "worker-2" && n.reason == "FrrK8sFailed" && n.message.contains("different AS numbers")
+                })
+            })
+        })
+        .await;
+        until("frr-k8s failure: the fabric keeps forwarding meanwhile", || ping("evl-kblue1", "10.70.0.12")).await;
+        configs.delete(&conflict, &DeleteParams::default()).await.unwrap();
+        f.ready(&blue).await;
+    });
+    if failure.await.is_none() {
+        return s.fail();
+    }
+
+    let deletion = s.run("deletion", async {
+        f.delete_evpn(&blue).await;
+        f.delete_evpn(&red).await;
+        for (lab_node, _) in NODES {
+            until(&format!("frr-k8s delete: {bridge} gone on {lab_node}"), || async {
+                !link_exists(lab_node, &bridge).await
+            })
+            .await;
+            until(&format!("frr-k8s delete: red's BGP instance gone from FRR on {lab_node}"), || async {
+                !f.lab.vtysh(lab_node, "show running-config").await.contains(&format!("router bgp 65001 vrf {red}"))
+            })
+            .await;
+        }
+        until("frr-k8s delete: no route of kblue2's MAC or red's subnets left at the TOR", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route").await;
+            !routes.contains(&format!("[{mac2}]")) && !routes.contains("[10.80.1.0]") && !routes.contains("[10.80.2.0]")
+        })
+        .await;
+    });
+    if deletion.await.is_none() {
+        return s.fail();
+    }
     f.remove_leftovers().await;
 }
