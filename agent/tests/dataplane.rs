@@ -168,6 +168,7 @@ fn l2(evpn: &str, vni: u32) -> NetworkPlan {
         mac_vrf: Some(segment(vni)),
         ip_vrf: None,
         svi: None,
+        ethernet_segments: Vec::new(),
     }
 }
 
@@ -182,6 +183,7 @@ fn irb(evpn: &str, vrf: &str, mac_vni: u32, ip_vni: u32, gateways: &[&str]) -> N
             addresses: gateways.iter().map(|g| (*g).to_owned()).collect(),
             mac: anycast_gateway_mac(ip_vni),
         }),
+        ethernet_segments: Vec::new(),
     }
 }
 
@@ -193,6 +195,7 @@ fn l3(evpn: &str, vrf: &str, ip_vni: u32) -> NetworkPlan {
         mac_vrf: None,
         ip_vrf: Some(segment(ip_vni)),
         svi: None,
+        ethernet_segments: Vec::new(),
     }
 }
 

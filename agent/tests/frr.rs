@@ -231,7 +231,15 @@ fn l2_network(evpn: &str, vni: u32, import: &str) -> NetworkPlan {
         route_targets: RouteTargets { import: vec![import.into()], export: vec![format!("65000:{vni}")] },
         rd_index: vni,
     };
-    NetworkPlan { evpn: evpn.into(), generation: 1, vrf: evpn.into(), mac_vrf: Some(segment), ip_vrf: None, svi: None }
+    NetworkPlan {
+        evpn: evpn.into(),
+        generation: 1,
+        vrf: evpn.into(),
+        mac_vrf: Some(segment),
+        ip_vrf: None,
+        svi: None,
+        ethernet_segments: Vec::new(),
+    }
 }
 
 fn l3_network(evpn: &str, ip_vni: u32, mac_vni: Option<u32>) -> NetworkPlan {
@@ -250,6 +258,7 @@ fn l3_network(evpn: &str, ip_vni: u32, mac_vni: Option<u32>) -> NetworkPlan {
         mac_vrf: mac_vni.map(segment),
         ip_vrf: Some(segment(ip_vni)),
         svi,
+        ethernet_segments: Vec::new(),
     }
 }
 

@@ -200,7 +200,15 @@ pub(crate) mod tests {
     pub(crate) fn network(evpn: &str, mac_vrf: Option<SegmentPlan>, ip_vrf: Option<SegmentPlan>) -> NetworkPlan {
         let svi = (mac_vrf.is_some() && ip_vrf.is_some())
             .then(|| SviPlan { addresses: vec!["10.100.0.1/16".into()], mac: [2, 0x65, 0x76, 0, 0, 1] });
-        NetworkPlan { evpn: evpn.into(), generation: 1, vrf: evpn.into(), mac_vrf, ip_vrf, svi }
+        NetworkPlan {
+            evpn: evpn.into(),
+            generation: 1,
+            vrf: evpn.into(),
+            mac_vrf,
+            ip_vrf,
+            svi,
+            ethernet_segments: Vec::new(),
+        }
     }
 
     pub(crate) fn neighbor(address: &str, asn: u32) -> BgpNeighbor {
