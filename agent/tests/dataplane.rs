@@ -777,6 +777,7 @@ async fn an_frr_k8s_vtep_gets_its_devices_and_frr_is_left_to_frr_k8s() {
         vrf_backend: VrfBackend::NetnsVrf,
         vrf_netns_dir: "/run/netns".into(),
         passwords: Default::default(),
+        uplinks: Default::default(),
     };
     // No FRR runs under this pathspace: any attempt to drive it would fail differently.
     let frr = evpn_agent::frr::Frr::new(Some(format!("{}-absent", lab.node)));

@@ -300,6 +300,7 @@ fn options(lab: &Lab) -> RenderOptions {
         vrf_backend: VrfBackend::KernelVrf,
         vrf_netns_dir: "/run/netns".into(),
         passwords: Default::default(),
+        uplinks: Default::default(),
     }
 }
 
