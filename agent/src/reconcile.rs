@@ -303,7 +303,14 @@ impl Agent {
         }
         self.applied.retain(|evpn, _| self.known.contains(evpn));
 
-        let (sessions, vnis) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis());
+        let has_segments = plan.networks.iter().any(|n| !n.ethernet_segments.is_empty());
+        let segments = async { if has_segments { self.frr.ethernet_segments().await } else { Ok(Vec::new()) } };
+        let (sessions, vnis, segments) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis(), segments);
+        let segments = segments.unwrap_or_else(|e| {
+            self.metrics.error("frr_state");
+            warn!("reading Ethernet segments from FRR: {e}");
+            Vec::new()
+        });
         Observed {
             generation,
             agent: Some(AgentInfo {
@@ -326,6 +333,7 @@ impl Agent {
             networks,
             vnis: vnis.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
             network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
+            segments: report::segment_states(&plan.networks, &segments),
         }
     }
 
