@@ -83,13 +83,15 @@ pub enum EsiConfig {
 impl EthernetSegmentPlan {
     /// The `evpn mh` lines of the segment's `interface` stanza, in the order FRR writes them.
     pub fn frr_lines(&self) -> Vec<String> {
-        let mut lines = match &self.esi_config {
-            EsiConfig::Type0 => vec![format!("evpn mh es-id {}", self.esi)],
+        let mut lines: Vec<String> =
+            self.df_preference.map(|p| format!("evpn mh es-df-pref {p}")).into_iter().collect();
+        match &self.esi_config {
+            EsiConfig::Type0 => lines.push(format!("evpn mh es-id {}", self.esi)),
             EsiConfig::Type3 { system_mac, discriminator } => {
-                vec![format!("evpn mh es-id {discriminator}"), format!("evpn mh es-sys-mac {}", mac_text(system_mac))]
+                lines.push(format!("evpn mh es-id {discriminator}"));
+                lines.push(format!("evpn mh es-sys-mac {}", mac_text(system_mac)));
             }
-        };
-        lines.extend(self.df_preference.map(|p| format!("evpn mh es-df-pref {p}")));
+        }
         lines
     }
 }
@@ -524,9 +526,9 @@ mod tests {
             [
                 vec!["evpn mh es-id 00:11:22:33:44:55:66:77:88:99".to_owned()],
                 vec![
+                    "evpn mh es-df-pref 50000".to_owned(),
                     "evpn mh es-id 65541".to_owned(),
                     "evpn mh es-sys-mac 02:aa:00:00:00:01".to_owned(),
-                    "evpn mh es-df-pref 50000".to_owned()
                 ],
             ]
         );

@@ -385,9 +385,9 @@ mod tests {
             group(
                 Some("blue"),
                 "interface bond3
+                 evpn mh es-df-pref 100
                  evpn mh es-id 7
                  evpn mh es-sys-mac 02:aa:00:00:00:01
-                 evpn mh es-df-pref 100
                  exit",
             ),
         ];
@@ -404,9 +404,9 @@ mod tests {
             group(
                 Some("blue"),
                 "interface bond3
-                 no evpn mh es-df-pref 100
                  no evpn mh es-sys-mac 02:aa:00:00:00:01
                  no evpn mh es-id 7
+                 no evpn mh es-df-pref 100
                  exit",
             ),
             group(None, "interface eth1\nno evpn mh uplink\nexit"),

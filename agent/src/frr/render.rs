@@ -473,9 +473,9 @@ exit
 exit
 !
 interface bond3
+ evpn mh es-df-pref 100
  evpn mh es-id 7
  evpn mh es-sys-mac 02:aa:00:00:00:01
- evpn mh es-df-pref 100
 exit
 !
 interface eth1
