@@ -54,7 +54,9 @@ impl Ctx<'_> {
     }
 
     /// Makes each segment's interface a port of the bridge, and takes the released ones out of
-    /// it. The interfaces are not ours: nothing else of them is changed.
+    /// it. The interfaces are not ours: nothing else of them is changed, and only what this
+    /// agent's last apply made a port is released (a segment removed while the agent was down
+    /// stays a port, since nothing marks the interface as ours).
     async fn segment_ports(
         &self,
         scope: &Scope<'_>,
