@@ -158,6 +158,10 @@ pub enum PlanError {
         "Ethernet segment {segment:?} is single-active, which FRR 8.4.4 does not support: it runs every segment all-active"
     )]
     SingleActiveUnsupported { segment: String },
+    #[error(
+        "Ethernet segment {segment:?} needs FRR driven by the agent: frr-k8s' FRRConfiguration has no Ethernet segments"
+    )]
+    SegmentWithFrrK8s { segment: String },
     #[error("interface {interface:?} of Ethernet segment {segment:?} is already in segment {other:?}")]
     SegmentInterfaceInUse { interface: String, segment: String, other: String },
 }
@@ -176,6 +180,7 @@ impl PlanError {
             PlanError::SegmentWithoutMacVrf { .. } => "SegmentWithoutMacVrf",
             PlanError::SingleActiveUnsupported { .. } => "SingleActiveUnsupported",
             PlanError::SegmentInterfaceInUse { .. } => "SegmentInterfaceInUse",
+            PlanError::SegmentWithFrrK8s { .. } => "SegmentWithFrrK8s",
         }
     }
 }
@@ -271,8 +276,14 @@ fn network_plan(
         _ => return Err(PlanError::VtepNotFound(n.vtep.clone())),
     }
     let ethernet_segments = n.ethernet_segments.iter().map(segment_plan).collect::<Result<Vec<_>, _>>()?;
-    if let Some(first) = ethernet_segments.first().filter(|_| n.entry.mac_vrf.is_none()) {
-        return Err(PlanError::SegmentWithoutMacVrf { segment: first.name.clone() });
+    if let Some(first) = ethernet_segments.first() {
+        if n.entry.mac_vrf.is_none() {
+            return Err(PlanError::SegmentWithoutMacVrf { segment: first.name.clone() });
+        }
+        // Without `bgp` frr-k8s drives FRR, and nothing would give zebra the segment's ESI.
+        if vtep.is_some_and(|v| v.bgp.is_none()) {
+            return Err(PlanError::SegmentWithFrrK8s { segment: first.name.clone() });
+        }
     }
     // An interface is a port of one bridge and carries one ESI: a second claim fails its network.
     for (i, seg) in ethernet_segments.iter().enumerate() {
@@ -416,7 +427,7 @@ mod tests {
             cidrs: vec!["198.18.0.0/24".into()],
             udp_port: 4789,
             mtu: None,
-            bgp: None,
+            bgp: Some(Bgp { asn: 65001, neighbors: Vec::new(), bfd_profiles: Vec::new() }),
         }
     }
 
@@ -534,6 +545,20 @@ mod tests {
         );
         let p = plan(&spec);
         assert_eq!(p.networks[0].ethernet_segments[1].esi, "03:02:aa:00:00:00:01:01:00:05", "as FRR prints it");
+    }
+
+    #[test]
+    fn segments_need_the_agent_to_drive_frr() {
+        let mut frr_k8s = vtep("fabric", Some("198.18.0.1"));
+        frr_k8s.bgp = None;
+        let spec = DesiredNode {
+            vteps: vec![frr_k8s],
+            networks: vec![with_segments(
+                network("blue", "fabric", Some(10000), None),
+                vec![ethernet_segment("blue", "s1", "bond1", "00:11:22:33:44:55:66:77:88:99")],
+            )],
+        };
+        assert_eq!(plan(&spec).rejected[0].1.reason(), "SegmentWithFrrK8s");
     }
 
     #[test]
