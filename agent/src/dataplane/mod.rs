@@ -1,4 +1,5 @@
-//! The node's data plane over netlink: bridges, VXLAN devices, SVI and VTEP addresses.
+//! The node's data plane over netlink: bridges, VXLAN devices, SVI and VTEP addresses, and the
+//! Ethernet segments' interfaces as bridge ports.
 //!
 //! Design decisions:
 //!
@@ -20,7 +21,9 @@
 //!   changed, it must move to another namespace) is removed, and anything without the mark is
 //!   left alone. The alias cannot be given at creation (the kernel ignores `IFLA_IFALIAS` in a
 //!   new link), so an interrupted apply can leave an unmarked device with one of our names; it
-//!   is adopted only if it already is exactly what the plan asks for.
+//!   is adopted only if it already is exactly what the plan asks for. The one change made to a
+//!   device that is not ours: an Ethernet segment's interface (the admin's bond) is made a port
+//!   of its network's MAC-VRF bridge, and taken out of it when the segment goes.
 //! - **Two VRF backends.** With kernel VRF devices the VRF's bridges are enslaved to the device
 //!   named after the VRF. Kernels without them use one network namespace per VRF (the
 //!   namespace file `<dir>/<vrf>`, made by OVN-Kubernetes or a lab, never by us): the bridge
