@@ -54,8 +54,9 @@ pub struct Observed {
     pub segments: Vec<SegmentState>,
 }
 
-/// Each planned Ethernet segment with what zebra reports of it, found by ESI: role and state
-/// only where zebra has it as local, which it is once its `evpn mh` lines are applied.
+/// Each planned Ethernet segment with what zebra reports of it, found by ESI: the state where
+/// zebra has it as local (once its `evpn mh` lines are applied), the role once zebra also runs
+/// the election (it knows the VTEP address; before, no `nonDF` flag means nothing).
 pub fn segment_states(networks: &[NetworkPlan], zebra: &[ZebraSegment]) -> Vec<SegmentState> {
     let planned = networks.iter().flat_map(|n| n.ethernet_segments.iter().map(move |s| (&n.evpn, s)));
     planned
@@ -66,6 +67,7 @@ pub fn segment_states(networks: &[NetworkPlan], zebra: &[ZebraSegment]) -> Vec<S
                 name: segment.name.clone(),
                 esi: segment.esi.clone(),
                 role: local
+                    .filter(|z| z.ready)
                     .map(|z| if z.non_df { DesignatedForwarderRole::NonDF } else { DesignatedForwarderRole::DF }),
                 state: local.map(|z| if z.oper_up { "Up" } else { "Down" }.to_owned()),
                 peers: local.map(|z| z.vteps.clone()).unwrap_or_default(),
@@ -211,12 +213,13 @@ mod tests {
             esi: esi.into(),
             interface: local.then(|| "bond3".into()),
             local,
+            ready: local,
             non_df,
             oper_up: true,
             vteps: vec!["198.18.0.2".into()],
         };
         let states = segment_states(
-            &[blue],
+            std::slice::from_ref(&blue),
             &[zebra("00:11:22:33:44:55:66:77:88:99", false, false), zebra("03:02:aa:00:00:00:01:00:00:07", true, true)],
         );
         assert_eq!(
@@ -231,6 +234,9 @@ mod tests {
             }
         );
         assert_eq!((states[1].role, states[1].state.as_deref()), (None, None), "known to zebra as remote only");
+        let not_ready = ZebraSegment { ready: false, ..zebra("00:11:22:33:44:55:66:77:88:99", true, false) };
+        let unelected = segment_states(std::slice::from_ref(&blue), &[not_ready]);
+        assert_eq!((unelected[1].role, unelected[1].state.as_deref()), (None, Some("Up")), "no election yet");
         let s = status(&Observed { segments: states, ..observed(Vec::new()) }, None, at(10));
         assert_eq!(s.ethernet_segments.len(), 2);
     }

@@ -14,6 +14,7 @@ use evpn_agent::plan::{
     EsiConfig, EthernetSegmentPlan, NetworkPlan, NodePlan, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac,
     bridge_name, vxlan_name,
 };
+use evpn_agent::report::segment_states;
 use evpn_crds::RouteTargets;
 use evpn_crds::nodestate::VrfBackend;
 use evpn_crds::vtep::{BfdProfile, Bgp, BgpNeighbor, VtepMode};
@@ -461,6 +462,11 @@ async fn applies_and_removes_ethernet_segments() {
         local,
         [("00:11:22:33:44:55:66:77:88:99", Some("bond1")), ("03:02:aa:00:00:00:01:00:00:07", Some("bond3"))]
     );
+    // Neither interface exists, nor a VXLAN device that would give zebra its VTEP address: the
+    // segments are down and zebra has not elected a designated forwarder.
+    let states = segment_states(&[multihomed("blue", 100, both())], &segments);
+    let reported: Vec<_> = states.iter().map(|s| (s.name.as_str(), s.role, s.state.as_deref())).collect();
+    assert_eq!(reported, [("bond1", None, Some("Down")), ("s3", None, Some("Down"))]);
 
     // One segment goes: its interface is emptied incrementally, the other one stays.
     let report = frr.sync(&render(&node(vec![multihomed("blue", 100, vec![type_3.clone()])]), VTEP, &opts)).await;

@@ -271,7 +271,8 @@ pub struct SegmentState {
     /// The ESI.
     pub esi: String,
     /// Whether this node forwards the segment's broadcast, unknown-unicast and multicast traffic;
-    /// absent while FRR does not report the segment as local.
+    /// absent until zebra runs the election (the segment is local and zebra knows the VTEP
+    /// address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<DesignatedForwarderRole>,
     /// `Up` or `Down` (the interface's operational state, held down while every uplink is down);

@@ -445,7 +445,10 @@ pub struct ZebraSegment {
     pub interface: Option<String>,
     /// This node is attached: the `local` flag.
     pub local: bool,
-    /// The `nonDF` flag: another VTEP won the designated-forwarder election.
+    /// The `readyForBgp` flag: local, and zebra knows the VTEP address to advertise it from;
+    /// only then does zebra run the designated-forwarder election.
+    pub ready: bool,
+    /// The `nonDF` flag: this node does not forward the segment's BUM traffic.
     pub non_df: bool,
     /// The `operUp` flag.
     pub oper_up: bool,
@@ -454,7 +457,8 @@ pub struct ZebraSegment {
 }
 
 /// Parses zebra's `show evpn es detail json`: a list of segments, each with `esi`, `accessPort`,
-/// `flags` (`local`, `remote`, `nonDF`, `operUp`, ...; left out when no flag is set) and `vteps`.
+/// `flags` (`local`, `remote`, `nonDF`, `readyForBgp`, `operUp`, ...; left out when no flag is
+/// set) and `vteps`.
 /// Entries without an ESI are skipped and other missing fields read as unset: versions differ.
 fn parse_ethernet_segments(command: &str, output: &str) -> Result<Vec<ZebraSegment>, FrrError> {
     #[derive(Deserialize)]
@@ -476,6 +480,7 @@ fn parse_ethernet_segments(command: &str, output: &str) -> Result<Vec<ZebraSegme
         Some(ZebraSegment {
             esi: segment.esi.to_ascii_lowercase(),
             local: flag("local"),
+            ready: flag("readyForBgp"),
             non_df: flag("nonDF"),
             oper_up: flag("operUp"),
             interface: segment.access_port.as_str().map(str::to_owned),
@@ -726,6 +731,7 @@ mod tests {
                 esi: "03:02:aa:00:00:00:01:00:00:07".into(),
                 interface: Some("bond3".into()),
                 local: true,
+                ready: true,
                 non_df: true,
                 oper_up: true,
                 vteps: vec!["198.18.0.2".into()],
