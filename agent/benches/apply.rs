@@ -56,6 +56,7 @@ async fn run(lab: &Lab, rounds: usize, count: u32) {
         vrf_backend: dataplane.backend(),
         vrf_netns_dir: "/run/netns".into(),
         passwords: Default::default(),
+        uplinks: Default::default(),
     };
     let mut agent = Agent::new(NODE.into(), dataplane, Frr::new(Some(NODE.into())), render_options, Duration::ZERO);
     let mut spec = DesiredNode {

@@ -80,6 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // may map that elsewhere); the rendered config must say the same or a reload detaches it.
         vrf_netns_dir: "/run/netns".into(),
         passwords: Default::default(),
+        uplinks: Default::default(),
     };
     let frr = Frr::new(args.frr_pathspace.clone());
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;

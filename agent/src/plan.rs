@@ -8,7 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use evpn_crds::common::RouteTargets;
-use evpn_crds::nodestate::{DesiredNode, NodeNetwork, NodeVrf, NodeVtep};
+use evpn_crds::evpn::RedundancyMode;
+use evpn_crds::nodestate::{DesiredNode, NodeNetwork, NodeSegment, NodeVrf, NodeVtep};
 use evpn_crds::vtep::{Bgp, VtepMode};
 
 /// Prefix of the interface alias that marks a device as created by this agent. The data plane
@@ -52,6 +53,51 @@ pub struct NetworkPlan {
     pub ip_vrf: Option<SegmentPlan>,
     /// With symmetric IRB: the anycast gateway the MAC-VRF's bridge carries as the SVI.
     pub svi: Option<SviPlan>,
+    /// The Ethernet segments of this node: ports of the MAC-VRF's bridge, announced by FRR.
+    pub ethernet_segments: Vec<EthernetSegmentPlan>,
+}
+
+/// One Ethernet segment on this node: an interface the agent does not own, made a port of the
+/// network's MAC-VRF bridge and given its ESI in FRR's zebra.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EthernetSegmentPlan {
+    /// Name of the segment in the EVPN.
+    pub name: String,
+    pub interface: String,
+    /// The ESI as FRR prints it: ten lowercase hex bytes.
+    pub esi: String,
+    pub esi_config: EsiConfig,
+    pub df_preference: Option<u32>,
+}
+
+/// How FRR 8.4.4 is told an ESI: zebra takes a type-0 ESI whole, but builds a type-3 one itself
+/// from a system MAC and a local discriminator, and takes no other type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EsiConfig {
+    /// A type-0 (operator-chosen) ESI, `00:..`.
+    Type0,
+    /// A type-3 ESI `03:<system MAC>:<3-byte discriminator>`.
+    Type3 { system_mac: [u8; 6], discriminator: u32 },
+}
+
+impl EthernetSegmentPlan {
+    /// The `evpn mh` lines of the segment's `interface` stanza, in the order FRR writes them.
+    pub fn frr_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> =
+            self.df_preference.map(|p| format!("evpn mh es-df-pref {p}")).into_iter().collect();
+        match &self.esi_config {
+            EsiConfig::Type0 => lines.push(format!("evpn mh es-id {}", self.esi)),
+            EsiConfig::Type3 { system_mac, discriminator } => {
+                lines.push(format!("evpn mh es-id {discriminator}"));
+                lines.push(format!("evpn mh es-sys-mac {}", mac_text(system_mac)));
+            }
+        }
+        lines
+    }
+}
+
+fn mac_text(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The routed interface of a Layer2 network: the same gateway address and MAC on every node,
@@ -102,6 +148,22 @@ pub enum PlanError {
     DuplicateVni { vni: u32, other: String },
     #[error("subnet {subnet:?} of the network is not a valid CIDR")]
     InvalidSubnet { subnet: String },
+    #[error("Ethernet segment {segment:?} has ESI {esi:?}, which FRR cannot be given: {detail}")]
+    InvalidEsi { segment: String, esi: String, detail: String },
+    #[error("Ethernet segment {segment:?} names interface {interface:?}, which is not a valid interface name")]
+    InvalidSegmentInterface { segment: String, interface: String },
+    #[error("Ethernet segment {segment:?} needs a MAC-VRF: its interface becomes a port of the MAC-VRF's bridge")]
+    SegmentWithoutMacVrf { segment: String },
+    #[error(
+        "Ethernet segment {segment:?} is single-active, which FRR 8.4.4 does not support: it runs every segment all-active"
+    )]
+    SingleActiveUnsupported { segment: String },
+    #[error(
+        "Ethernet segment {segment:?} needs FRR driven by the agent: frr-k8s' FRRConfiguration has no Ethernet segments"
+    )]
+    SegmentWithFrrK8s { segment: String },
+    #[error("interface {interface:?} of Ethernet segment {segment:?} is already in segment {other:?}")]
+    SegmentInterfaceInUse { interface: String, segment: String, other: String },
 }
 
 impl PlanError {
@@ -113,6 +175,12 @@ impl PlanError {
             PlanError::VtepAddress { .. } => "VtepAddressInvalid",
             PlanError::DuplicateVni { .. } => "DuplicateVni",
             PlanError::InvalidSubnet { .. } => "InvalidSubnet",
+            PlanError::InvalidEsi { .. } => "EsiInvalid",
+            PlanError::InvalidSegmentInterface { .. } => "SegmentInterfaceInvalid",
+            PlanError::SegmentWithoutMacVrf { .. } => "SegmentWithoutMacVrf",
+            PlanError::SingleActiveUnsupported { .. } => "SingleActiveUnsupported",
+            PlanError::SegmentInterfaceInUse { .. } => "SegmentInterfaceInUse",
+            PlanError::SegmentWithFrrK8s { .. } => "SegmentWithFrrK8s",
         }
     }
 }
@@ -207,6 +275,28 @@ fn network_plan(
         }
         _ => return Err(PlanError::VtepNotFound(n.vtep.clone())),
     }
+    let ethernet_segments = n.ethernet_segments.iter().map(segment_plan).collect::<Result<Vec<_>, _>>()?;
+    if let Some(first) = ethernet_segments.first() {
+        if n.entry.mac_vrf.is_none() {
+            return Err(PlanError::SegmentWithoutMacVrf { segment: first.name.clone() });
+        }
+        // Without `bgp` frr-k8s drives FRR, and nothing would give zebra the segment's ESI.
+        if vtep.is_some_and(|v| v.bgp.is_none()) {
+            return Err(PlanError::SegmentWithFrrK8s { segment: first.name.clone() });
+        }
+    }
+    // An interface is a port of one bridge and carries one ESI: a second claim fails its network.
+    for (i, seg) in ethernet_segments.iter().enumerate() {
+        let earlier = ethernet_segments[..i].iter().map(|s| (&n.entry.evpn, s));
+        let other_networks = planned.iter().flat_map(|p| p.ethernet_segments.iter().map(move |s| (&p.evpn, s)));
+        if let Some((evpn, other)) = earlier.chain(other_networks).find(|(_, s)| s.interface == seg.interface) {
+            return Err(PlanError::SegmentInterfaceInUse {
+                interface: seg.interface.clone(),
+                segment: seg.name.clone(),
+                other: format!("{evpn}/{}", other.name),
+            });
+        }
+    }
     let segment = |vrf: &NodeVrf| SegmentPlan {
         vni: vrf.vni,
         bridge: bridge_name(vrf.vni),
@@ -229,6 +319,7 @@ fn network_plan(
         mac_vrf: n.mac_vrf.as_ref().map(segment),
         ip_vrf: n.ip_vrf.as_ref().map(segment),
         svi,
+        ethernet_segments,
     };
     // The operator never hands out a VNI twice, but a hand-written spec could; the second user
     // fails instead of both fighting over one device.
@@ -238,6 +329,56 @@ fn network_plan(
         }
     }
     Ok(plan)
+}
+
+fn segment_plan(s: &NodeSegment) -> Result<EthernetSegmentPlan, PlanError> {
+    if s.mode == RedundancyMode::SingleActive {
+        return Err(PlanError::SingleActiveUnsupported { segment: s.name.clone() });
+    }
+    if !is_interface_name(&s.interface) {
+        return Err(PlanError::InvalidSegmentInterface { segment: s.name.clone(), interface: s.interface.clone() });
+    }
+    let invalid =
+        |detail: &str| PlanError::InvalidEsi { segment: s.name.clone(), esi: s.esi.clone(), detail: detail.into() };
+    let bytes: [u8; 10] = s
+        .esi
+        .split(':')
+        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| invalid("not ten colon-separated hex bytes"))?;
+    let [kind, value @ ..] = bytes;
+    let esi_config = match kind {
+        0 if value.iter().all(|b| *b == 0) => return Err(invalid("the all-zero ESI means no segment")),
+        0 => EsiConfig::Type0,
+        3 => {
+            let mut system_mac = [0; 6];
+            system_mac.copy_from_slice(&value[..6]);
+            let discriminator = u32::from_be_bytes([0, value[6], value[7], value[8]]);
+            // FRR takes a type-3 ESI only as a non-zero system MAC and discriminator.
+            if system_mac == [0; 6] || discriminator == 0 {
+                return Err(invalid("a type-3 ESI needs a non-zero system MAC and discriminator"));
+            }
+            EsiConfig::Type3 { system_mac, discriminator }
+        }
+        other => return Err(invalid(&format!("type {other}: FRR 8.4.4 takes type-0 and type-3 ESIs only"))),
+    };
+    Ok(EthernetSegmentPlan {
+        name: s.name.clone(),
+        interface: s.interface.clone(),
+        esi: mac_text(&bytes),
+        esi_config,
+        df_preference: s.df_preference,
+    })
+}
+
+/// What the kernel accepts as an interface name (`dev_valid_name`): 1-15 bytes, not `.` or `..`,
+/// no `/`, `:` or whitespace.
+fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// The gateway of a subnet: its first host address, with the subnet's prefix length.
@@ -286,7 +427,7 @@ mod tests {
             cidrs: vec!["198.18.0.0/24".into()],
             udp_port: 4789,
             mtu: None,
-            bgp: None,
+            bgp: Some(Bgp { asn: 65001, neighbors: Vec::new(), bfd_profiles: Vec::new() }),
         }
     }
 
@@ -356,6 +497,126 @@ mod tests {
         let p = plan(&spec);
         assert!(p.networks.is_empty());
         assert_eq!(p.rejected[0].1.reason(), "VtepAddressInvalid");
+    }
+
+    fn ethernet_segment(evpn: &str, name: &str, interface: &str, esi: &str) -> NodeSegment {
+        NodeSegment {
+            evpn: evpn.into(),
+            name: name.into(),
+            interface: interface.into(),
+            esi: esi.into(),
+            mode: RedundancyMode::AllActive,
+            df_preference: None,
+        }
+    }
+
+    fn with_segments(mut n: NodeNetwork, segments: Vec<NodeSegment>) -> NodeNetwork {
+        n.ethernet_segments = segments;
+        n
+    }
+
+    fn segment_lines(spec: &DesiredNode) -> Vec<Vec<String>> {
+        let p = plan(spec);
+        assert!(p.rejected.is_empty(), "{:?}", p.rejected);
+        p.networks.iter().flat_map(|n| &n.ethernet_segments).map(EthernetSegmentPlan::frr_lines).collect()
+    }
+
+    #[test]
+    fn type_0_esis_are_given_whole_and_type_3_as_system_mac_and_discriminator() {
+        let mut preferred = ethernet_segment("blue", "s2", "bond2", "03:02:AA:00:00:00:01:01:00:05");
+        preferred.df_preference = Some(50000);
+        let spec = DesiredNode {
+            vteps: vec![vtep("fabric", Some("198.18.0.1"))],
+            networks: vec![with_segments(
+                network("blue", "fabric", Some(10000), None),
+                vec![ethernet_segment("blue", "s1", "bond1", "00:11:22:33:44:55:66:77:88:99"), preferred],
+            )],
+        };
+        assert_eq!(
+            segment_lines(&spec),
+            [
+                vec!["evpn mh es-id 00:11:22:33:44:55:66:77:88:99".to_owned()],
+                vec![
+                    "evpn mh es-df-pref 50000".to_owned(),
+                    "evpn mh es-id 65541".to_owned(),
+                    "evpn mh es-sys-mac 02:aa:00:00:00:01".to_owned(),
+                ],
+            ]
+        );
+        let p = plan(&spec);
+        assert_eq!(p.networks[0].ethernet_segments[1].esi, "03:02:aa:00:00:00:01:01:00:05", "as FRR prints it");
+    }
+
+    #[test]
+    fn segments_need_the_agent_to_drive_frr() {
+        let mut frr_k8s = vtep("fabric", Some("198.18.0.1"));
+        frr_k8s.bgp = None;
+        let spec = DesiredNode {
+            vteps: vec![frr_k8s],
+            networks: vec![with_segments(
+                network("blue", "fabric", Some(10000), None),
+                vec![ethernet_segment("blue", "s1", "bond1", "00:11:22:33:44:55:66:77:88:99")],
+            )],
+        };
+        assert_eq!(plan(&spec).rejected[0].1.reason(), "SegmentWithFrrK8s");
+    }
+
+    #[test]
+    fn a_bad_segment_rejects_its_network_alone() {
+        let bad = |esi: &str, interface: &str| {
+            let spec = DesiredNode {
+                vteps: vec![vtep("fabric", Some("198.18.0.1"))],
+                networks: vec![
+                    with_segments(
+                        network("blue", "fabric", Some(10000), None),
+                        vec![ethernet_segment("blue", "s1", interface, esi)],
+                    ),
+                    network("green", "fabric", Some(10001), None),
+                ],
+            };
+            let p = plan(&spec);
+            assert_eq!(p.networks.iter().map(|n| n.evpn.as_str()).collect::<Vec<_>>(), ["green"]);
+            p.rejected[0].1.reason()
+        };
+        assert_eq!(bad("00:11:22", "bond1"), "EsiInvalid");
+        assert_eq!(bad("00:11:22:33:44:55:66:77:88:zz", "bond1"), "EsiInvalid");
+        assert_eq!(bad("00:00:00:00:00:00:00:00:00:00", "bond1"), "EsiInvalid");
+        assert_eq!(bad("03:02:aa:00:00:00:01:00:00:00", "bond1"), "EsiInvalid", "discriminator 0");
+        assert_eq!(bad("01:02:aa:00:00:00:01:00:00:01", "bond1"), "EsiInvalid", "type 1");
+        assert_eq!(bad("00:11:22:33:44:55:66:77:88:99", "bond/1"), "SegmentInterfaceInvalid");
+        assert_eq!(bad("00:11:22:33:44:55:66:77:88:99", "a-very-long-name0"), "SegmentInterfaceInvalid");
+        assert_eq!(bad("00:11:22:33:44:55:66:77:88:99", ""), "SegmentInterfaceInvalid");
+    }
+
+    #[test]
+    fn segments_need_an_all_active_mac_vrf_and_an_interface_of_their_own() {
+        let mut single = ethernet_segment("blue", "s1", "bond1", "00:11:22:33:44:55:66:77:88:99");
+        single.mode = RedundancyMode::SingleActive;
+        let spec = DesiredNode {
+            vteps: vec![vtep("fabric", Some("198.18.0.1"))],
+            networks: vec![
+                with_segments(network("blue", "fabric", Some(10000), None), vec![single]),
+                with_segments(
+                    network("red", "fabric", None, Some(20000)),
+                    vec![ethernet_segment("red", "s1", "bond2", "00:11:22:33:44:55:66:77:88:98")],
+                ),
+                with_segments(
+                    network("green", "fabric", Some(10001), None),
+                    vec![ethernet_segment("green", "s1", "bond3", "00:11:22:33:44:55:66:77:88:97")],
+                ),
+                with_segments(
+                    network("yellow", "fabric", Some(10002), None),
+                    vec![ethernet_segment("yellow", "s1", "bond3", "00:11:22:33:44:55:66:77:88:96")],
+                ),
+            ],
+        };
+        let p = plan(&spec);
+        let reasons: Vec<(&str, &str)> = p.rejected.iter().map(|(e, r)| (e.as_str(), r.reason())).collect();
+        assert_eq!(
+            reasons,
+            [("blue", "SingleActiveUnsupported"), ("red", "SegmentWithoutMacVrf"), ("yellow", "SegmentInterfaceInUse")]
+        );
+        assert!(p.rejected[2].1.to_string().contains("green/s1"), "{}", p.rejected[2].1);
     }
 
     #[test]

@@ -240,6 +240,7 @@ impl Agent {
             }
         };
         if let Some(ip) = frr_ip {
+            self.refresh_uplinks(&frr_plan).await;
             let config = frr::render(&frr_plan, ip, &self.render);
             let started = Instant::now();
             let sync = self.frr.sync(&config).instrument(tracing::info_span!("frr_sync")).await;
@@ -303,7 +304,14 @@ impl Agent {
         }
         self.applied.retain(|evpn, _| self.known.contains(evpn));
 
-        let (sessions, vnis) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis());
+        let has_segments = plan.networks.iter().any(|n| !n.ethernet_segments.is_empty());
+        let segments = async { if has_segments { self.frr.ethernet_segments().await } else { Ok(Vec::new()) } };
+        let (sessions, vnis, segments) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis(), segments);
+        let segments = segments.unwrap_or_else(|e| {
+            self.metrics.error("frr_state");
+            warn!("reading Ethernet segments from FRR: {e}");
+            Vec::new()
+        });
         Observed {
             generation,
             agent: Some(AgentInfo {
@@ -326,6 +334,25 @@ impl Agent {
             networks,
             vnis: vnis.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
             network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
+            segments: report::segment_states(&plan.networks, &segments),
+        }
+    }
+
+    /// Finds the interfaces towards the address neighbors while the node has Ethernet segments
+    /// (only then are they rendered as uplinks). A failed lookup keeps the last ones: dropping
+    /// them would change what takes the segments down.
+    async fn refresh_uplinks(&mut self, plan: &NodePlan) {
+        if plan.networks.iter().all(|n| n.ethernet_segments.is_empty()) {
+            return;
+        }
+        let neighbors = plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);
+        let addresses: Vec<IpAddr> = neighbors.filter_map(|n| n.address.as_deref()?.parse().ok()).collect();
+        match self.dataplane.route_interfaces(&addresses).await {
+            Ok(uplinks) => self.render.uplinks = uplinks,
+            Err(e) => {
+                self.metrics.error("dataplane");
+                warn!("finding the uplinks: {e}");
+            }
         }
     }
 

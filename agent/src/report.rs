@@ -12,9 +12,13 @@ use std::collections::BTreeMap;
 use evpn_crds::EvpnNodeStateStatus;
 use evpn_crds::common::Condition;
 use evpn_crds::nodestate::{
-    AgentInfo, AppliedNetworkSet, BgpSessionState, NetworkPhase, NetworkState, VniState, VtepState,
+    AgentInfo, AppliedNetworkSet, BgpSessionState, DesignatedForwarderRole, NetworkPhase, NetworkState, SegmentState,
+    VniState, VtepState,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::frr::ZebraSegment;
+use crate::plan::NetworkPlan;
 
 /// How one network fared in this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +50,30 @@ pub struct Observed {
     pub vnis: BTreeMap<u32, VniState>,
     /// VNIs of each network, to attach FRR's view of them.
     pub network_vnis: BTreeMap<String, Vec<u32>>,
+    /// The planned Ethernet segments with FRR's view of them.
+    pub segments: Vec<SegmentState>,
+}
+
+/// Each planned Ethernet segment with what zebra reports of it, found by ESI: the state where
+/// zebra has it as local (once its `evpn mh` lines are applied), the role once zebra also runs
+/// the election (it knows the VTEP address; before, no `nonDF` flag means nothing).
+pub fn segment_states(networks: &[NetworkPlan], zebra: &[ZebraSegment]) -> Vec<SegmentState> {
+    let planned = networks.iter().flat_map(|n| n.ethernet_segments.iter().map(move |s| (&n.evpn, s)));
+    planned
+        .map(|(evpn, segment)| {
+            let local = zebra.iter().find(|z| z.esi == segment.esi && z.local);
+            SegmentState {
+                evpn: evpn.clone(),
+                name: segment.name.clone(),
+                esi: segment.esi.clone(),
+                role: local
+                    .filter(|z| z.ready)
+                    .map(|z| if z.non_df { DesignatedForwarderRole::NonDF } else { DesignatedForwarderRole::DF }),
+                state: local.map(|z| if z.oper_up { "Up" } else { "Down" }.to_owned()),
+                peers: local.map(|z| z.vteps.clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 /// Builds the status. `previous` supplies the transition time of an unchanged condition.
@@ -106,6 +134,7 @@ pub fn status(observed: &Observed, previous: Option<&EvpnNodeStateStatus>, now: 
         agent: observed.agent.clone(),
         vteps: observed.vteps.clone(),
         bgp_sessions: observed.sessions.clone(),
+        ethernet_segments: observed.segments.clone(),
         network_sets: observed.network_sets.clone(),
         unapplied_networks: unapplied,
         applied_networks: applied,
@@ -173,6 +202,43 @@ mod tests {
         let first = status(&observed(vec![("blue", Outcome::Applied { generation: 2 })]), None, at(10));
         let again = status(&observed(vec![("blue", Outcome::Applied { generation: 3 })]), Some(&first), at(20));
         assert_eq!(again.conditions[0].last_transition_time, at(10));
+    }
+
+    #[test]
+    fn segments_carry_zebras_election_and_state() {
+        use crate::frr::render::tests::{ethernet_segment, network, segment};
+        let mut blue = network("blue", Some(segment(100, 1, &[], &[])), None);
+        blue.ethernet_segments = vec![ethernet_segment(true), ethernet_segment(false)];
+        let zebra = |esi: &str, local: bool, non_df: bool| ZebraSegment {
+            esi: esi.into(),
+            interface: local.then(|| "bond3".into()),
+            local,
+            ready: local,
+            non_df,
+            oper_up: true,
+            vteps: vec!["198.18.0.2".into()],
+        };
+        let states = segment_states(
+            std::slice::from_ref(&blue),
+            &[zebra("00:11:22:33:44:55:66:77:88:99", false, false), zebra("03:02:aa:00:00:00:01:00:00:07", true, true)],
+        );
+        assert_eq!(
+            states[0],
+            SegmentState {
+                evpn: "blue".into(),
+                name: "s3".into(),
+                esi: "03:02:aa:00:00:00:01:00:00:07".into(),
+                role: Some(DesignatedForwarderRole::NonDF),
+                state: Some("Up".into()),
+                peers: vec!["198.18.0.2".into()],
+            }
+        );
+        assert_eq!((states[1].role, states[1].state.as_deref()), (None, None), "known to zebra as remote only");
+        let not_ready = ZebraSegment { ready: false, ..zebra("00:11:22:33:44:55:66:77:88:99", true, false) };
+        let unelected = segment_states(std::slice::from_ref(&blue), &[not_ready]);
+        assert_eq!((unelected[1].role, unelected[1].state.as_deref()), (None, Some("Up")), "no election yet");
+        let s = status(&Observed { segments: states, ..observed(Vec::new()) }, None, at(10));
+        assert_eq!(s.ethernet_segments.len(), 2);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use evpn_agent::dataplane::{ApplyScope, BackendChoice, Dataplane, DataplaneReport};
 use evpn_agent::plan::{
-    NetworkPlan, NodePlan, PlanError, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac, bridge_name, vxlan_name,
+    EsiConfig, EthernetSegmentPlan, NetworkPlan, NodePlan, PlanError, SegmentPlan, SviPlan, VtepPlan,
+    anycast_gateway_mac, bridge_name, vxlan_name,
 };
 use evpn_crds::common::RouteTargets;
 use evpn_crds::nodestate::VrfBackend;
@@ -168,6 +169,7 @@ fn l2(evpn: &str, vni: u32) -> NetworkPlan {
         mac_vrf: Some(segment(vni)),
         ip_vrf: None,
         svi: None,
+        ethernet_segments: Vec::new(),
     }
 }
 
@@ -182,6 +184,7 @@ fn irb(evpn: &str, vrf: &str, mac_vni: u32, ip_vni: u32, gateways: &[&str]) -> N
             addresses: gateways.iter().map(|g| (*g).to_owned()).collect(),
             mac: anycast_gateway_mac(ip_vni),
         }),
+        ethernet_segments: Vec::new(),
     }
 }
 
@@ -193,6 +196,7 @@ fn l3(evpn: &str, vrf: &str, ip_vni: u32) -> NetworkPlan {
         mac_vrf: None,
         ip_vrf: Some(segment(ip_vni)),
         svi: None,
+        ethernet_segments: Vec::new(),
     }
 }
 
@@ -409,6 +413,76 @@ async fn a_foreign_device_with_a_planned_name_fails_the_network_and_survives() {
     let report = dp.apply(&node_plan(vec![l2("green", 300)])).await;
     assert_all_ok(&report);
     assert_bridge(&lab.link(None, "evb300").expect("adopted"), "evpn-agent:green");
+}
+
+fn multihomed(evpn: &str, vni: u32, interfaces: &[&str]) -> NetworkPlan {
+    let mut n = l2(evpn, vni);
+    n.ethernet_segments = interfaces
+        .iter()
+        .map(|i| EthernetSegmentPlan {
+            name: format!("to-{i}"),
+            interface: (*i).to_owned(),
+            esi: "00:11:22:33:44:55:66:77:88:99".into(),
+            esi_config: EsiConfig::Type0,
+            df_preference: None,
+        })
+        .collect();
+    n
+}
+
+fn master(lab: &Lab, dev: &str) -> Option<String> {
+    lab.link(None, dev).expect("the interface exists")["master"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_interfaces_join_the_bridge_and_are_released_not_deleted() {
+    require_root!();
+    let lab = Lab::new();
+    let mut dp = lab.dataplane().await;
+    let plan = |interfaces: &[&str]| node_plan(vec![multihomed("blue", 100, interfaces), l2("red", 200)]);
+
+    let report = dp.apply(&plan(&["bond1"])).await;
+    let blue = report.networks["blue"].as_ref().expect_err("bond1 does not exist yet");
+    assert_eq!(blue.reason(), "SegmentInterfaceNotFound");
+    assert!(blue.to_string().contains("bond1"), "{blue}");
+    assert!(report.networks["red"].is_ok());
+
+    // The admin's interfaces appear (veths stand in for bonds, which this kernel may lack).
+    lab.ip(&["link", "add", "bond1", "type", "veth", "peer", "name", "bond1-peer"]);
+    lab.ip(&["link", "add", "bond2", "type", "veth", "peer", "name", "bond2-peer"]);
+    let report = dp.apply_scoped(&plan(&["bond1", "bond2"]), ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(master(&lab, "bond1").as_deref(), Some("evb100"));
+    assert_eq!(master(&lab, "bond2").as_deref(), Some("evb100"));
+    assert_eq!(dp.apply(&plan(&["bond1", "bond2"])).await.changes, 0);
+
+    let report = dp.apply_scoped(&plan(&["bond2"]), ApplyScope::Changes).await;
+    assert_all_ok(&report);
+    assert_eq!(report.changes, 1, "only bond1 leaves the bridge");
+    assert_eq!(master(&lab, "bond1"), None);
+    assert_eq!(master(&lab, "bond2").as_deref(), Some("evb100"));
+
+    // Removing the network deletes its bridge, never the interface the bridge had as a port.
+    let report = dp.apply(&node_plan(vec![l2("red", 200)])).await;
+    assert_all_ok(&report);
+    assert!(lab.link(None, "evb100").is_none());
+    assert_eq!(master(&lab, "bond2"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplinks_are_the_interfaces_of_the_routes_to_the_neighbors() {
+    require_root!();
+    let lab = Lab::new();
+    lab.ip(&["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0-peer"]);
+    lab.ip(&["link", "set", "uplink0", "up"]);
+    lab.ip(&["link", "set", "uplink0-peer", "up"]);
+    lab.ip(&["addr", "add", "192.0.2.1/31", "dev", "uplink0"]);
+    lab.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.0"]);
+    let dp = lab.dataplane().await;
+    let neighbors: Vec<IpAddr> =
+        ["192.0.2.0", "203.0.113.9", "198.51.100.1"].iter().map(|a| a.parse().unwrap()).collect();
+    let uplinks = dp.route_interfaces(&neighbors).await.expect("route lookups");
+    assert_eq!(uplinks.into_iter().collect::<Vec<_>>(), ["uplink0"], "no route, no uplink");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -774,6 +848,7 @@ async fn an_frr_k8s_vtep_gets_its_devices_and_frr_is_left_to_frr_k8s() {
         vrf_backend: VrfBackend::NetnsVrf,
         vrf_netns_dir: "/run/netns".into(),
         passwords: Default::default(),
+        uplinks: Default::default(),
     };
     // No FRR runs under this pathspace: any attempt to drive it would fail differently.
     let frr = evpn_agent::frr::Frr::new(Some(format!("{}-absent", lab.node)));

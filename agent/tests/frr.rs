@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use evpn_agent::frr::{Config, Frr, FrrError, RenderOptions, SyncMethod, diff, render};
 use evpn_agent::plan::{
-    NetworkPlan, NodePlan, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac, bridge_name, vxlan_name,
+    EsiConfig, EthernetSegmentPlan, NetworkPlan, NodePlan, SegmentPlan, SviPlan, VtepPlan, anycast_gateway_mac,
+    bridge_name, vxlan_name,
 };
+use evpn_agent::report::segment_states;
 use evpn_crds::RouteTargets;
 use evpn_crds::nodestate::VrfBackend;
 use evpn_crds::vtep::{BfdProfile, Bgp, BgpNeighbor, VtepMode};
@@ -231,7 +233,15 @@ fn l2_network(evpn: &str, vni: u32, import: &str) -> NetworkPlan {
         route_targets: RouteTargets { import: vec![import.into()], export: vec![format!("65000:{vni}")] },
         rd_index: vni,
     };
-    NetworkPlan { evpn: evpn.into(), generation: 1, vrf: evpn.into(), mac_vrf: Some(segment), ip_vrf: None, svi: None }
+    NetworkPlan {
+        evpn: evpn.into(),
+        generation: 1,
+        vrf: evpn.into(),
+        mac_vrf: Some(segment),
+        ip_vrf: None,
+        svi: None,
+        ethernet_segments: Vec::new(),
+    }
 }
 
 fn l3_network(evpn: &str, ip_vni: u32, mac_vni: Option<u32>) -> NetworkPlan {
@@ -250,6 +260,7 @@ fn l3_network(evpn: &str, ip_vni: u32, mac_vni: Option<u32>) -> NetworkPlan {
         mac_vrf: mac_vni.map(segment),
         ip_vrf: Some(segment(ip_vni)),
         svi,
+        ethernet_segments: Vec::new(),
     }
 }
 
@@ -291,6 +302,7 @@ fn options(lab: &Lab) -> RenderOptions {
         vrf_backend: VrfBackend::KernelVrf,
         vrf_netns_dir: "/run/netns".into(),
         passwords: Default::default(),
+        uplinks: Default::default(),
     }
 }
 
@@ -391,6 +403,100 @@ async fn syncs_incrementally_isolates_failures_and_reloads_after_restart() {
     assert_ne!(sessions[0].state, "Established");
     assert!(frr.vnis().await.expect("vnis").is_empty(), "no VXLAN devices, so zebra knows no VNI");
     assert!(!frr.vrf_active("red").await.expect("show vrf"));
+}
+
+fn multihomed(evpn: &str, vni: u32, segments: Vec<EthernetSegmentPlan>) -> NetworkPlan {
+    let mut n = l2_network(evpn, vni, &format!("65000:{vni}"));
+    n.ethernet_segments = segments;
+    n
+}
+
+fn type_0(interface: &str, esi: &str) -> EthernetSegmentPlan {
+    EthernetSegmentPlan {
+        name: interface.into(),
+        interface: interface.into(),
+        esi: esi.into(),
+        esi_config: EsiConfig::Type0,
+        df_preference: None,
+    }
+}
+
+/// The `evpn mh` lines as FRR 8.4.4's zebra takes them, read back from `show evpn es`. zebra
+/// 8.4.4 makes only bonds (and interfaces it has not seen yet) Ethernet segments, and this
+/// kernel has no bonds: the segments here are on interfaces that do not exist yet, and a veth
+/// shows how FRR refuses any other kind.
+#[tokio::test(flavor = "current_thread")]
+async fn applies_and_removes_ethernet_segments() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let lab = Lab::start("mh");
+    sh("ip", &["-n", &lab.name, "link", "add", "uplink0", "type", "veth", "peer", "name", "veth-es"]).expect("veths");
+    let mut frr = Frr::new(Some(lab.name.clone()));
+    let mut opts = options(&lab);
+    opts.uplinks.insert("uplink0".into());
+    let type_3 = EthernetSegmentPlan {
+        name: "s3".into(),
+        interface: "bond3".into(),
+        esi: "03:02:aa:00:00:00:01:00:00:07".into(),
+        esi_config: EsiConfig::Type3 { system_mac: [2, 0xaa, 0, 0, 0, 1], discriminator: 7 },
+        df_preference: Some(100),
+    };
+    let both = || vec![type_0("bond1", "00:11:22:33:44:55:66:77:88:99"), type_3.clone()];
+    let report = frr.sync(&render(&node(vec![multihomed("blue", 100, both())]), VTEP, &opts)).await;
+    assert_eq!(report.method, SyncMethod::FullReload);
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    for expected in [
+        "interface bond1\n evpn mh es-id 00:11:22:33:44:55:66:77:88:99\nexit",
+        "interface bond3\n evpn mh es-df-pref 100\n evpn mh es-id 7\n evpn mh es-sys-mac 02:aa:00:00:00:01\nexit",
+        "interface uplink0\n evpn mh uplink\nexit",
+    ] {
+        assert!(running.contains(expected), "{expected:?} missing from\n{running}");
+    }
+    let segments = frr.ethernet_segments().await.expect("show evpn es");
+    let local: Vec<(&str, Option<&str>)> =
+        segments.iter().filter(|s| s.local).map(|s| (s.esi.as_str(), s.interface.as_deref())).collect();
+    assert_eq!(
+        local,
+        [("00:11:22:33:44:55:66:77:88:99", Some("bond1")), ("03:02:aa:00:00:00:01:00:00:07", Some("bond3"))]
+    );
+    // Neither interface exists, nor a VXLAN device that would give zebra its VTEP address: the
+    // segments are down and zebra has not elected a designated forwarder.
+    let states = segment_states(&[multihomed("blue", 100, both())], &segments);
+    let reported: Vec<_> = states.iter().map(|s| (s.name.as_str(), s.role, s.state.as_deref())).collect();
+    assert_eq!(reported, [("bond1", None, Some("Down")), ("s3", None, Some("Down"))]);
+
+    // One segment goes: its interface is emptied incrementally, the other one stays.
+    let report = frr.sync(&render(&node(vec![multihomed("blue", 100, vec![type_3.clone()])]), VTEP, &opts)).await;
+    assert_eq!(report.method, SyncMethod::Incremental);
+    assert!(report.is_ok(), "{report:?}");
+    let esis: Vec<String> = frr.ethernet_segments().await.expect("show evpn es").into_iter().map(|s| s.esi).collect();
+    assert_eq!(esis, ["03:02:aa:00:00:00:01:00:00:07"]);
+
+    // A veth is no Ethernet segment for zebra 8.4.4: that network fails, the other is kept.
+    let with_veth = || {
+        vec![
+            multihomed("blue", 100, vec![type_3.clone()]),
+            multihomed("green", 200, vec![type_0("veth-es", "00:11:22:33:44:55:66:77:88:aa")]),
+        ]
+    };
+    let report = frr.sync(&render(&node(with_veth()), VTEP, &opts)).await;
+    match report.result(Some("green")) {
+        Some(Err(FrrError::CommandFailed { output, .. })) => {
+            assert!(output.contains("ESI cannot be associated with this interface type"), "{output}")
+        }
+        other => panic!("green should fail: {other:?}"),
+    }
+    assert!(matches!(report.result(Some("blue")), Some(Ok(()))), "{report:?}");
+
+    // The last segment goes: the uplink line goes with it.
+    let report = frr.sync(&render(&node(vec![l2_network("blue", 100, "65000:100")]), VTEP, &opts)).await;
+    assert!(report.is_ok(), "{report:?}");
+    let running = lab.running_config();
+    assert!(!running.contains("evpn mh"), "{running}");
+    assert!(frr.ethernet_segments().await.expect("show evpn es").is_empty());
 }
 
 /// Layer3, IRB, BFD and passwords as FRR takes them (kernel VRF backend: the VRFs stay inactive

@@ -169,6 +169,10 @@ pub struct EvpnNodeStateStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["neighbor".into()]))]
     pub bgp_sessions: Vec<BgpSessionState>,
+    /// The Ethernet segments of this node's applied networks, as FRR's zebra reports them.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub ethernet_segments: Vec<SegmentState>,
     /// The revision of each network set the agent last acted on: every network of that revision
     /// not listed in `unappliedNetworks` is applied.
     #[serde(default)]
@@ -254,6 +258,39 @@ pub struct BgpSessionState {
     /// State of the BFD session on it, when BFD runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<String>,
+}
+
+/// An Ethernet segment on the node as FRR's zebra reports it (`show evpn es detail`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentState {
+    /// Name of the EVPN.
+    pub evpn: String,
+    /// Name of the segment in the EVPN.
+    pub name: String,
+    /// The ESI.
+    pub esi: String,
+    /// Whether this node forwards the segment's broadcast, unknown-unicast and multicast traffic;
+    /// absent until zebra runs the election (the segment is local and zebra knows the VTEP
+    /// address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<DesignatedForwarderRole>,
+    /// `Up` or `Down` (the interface's operational state, held down while every uplink is down);
+    /// absent while FRR does not report the segment as local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The other VTEPs FRR knows on the segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+}
+
+/// A node's part in the designated-forwarder election of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DesignatedForwarderRole {
+    /// The designated forwarder.
+    DF,
+    /// Not the designated forwarder.
+    NonDF,
 }
 
 /// A network not (or no longer fully) applied on the node.

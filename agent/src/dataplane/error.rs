@@ -87,6 +87,17 @@ pub enum DataplaneError {
     OwnerMarkTooLong { alias: String },
     #[error("the VTEP is not usable, so no tunnel can be built: {0}")]
     VtepUnavailable(String),
+    #[error(
+        "interface {interface} of Ethernet segment {segment:?} does not exist in {ns}, where the network's bridge is"
+    )]
+    SegmentInterfaceNotFound { interface: String, segment: String, ns: String },
+    #[error("looking up the route to {address} in {ns}: {source}")]
+    RouteLookup {
+        address: IpAddr,
+        ns: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
 }
 
 impl DataplaneError {
@@ -108,6 +119,8 @@ impl DataplaneError {
             DataplaneError::DeviceConflict { .. } => "DeviceConflict",
             DataplaneError::OwnerMarkTooLong { .. } => "NetworkNameTooLong",
             DataplaneError::VtepUnavailable(_) => "VtepUnavailable",
+            DataplaneError::SegmentInterfaceNotFound { .. } => "SegmentInterfaceNotFound",
+            DataplaneError::RouteLookup { .. } => "RouteLookupFailed",
         }
     }
 

@@ -1,4 +1,5 @@
-//! The node's data plane over netlink: bridges, VXLAN devices, SVI and VTEP addresses.
+//! The node's data plane over netlink: bridges, VXLAN devices, SVI and VTEP addresses, and the
+//! Ethernet segments' interfaces as bridge ports.
 //!
 //! Design decisions:
 //!
@@ -20,7 +21,9 @@
 //!   changed, it must move to another namespace) is removed, and anything without the mark is
 //!   left alone. The alias cannot be given at creation (the kernel ignores `IFLA_IFALIAS` in a
 //!   new link), so an interrupted apply can leave an unmarked device with one of our names; it
-//!   is adopted only if it already is exactly what the plan asks for.
+//!   is adopted only if it already is exactly what the plan asks for. The one change made to a
+//!   device that is not ours: an Ethernet segment's interface (the admin's bond) is made a port
+//!   of its network's MAC-VRF bridge, and taken out of it when the segment goes.
 //! - **Two VRF backends.** With kernel VRF devices the VRF's bridges are enslaved to the device
 //!   named after the VRF. Kernels without them use one network namespace per VRF (the
 //!   namespace file `<dir>/<vrf>`, made by OVN-Kubernetes or a lab, never by us): the bridge
@@ -46,18 +49,19 @@ mod vtep;
 pub use error::DataplaneError;
 pub use vtep::VTEP_DEVICE;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 
 use evpn_crds::nodestate::VrfBackend;
-use futures::StreamExt;
-use netlink_packet_route::link::InfoKind;
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::link::{InfoKind, LinkAttribute};
+use netlink_packet_route::route::RouteAttribute;
 use nix::errno::Errno;
-use rtnetlink::{LinkUnspec, LinkVrf};
+use rtnetlink::{LinkUnspec, LinkVrf, RouteMessageBuilder};
 
-use crate::plan::{NetworkPlan, NodePlan, OWNER_ALIAS_PREFIX, SegmentPlan, SviPlan, VtepPlan};
+use crate::plan::{EthernetSegmentPlan, NetworkPlan, NodePlan, OWNER_ALIAS_PREFIX, SegmentPlan, SviPlan, VtepPlan};
 use error::errno;
 use netns::{Netns, NsId};
 use network::Ctx;
@@ -216,6 +220,39 @@ impl Dataplane {
         }
     }
 
+    /// The interfaces the node's routes to `addresses` leave through, as the kernel resolves them
+    /// now; an address without a route has none.
+    pub async fn route_interfaces(&self, addresses: &[IpAddr]) -> Result<BTreeSet<String>, DataplaneError> {
+        let mut interfaces = BTreeSet::new();
+        for &address in addresses {
+            let lookup = match address {
+                IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
+                IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, 128).build(),
+            };
+            let fail =
+                |source| DataplaneError::RouteLookup { address, ns: self.node.label.clone(), source: Box::new(source) };
+            let route = match self.node.handle.route().get(lookup).execute().try_next().await {
+                Ok(route) => route,
+                Err(e) if [Errno::ENETUNREACH, Errno::EHOSTUNREACH].iter().any(|n| errno(&e) == Some(*n as i32)) => {
+                    continue;
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            let oif = route.iter().flat_map(|r| &r.attributes).find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            let Some(index) = oif else { continue };
+            let link = self.node.handle.link().get().match_index(index).execute().try_next().await.map_err(fail)?;
+            let name = link.iter().flat_map(|l| &l.attributes).find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            interfaces.extend(name);
+        }
+        Ok(interfaces)
+    }
+
     /// Makes the node's devices match `plan`, changing only what differs: a full apply.
     pub async fn apply(&mut self, plan: &NodePlan) -> DataplaneReport {
         self.apply_scoped(plan, ApplyScope::Full).await
@@ -275,7 +312,7 @@ impl Dataplane {
                 refresh_vrf_netns(&self.node, dir, &mut self.vrf_netns, plan, &mut report.removals).await
             }
         };
-        let Dataplane { node, backend, vrf_netns, dummy_supported, .. } = self;
+        let Dataplane { node, backend, vrf_netns, dummy_supported, applied } = self;
         let reads = target.map(|t| names_to_read(t, plan, backend, node.id, vrf_netns));
 
         // One scope per distinct namespace; two files naming one namespace share a scope.
@@ -380,7 +417,9 @@ impl Dataplane {
             // such a closure's future `Send`, and apply() must run on a tokio task.
             let mut pending = Vec::with_capacity(work.len());
             for (n, w) in &work {
-                pending.push(async move { (n.evpn.clone(), ctx.network(n, w).await) });
+                let before = applied.as_ref().and_then(|a| a.networks.get(&n.evpn)).map(|(p, _)| p);
+                let released = released_ports(before, n);
+                pending.push(async move { (n.evpn.clone(), ctx.network(n, w, &released).await) });
             }
             let results: Vec<_> = futures::stream::iter(pending).buffer_unordered(CONCURRENCY).collect().await;
             for (evpn, r) in results {
@@ -394,6 +433,14 @@ impl Dataplane {
         report.changes = changes.into_inner();
         (report, unplaced)
     }
+}
+
+/// The interfaces of the segments `before` had and `now` has not: still ports of the bridge,
+/// to be released (never deleted: they are not ours).
+fn released_ports(before: Option<&NetworkPlan>, now: &NetworkPlan) -> Vec<String> {
+    let kept = |interface: &str| now.ethernet_segments.iter().any(|s| s.interface == interface);
+    let segments = before.into_iter().flat_map(|b| &b.ethernet_segments);
+    segments.filter(|s| !kept(&s.interface)).map(|s| s.interface.clone()).collect()
 }
 
 /// The devices a targeted apply reads, by name, per namespace, and whether it reads their
@@ -414,6 +461,7 @@ fn names_to_read(
             .into_iter()
             .flatten()
             .flat_map(|seg| [seg.bridge.clone(), seg.vxlan.clone()])
+            .chain(n.ethernet_segments.iter().map(|s| s.interface.clone()))
             .collect();
         let svi = n.svi.is_some();
         let mut at = vec![node];
@@ -548,6 +596,9 @@ struct SegmentWork<'p> {
     master: u32,
     /// The SVI the bridge carries (IRB MAC-VRF only).
     svi: Option<&'p SviPlan>,
+    /// The MAC-VRF's Ethernet segments, whose interfaces are ports of its bridge; `None` for
+    /// the IP-VRF.
+    ethernet_segments: Option<&'p [EthernetSegmentPlan]>,
 }
 
 /// Resolves where each segment of `n` lives, or why it cannot.
@@ -575,10 +626,10 @@ fn place<'p>(
             Some((scope, master)) if n.bridge_in_vrf() => (scope, master, n.svi.as_ref()),
             _ => (NODE, 0, None),
         };
-        work.push(SegmentWork { seg, scope, master, svi });
+        work.push(SegmentWork { seg, scope, master, svi, ethernet_segments: Some(&n.ethernet_segments) });
     }
     if let (Some(seg), Some((scope, master))) = (&n.ip_vrf, vrf) {
-        work.push(SegmentWork { seg, scope, master, svi: None });
+        work.push(SegmentWork { seg, scope, master, svi: None, ethernet_segments: None });
     }
     Ok(work)
 }

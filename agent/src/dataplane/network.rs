@@ -14,7 +14,7 @@ use super::netns::Netns;
 use super::requests::{add_address, change_link, create_link, delete_link, link_index, remove_address};
 use super::snapshot::{Link, Vxlan};
 use super::{DataplaneError, MAX_ALIAS_LEN, NODE, Scope, SegmentWork, is_link_local, parse_prefix};
-use crate::plan::{NetworkPlan, SegmentPlan, SviPlan, VtepPlan};
+use crate::plan::{EthernetSegmentPlan, NetworkPlan, SegmentPlan, SviPlan, VtepPlan};
 
 /// What every network's devices share during one apply.
 pub(super) struct Ctx<'a> {
@@ -25,7 +25,14 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub(super) async fn network(&self, n: &NetworkPlan, work: &[SegmentWork<'_>]) -> Result<(), DataplaneError> {
+    /// Realises network `n`; `released` names interfaces of its former segments, to be taken
+    /// out of its bridge.
+    pub(super) async fn network(
+        &self,
+        n: &NetworkPlan,
+        work: &[SegmentWork<'_>],
+        released: &[String],
+    ) -> Result<(), DataplaneError> {
         let owner = n.owner_alias();
         // Checked before anything is made: a device whose mark the kernel refuses would be left
         // unmarked, and so beyond our cleanup.
@@ -38,6 +45,42 @@ impl Ctx<'_> {
             self.vxlan(w.scope, w.seg, bridge, &owner).await?;
             if let Some(svi) = w.svi {
                 self.svi_addresses(scope, &w.seg.bridge, bridge, svi).await?;
+            }
+            if let Some(segments) = w.ethernet_segments {
+                self.segment_ports(scope, bridge, segments, released).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes each segment's interface a port of the bridge, and takes the released ones out of
+    /// it. The interfaces are not ours: nothing else of them is changed, and only what this
+    /// agent's last apply made a port is released (a segment removed while the agent was down
+    /// stays a port, since nothing marks the interface as ours).
+    async fn segment_ports(
+        &self,
+        scope: &Scope<'_>,
+        bridge: u32,
+        segments: &[EthernetSegmentPlan],
+        released: &[String],
+    ) -> Result<(), DataplaneError> {
+        for name in released {
+            if let Some(l) = scope.snap.link(name).filter(|l| l.master == bridge) {
+                let msg = LinkUnspec::new_with_name(&l.name).nocontroller().build();
+                change_link(self.changes, scope.ns, msg, "master (segment removed)", name).await?;
+            }
+        }
+        for segment in segments {
+            let Some(l) = scope.snap.link(&segment.interface) else {
+                return Err(DataplaneError::SegmentInterfaceNotFound {
+                    interface: segment.interface.clone(),
+                    segment: segment.name.clone(),
+                    ns: scope.ns.label.clone(),
+                });
+            };
+            if l.master != bridge {
+                let msg = LinkUnspec::new_with_name(&l.name).controller(bridge).build();
+                change_link(self.changes, scope.ns, msg, "master (segment port)", &l.name).await?;
             }
         }
         Ok(())

@@ -125,9 +125,10 @@ fn top_level_rank(stanza: &Stanza) -> u8 {
     let words: Vec<&str> = stanza.header.split(' ').collect();
     match words[..] {
         ["vrf", ..] => 0,
-        ["bfd", ..] => 1,
-        ["router", "bgp", _] => 2,
-        _ => 3,
+        ["interface", ..] => 1,
+        ["bfd", ..] => 2,
+        ["router", "bgp", _] => 3,
+        _ => 4,
     }
 }
 

@@ -15,7 +15,9 @@
 //!   `no router bgp 65001 vrf red` ("Please unconfigure l3vni" otherwise), and a kernel VRF's
 //!   `no vrf red` comes last;
 //! - a `netns` line is never removed and a netns-bound `vrf` is never deleted: 8.4.4 cannot bind
-//!   it again ("Invalid NSID").
+//!   it again ("Invalid NSID");
+//! - an `interface` is never deleted, only emptied of our lines: the device is not ours, and
+//!   zebra refuses to delete an interface the kernel has.
 //!
 //! Node-wide additions form the first group (networks hang their `vni` blocks inside the
 //! underlay `router bgp`), node-wide removals the last (`no router bgp 65001` fails while VRF
@@ -54,6 +56,13 @@ pub fn diff(old: &Config, new: &Config) -> Vec<CommandGroup> {
                 }
                 if stanza.netns_line().is_none() {
                     deferred_vrf_deletions.push(change(stanza, Vec::new(), Some(format!("no {}", stanza.header))));
+                }
+            }
+            // The interface is not ours (a bond, an uplink): only our lines leave it.
+            None if stanza.header.starts_with("interface ") => {
+                let path = vec![stanza.header.as_str()];
+                for line in stanza.lines.iter().rev() {
+                    removals.push(change(stanza, path.clone(), Some(format!("no {line}"))));
                 }
             }
             None => removed_stanza(stanza, &mut Vec::new(), &mut removals),
@@ -119,6 +128,9 @@ fn setting_key(line: &str) -> Option<&str> {
             | ["receive-interval"]
             | ["transmit-interval"]
             | ["detect-multiplier"]
+            | ["evpn", "mh", "es-id"]
+            | ["evpn", "mh", "es-sys-mac"]
+            | ["evpn", "mh", "es-df-pref"]
     );
     single_valued.then_some(key)
 }
@@ -223,7 +235,7 @@ fn exit_command(header: &str) -> &'static str {
 mod tests {
     use super::*;
     use crate::frr::render::render;
-    use crate::frr::render::tests::{VTEP, network, node, opts, segment, underlay_bgp};
+    use crate::frr::render::tests::{VTEP, ethernet_segment, network, node, opts, segment, underlay_bgp};
     use crate::plan::NodePlan;
     use evpn_crds::nodestate::VrfBackend;
 
@@ -355,6 +367,64 @@ mod tests {
         assert_eq!(owners(diff(&empty, &full)), [None, Some("blue".into())]);
         assert_eq!(owners(diff(&full, &empty)), [Some("blue".into()), None]);
         assert_eq!(diff(&full, &empty)[1].commands, ["no router bgp 65001"]);
+    }
+
+    /// blue (VNI 100) with the given segments, and an uplink eth1.
+    fn multihomed(segments: &[bool]) -> Config {
+        let mut blue = network("blue", Some(segment(100, 1, &[], &[])), None);
+        blue.ethernet_segments = segments.iter().map(|t| ethernet_segment(*t)).collect();
+        let mut o = opts(VrfBackend::KernelVrf);
+        o.uplinks.insert("eth1".into());
+        render(&node(vec![blue], underlay_bgp()), VTEP, &o)
+    }
+
+    #[test]
+    fn adding_a_segment_configures_its_interface_and_the_uplinks() {
+        let expected = [
+            group(None, "interface eth1\nevpn mh uplink\nexit"),
+            group(
+                Some("blue"),
+                "interface bond3
+                 evpn mh es-df-pref 100
+                 evpn mh es-id 7
+                 evpn mh es-sys-mac 02:aa:00:00:00:01
+                 exit",
+            ),
+        ];
+        assert_eq!(diff(&multihomed(&[]), &multihomed(&[true])), expected);
+        assert_eq!(
+            diff(&multihomed(&[true]), &multihomed(&[true, false])),
+            [group(Some("blue"), "interface bond1\nevpn mh es-id 00:11:22:33:44:55:66:77:88:99\nexit")]
+        );
+    }
+
+    #[test]
+    fn removing_the_last_segment_empties_the_interfaces_without_deleting_them() {
+        let expected = [
+            group(
+                Some("blue"),
+                "interface bond3
+                 no evpn mh es-sys-mac 02:aa:00:00:00:01
+                 no evpn mh es-id 7
+                 no evpn mh es-df-pref 100
+                 exit",
+            ),
+            group(None, "interface eth1\nno evpn mh uplink\nexit"),
+        ];
+        assert_eq!(diff(&multihomed(&[true]), &multihomed(&[])), expected);
+    }
+
+    #[test]
+    fn a_changed_esi_is_set_in_place() {
+        let type_0 = multihomed(&[false]);
+        let mut other = type_0.clone();
+        if let Some(s) = other.stanzas.iter_mut().find(|s| s.header == "interface bond1") {
+            s.lines = vec!["evpn mh es-id 00:11:22:33:44:55:66:77:88:aa".into()];
+        }
+        assert_eq!(
+            diff(&type_0, &other),
+            [group(Some("blue"), "interface bond1\nevpn mh es-id 00:11:22:33:44:55:66:77:88:aa\nexit")]
+        );
     }
 
     #[test]

@@ -368,17 +368,7 @@ impl Frr {
             state: Option<String>,
         }
         let output = self.show(COMMAND).await?;
-        let Some(value) = parse_json::<serde_json::Value>(COMMAND, &output)? else { return Ok(Vec::new()) };
-        let entries: Vec<serde_json::Value> = match value {
-            serde_json::Value::Array(entries) => entries,
-            serde_json::Value::Object(map) => map.into_iter().map(|(_, v)| v).collect(),
-            _ => {
-                return Err(FrrError::ParseState {
-                    command: COMMAND.into(),
-                    reason: "neither a list nor a map".into(),
-                });
-            }
-        };
+        let entries = json_entries(COMMAND, &output)?;
         let mut vnis = Vec::new();
         for entry in entries {
             let Ok(vni) = serde_json::from_value::<Vni>(entry) else { continue };
@@ -390,6 +380,12 @@ impl Frr {
             vnis.push(VniState { vni: vni.vni, type_, up });
         }
         Ok(vnis)
+    }
+
+    /// The Ethernet segments zebra knows (`show evpn es detail json`).
+    pub async fn ethernet_segments(&self) -> Result<Vec<ZebraSegment>, FrrError> {
+        const COMMAND: &str = "show evpn es detail json";
+        parse_ethernet_segments(COMMAND, &self.show(COMMAND).await?)
     }
 
     /// Whether zebra has bound VRF `name` (to its device or netns). With the netns backend a
@@ -438,6 +434,60 @@ impl Frr {
         }
         identity
     }
+}
+
+/// An Ethernet segment as FRR 8.4.4's zebra reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZebraSegment {
+    /// Ten lowercase hex bytes.
+    pub esi: String,
+    /// The local interface (`accessPort`); `None` for a segment known from remote VTEPs only.
+    pub interface: Option<String>,
+    /// This node is attached: the `local` flag.
+    pub local: bool,
+    /// The `readyForBgp` flag: local, and zebra knows the VTEP address to advertise it from;
+    /// only then does zebra run the designated-forwarder election.
+    pub ready: bool,
+    /// The `nonDF` flag: this node does not forward the segment's BUM traffic.
+    pub non_df: bool,
+    /// The `operUp` flag.
+    pub oper_up: bool,
+    /// The VTEPs that advertised the segment (`vteps[].vtep`).
+    pub vteps: Vec<String>,
+}
+
+/// Parses zebra's `show evpn es detail json`: a list of segments, each with `esi`, `accessPort`,
+/// `flags` (`local`, `remote`, `nonDF`, `readyForBgp`, `operUp`, ...; left out when no flag is
+/// set) and `vteps`.
+/// Entries without an ESI are skipped and other missing fields read as unset: versions differ.
+fn parse_ethernet_segments(command: &str, output: &str) -> Result<Vec<ZebraSegment>, FrrError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Segment {
+        esi: String,
+        #[serde(default)]
+        access_port: serde_json::Value,
+        #[serde(default)]
+        flags: serde_json::Value,
+        #[serde(default)]
+        vteps: serde_json::Value,
+    }
+    let segments = json_entries(command, output)?.into_iter().filter_map(|entry| {
+        let segment = serde_json::from_value::<Segment>(entry).ok()?;
+        let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+        let flags = list(&segment.flags);
+        let flag = |name: &str| flags.iter().any(|f| f.as_str() == Some(name));
+        Some(ZebraSegment {
+            esi: segment.esi.to_ascii_lowercase(),
+            local: flag("local"),
+            ready: flag("readyForBgp"),
+            non_df: flag("nonDF"),
+            oper_up: flag("operUp"),
+            interface: segment.access_port.as_str().map(str::to_owned),
+            vteps: list(&segment.vteps).iter().filter_map(|v| v.get("vtep")?.as_str().map(str::to_owned)).collect(),
+        })
+    });
+    Ok(segments.collect())
 }
 
 /// The header of the node-wide BGP instance (`router bgp <asn>`).
@@ -571,6 +621,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(command: &str, output: &str) -> Re
         .map_err(|e| FrrError::ParseState { command: command.into(), reason: e.to_string() })
 }
 
+/// The entries of a JSON list, or the values of a JSON map (FRR prints either, by version and
+/// command); none when FRR printed nothing.
+fn json_entries(command: &str, output: &str) -> Result<Vec<serde_json::Value>, FrrError> {
+    match parse_json::<serde_json::Value>(command, output)? {
+        None => Ok(Vec::new()),
+        Some(serde_json::Value::Array(entries)) => Ok(entries),
+        Some(serde_json::Value::Object(map)) => Ok(map.into_iter().map(|(_, v)| v).collect()),
+        Some(_) => Err(FrrError::ParseState { command: command.into(), reason: "neither a list nor a map".into() }),
+    }
+}
+
 /// Writes a file readable by its owner only: it carries the BGP passwords.
 async fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -646,6 +707,49 @@ mod tests {
         let outcomes = session.outcomes(output);
         assert_eq!(outcomes[0], Ok(()), "{outcomes:?}");
         assert!(outcomes[1].as_ref().is_err_and(|e| e.starts_with("vtysh stopped")), "{outcomes:?}");
+    }
+
+    /// Shaped after zebra_evpn_es_show_entry_detail() of FRR 8.4.4: a local segment that lost the
+    /// election, a remote-only one, one without flags, and entries of unknown shape.
+    #[test]
+    fn parses_zebra_ethernet_segments() {
+        let output = r#"[
+          {"esi":"03:02:aa:00:00:00:01:00:00:07","accessPort":"bond3",
+           "flags":["local","remote","nonDF","readyForBgp","bridgePort","operUp","nexthopGroupActive"],
+           "vniCount":1,"macCount":2,"dfPreference":100,"nexthopGroup":536870913,
+           "vteps":[{"vtep":"198.18.0.2","dfAlgorithm":"preference","dfPreference":50000,"nexthopId":268435457}]},
+          {"esi":"00:11:22:33:44:55:66:77:88:99","flags":["remote"],"vniCount":0,"macCount":0,
+           "dfPreference":0,"nexthopGroup":0,"vteps":[{"vtep":"198.18.0.3"}]},
+          {"esi":"00:AA:22:33:44:55:66:77:88:99","accessPort":"bond4","vniCount":0,"macCount":0},
+          {"accessPort":"bond5"},
+          {"esi":"00:bb:22:33:44:55:66:77:88:99","flags":"local","vteps":[{"nexthopId":1}, 7]}
+        ]"#;
+        let segments = parse_ethernet_segments("c", output).unwrap();
+        assert_eq!(
+            segments[0],
+            ZebraSegment {
+                esi: "03:02:aa:00:00:00:01:00:00:07".into(),
+                interface: Some("bond3".into()),
+                local: true,
+                ready: true,
+                non_df: true,
+                oper_up: true,
+                vteps: vec!["198.18.0.2".into()],
+            }
+        );
+        assert_eq!((segments[1].local, segments[1].interface.as_deref()), (false, None));
+        assert_eq!(
+            (segments[2].esi.as_str(), segments[2].local, segments[2].oper_up),
+            ("00:aa:22:33:44:55:66:77:88:99", false, false)
+        );
+        assert_eq!(
+            (segments[3].local, segments[3].vteps.len(), segments.len()),
+            (false, 0, 4),
+            "fields of another shape read as unset; entries without an ESI are skipped"
+        );
+        assert_eq!(parse_ethernet_segments("c", "").unwrap(), []);
+        assert_eq!(parse_ethernet_segments("c", "{}").unwrap(), []);
+        assert!(parse_ethernet_segments("c", "7").is_err());
     }
 
     #[test]

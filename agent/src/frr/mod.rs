@@ -11,9 +11,9 @@
 mod config;
 mod diff;
 mod driver;
-mod render;
+pub(crate) mod render;
 
 pub use config::{Config, RunningConfig, Stanza};
 pub use diff::{CommandGroup, diff};
-pub use driver::{Frr, FrrError, OwnerResult, SyncMethod, SyncReport};
+pub use driver::{Frr, FrrError, OwnerResult, SyncMethod, SyncReport, ZebraSegment};
 pub use render::{RenderOptions, neighbor_name, render};

@@ -1,11 +1,13 @@
 //! The node plan rendered to the FRR configuration the agent owns (FRR 8.4.4 syntax).
 //!
 //! Only what the agent is responsible for is rendered: the underlay BGP of the VTEP, one `vni`
-//! block per MAC-VRF, and per IP-VRF the `vrf` binding of its L3VNI and its BGP instance. The
+//! block per MAC-VRF, per IP-VRF the `vrf` binding of its L3VNI and its BGP instance, and per
+//! Ethernet segment the `evpn mh` lines of its interface (with `evpn mh uplink` on the underlay
+//! interfaces, so a node that loses every uplink takes its segments down). The
 //! header lines (`frr defaults datacenter`, hostname, integrated config) are added by
 //! [`Config::text`] so the file suits frr-reload.py.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use evpn_crds::RouteTargets;
@@ -30,6 +32,9 @@ pub struct RenderOptions {
     pub vrf_netns_dir: String,
     /// TCP MD5 passwords, keyed by neighbor address or interface.
     pub passwords: BTreeMap<String, String>,
+    /// The interfaces the node's routes to the address neighbors leave through (interface
+    /// neighbors name theirs): the uplinks whose loss takes the Ethernet segments down.
+    pub uplinks: BTreeSet<String>,
 }
 
 /// Renders the FRR configuration of `plan`, with `vtep_ip` the node's VTEP address (found by the
@@ -44,6 +49,11 @@ pub fn render(plan: &NodePlan, vtep_ip: IpAddr, opts: &RenderOptions) -> Config 
                 vrf.lines.push(format!("netns {}/{}", opts.vrf_netns_dir.trim_end_matches('/'), network.vrf));
             }
             config.stanzas.push(vrf);
+        }
+        for segment in &network.ethernet_segments {
+            let mut interface = Stanza::new(format!("interface {}", segment.interface), Some(&network.evpn));
+            interface.lines = segment.frr_lines();
+            config.stanzas.push(interface);
         }
     }
     let Some(bgp) = plan.vtep.as_ref().and_then(|v| v.bgp.as_ref()) else {
@@ -70,6 +80,7 @@ pub fn render(plan: &NodePlan, vtep_ip: IpAddr, opts: &RenderOptions) -> Config 
         }
         config.stanzas.push(bfd);
     }
+    config.stanzas.extend(uplinks(plan, bgp, opts));
     config.stanzas.push(underlay(plan, bgp, vtep_ip, opts));
     for network in &plan.networks {
         if let Some(stanza) = ip_vrf_instance(network, bgp.asn, vtep_ip) {
@@ -82,6 +93,24 @@ pub fn render(plan: &NodePlan, vtep_ip: IpAddr, opts: &RenderOptions) -> Config 
 /// The name FRR knows a neighbor by: its address, or its interface for an unnumbered session.
 pub fn neighbor_name(n: &BgpNeighbor) -> Option<&str> {
     n.address.as_deref().or(n.interface.as_deref())
+}
+
+/// `evpn mh uplink` on every interface towards a BGP neighbor, only while the node has Ethernet
+/// segments: without uplinks zebra would hold segments down that it has no reason to.
+fn uplinks(plan: &NodePlan, bgp: &Bgp, opts: &RenderOptions) -> Vec<Stanza> {
+    let segments: BTreeSet<&str> =
+        plan.networks.iter().flat_map(|n| &n.ethernet_segments).map(|s| s.interface.as_str()).collect();
+    if segments.is_empty() {
+        return Vec::new();
+    }
+    let named = bgp.neighbors.iter().filter_map(|n| n.interface.as_deref());
+    let interfaces: BTreeSet<&str> = named.chain(opts.uplinks.iter().map(String::as_str)).collect();
+    // A segment's interface is its network's stanza; an uplink there would be a second owner.
+    interfaces
+        .into_iter()
+        .filter(|i| !segments.contains(i))
+        .map(|i| Stanza::new(format!("interface {i}"), None).line("evpn mh uplink"))
+        .collect()
 }
 
 fn remote_as(n: &BgpNeighbor) -> Option<String> {
@@ -179,7 +208,7 @@ fn push_rd_and_targets(stanza: &mut Stanza, vtep_ip: IpAddr, rd_index: u32, targ
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::plan::{SegmentPlan, SviPlan, VtepPlan, bridge_name, vxlan_name};
+    use crate::plan::{EsiConfig, EthernetSegmentPlan, SegmentPlan, SviPlan, VtepPlan, bridge_name, vxlan_name};
     use evpn_crds::vtep::{BfdProfile, VtepMode};
 
     pub(crate) const VTEP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 1));
@@ -200,7 +229,36 @@ pub(crate) mod tests {
     pub(crate) fn network(evpn: &str, mac_vrf: Option<SegmentPlan>, ip_vrf: Option<SegmentPlan>) -> NetworkPlan {
         let svi = (mac_vrf.is_some() && ip_vrf.is_some())
             .then(|| SviPlan { addresses: vec!["10.100.0.1/16".into()], mac: [2, 0x65, 0x76, 0, 0, 1] });
-        NetworkPlan { evpn: evpn.into(), generation: 1, vrf: evpn.into(), mac_vrf, ip_vrf, svi }
+        NetworkPlan {
+            evpn: evpn.into(),
+            generation: 1,
+            vrf: evpn.into(),
+            mac_vrf,
+            ip_vrf,
+            svi,
+            ethernet_segments: Vec::new(),
+        }
+    }
+
+    /// Segment `s1` on `bond1` with a type-0 ESI, or `s3` on `bond3` with a type-3 ESI.
+    pub(crate) fn ethernet_segment(type_3: bool) -> EthernetSegmentPlan {
+        if type_3 {
+            EthernetSegmentPlan {
+                name: "s3".into(),
+                interface: "bond3".into(),
+                esi: "03:02:aa:00:00:00:01:00:00:07".into(),
+                esi_config: EsiConfig::Type3 { system_mac: [2, 0xaa, 0, 0, 0, 1], discriminator: 7 },
+                df_preference: Some(100),
+            }
+        } else {
+            EthernetSegmentPlan {
+                name: "s1".into(),
+                interface: "bond1".into(),
+                esi: "00:11:22:33:44:55:66:77:88:99".into(),
+                esi_config: EsiConfig::Type0,
+                df_preference: None,
+            }
+        }
     }
 
     pub(crate) fn neighbor(address: &str, asn: u32) -> BgpNeighbor {
@@ -240,6 +298,7 @@ pub(crate) mod tests {
             vrf_backend: backend,
             vrf_netns_dir: "/run/netns/".into(),
             passwords: BTreeMap::new(),
+            uplinks: BTreeSet::new(),
         }
     }
 
@@ -389,6 +448,61 @@ exit
 !
 ";
         assert_eq!(text, format!("{UNDERLAY_HEAD}{expected}"));
+    }
+
+    #[test]
+    fn renders_segment_interfaces_and_uplinks() {
+        let mut blue = network("blue", Some(segment(100, 3, &[], &[])), None);
+        blue.ethernet_segments = vec![ethernet_segment(false), ethernet_segment(true)];
+        let mut bgp = underlay_bgp();
+        bgp.neighbors.push(BgpNeighbor {
+            address: None,
+            interface: Some("eth2".into()),
+            asn: Some(65000),
+            dynamic_asn: None,
+            password_secret: None,
+            bfd_profile: None,
+        });
+        let mut o = opts(VrfBackend::KernelVrf);
+        // The route to 198.18.1.1 leaves through eth1.
+        o.uplinks.insert("eth1".into());
+        let config = render(&node(vec![blue], bgp), VTEP, &o);
+        let text = config.text();
+        let expected = "interface bond1
+ evpn mh es-id 00:11:22:33:44:55:66:77:88:99
+exit
+!
+interface bond3
+ evpn mh es-df-pref 100
+ evpn mh es-id 7
+ evpn mh es-sys-mac 02:aa:00:00:00:01
+exit
+!
+interface eth1
+ evpn mh uplink
+exit
+!
+interface eth2
+ evpn mh uplink
+exit
+!
+router bgp 65001
+";
+        assert!(text.starts_with(&format!("{UNDERLAY_HEAD}{expected}")), "{text}");
+        let owners: Vec<_> = config.stanzas.iter().map(|s| (s.header.as_str(), s.owner.as_deref())).collect();
+        assert_eq!(
+            owners[..4],
+            [
+                ("interface bond1", Some("blue")),
+                ("interface bond3", Some("blue")),
+                ("interface eth1", None),
+                ("interface eth2", None)
+            ]
+        );
+
+        let without_segments =
+            render(&node(vec![network("blue", Some(segment(100, 3, &[], &[])), None)], underlay_bgp()), VTEP, &o);
+        assert!(!without_segments.text().contains("interface"), "no uplinks without segments");
     }
 
     #[test]
