@@ -40,6 +40,11 @@
 #   lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]
 #                                      netns NAME on bridge BRIDGE of NODE (or of NODE-VRF);
 #                                      MAC may also come from $POD_MAC
+#   lab.sh mh-host NAME IFNAME SYSMAC ADDR/LEN NODE...
+#                                      netns NAME multi-homed: an LACP bond with a leg to each NODE,
+#                                      where it ends in a one-leg LACP bond IFNAME with system ID
+#                                      SYSMAC (an Ethernet segment's interface; needs bond devices)
+#   lab.sh uplink NODE down|up         cuts or restores NODE's link to the TOR (on the node's side)
 #   lab.sh restart-frr NODE            kill NODE's FRR daemons (SIGKILL) and start them again from
 #                                      the config they last saved, as after a crash
 #   lab.sh vtysh NODE CMD...           vtysh in NODE's (or evl-tor's) FRR
@@ -161,7 +166,7 @@ preconditions() { # VRF-KIND
 
 # ---------------------------------------------------------------- FRR
 
-# Start zebra + bgpd for pathspace NS inside netns NS, from the integrated config in
+# Start zebra, bgpd and bfdd for pathspace NS inside netns NS, from the integrated config in
 # $LAB_DIR/NS/frr.conf. ZEBRA_OPTS: extra zebra options (-n for the nodes).
 frr_start() {
   local ns=$1 zopts=$2 dir=$LAB_DIR/$1 run=$FRR_RUN/$1
@@ -178,13 +183,13 @@ frr_start() {
   nsx "$ns" unshare --mount --uts --propagation slave sh -ec '
     hostname "$1"
     mount --rbind "$2/netns" /run/netns
-    for d in zebra bgpd; do
+    for d in zebra bgpd bfdd; do
       opts=""; [ "$d" = zebra ] && opts=$4
       # shellcheck disable=SC2086
       '"$FRR_LIB"'/$d -d -F datacenter -N "$1" -P 0 $opts -i "$2/$d.pid" \
         --log "file:$3/$1-$d.log" >>"$3/$1-start.log" 2>&1
     done' sh "$ns" "$run" "$LAB_DIR/log" "$zopts"
-  wait_until "$TIMEOUT" test -S "$run/zebra.vty" -a -S "$run/bgpd.vty" ||
+  wait_until "$TIMEOUT" test -S "$run/zebra.vty" -a -S "$run/bgpd.vty" -a -S "$run/bfdd.vty" ||
     die "FRR of $ns did not open its vty sockets (see $LAB_DIR/log/$ns-*.log)"
   vtysh -N "$ns" -b >>"$LAB_DIR/log/$ns-start.log" 2>&1 || die "vtysh -b failed for $ns"
   wait_until "$TIMEOUT" vtysh_ns "$ns" "show bgp summary" || die "bgpd of $ns does not answer vtysh"
@@ -194,7 +199,8 @@ frr_start() {
 # pid file never hits an unrelated process).
 lab_pids() {
   local f pid d
-  for f in "$FRR_RUN/$PREFIX"-*/zebra.pid "$FRR_RUN/$PREFIX"-*/bgpd.pid "$LAB_DIR/gobgpd.pid"; do
+  for f in "$FRR_RUN/$PREFIX"-*/zebra.pid "$FRR_RUN/$PREFIX"-*/bgpd.pid "$FRR_RUN/$PREFIX"-*/bfdd.pid \
+    "$LAB_DIR/gobgpd.pid"; do
     pid=$(cat "$f" 2>/dev/null) || continue
     d=$(basename "$f" .pid)
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ] && echo "$pid"
@@ -224,6 +230,7 @@ router bgp $TOR_ASN
  bgp router-id $TOR_ADDR
  neighbor nodes peer-group
  neighbor nodes remote-as external
+ neighbor nodes bfd profile fabric
  bgp listen range $FABRIC_PREFIX.0/24 peer-group nodes
  !
  address-family ipv4 unicast
@@ -233,6 +240,14 @@ router bgp $TOR_ASN
  address-family l2vpn evpn
   neighbor nodes activate
  exit-address-family
+!
+bfd
+ profile fabric
+  transmit-interval 300
+  receive-interval 300
+  detect-multiplier 3
+ exit
+exit
 !
 EOF
 }
@@ -405,7 +420,7 @@ cmd_restart_frr() {
   local n f pid pids=()
   n=$(ns_name "$1")
   node_index "$n" >/dev/null
-  for f in "$FRR_RUN/$n/zebra.pid" "$FRR_RUN/$n/bgpd.pid"; do
+  for f in "$FRR_RUN/$n/zebra.pid" "$FRR_RUN/$n/bgpd.pid" "$FRR_RUN/$n/bfdd.pid"; do
     pid=$(cat "$f" 2>/dev/null) || continue
     pids+=("$pid")
   done
@@ -545,6 +560,46 @@ cmd_pod() {
   ip -n "$name" addr add "$addr" dev eth0
   ip -n "$name" link set eth0 up
   [ -z "$gw" ] || ip -n "$name" route add default via "$gw"
+}
+
+# Multi-homing: the host's bond aggregates its legs only when every node's end presents the same
+# LACP system ID, the Ethernet segment's system MAC (FRR's es-sys-mac), as one switch would.
+cmd_mh_host() {
+  [ $# -ge 5 ] || die "usage: lab.sh mh-host NAME IFNAME SYSMAC ADDR/LEN NODE..."
+  need_up
+  local name ifname=$2 sysmac=$3 addr=$4 node leg i=0
+  name=$(ns_name "$1"); shift 4
+  [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
+  [ ${#ifname} -le 13 ] || die "IFNAME must be at most 13 characters (its leg is IFNAME-l): $ifname"
+  if netns_exists "$name"; then
+    say "multi-homed host $name exists"
+    return 0
+  fi
+  new_netns "$name"
+  ip -n "$name" link add bond0 type bond mode 802.3ad lacp_rate fast miimon 100 2>/dev/null ||
+    die "the kernel cannot create bond devices (module bonding missing?)"
+  for node in "$@"; do
+    node=$(ns_name "$node"); node_index "$node" >/dev/null
+    i=$((i + 1)); leg=$ifname-l
+    say "multi-homed host $name: leg $i to $node's $ifname (LACP system $sysmac)"
+    ip -n "$node" link add "$ifname" type bond mode 802.3ad lacp_rate fast miimon 100 ad_actor_system "$sysmac"
+    ip link add "leg$i" netns "$name" type veth peer name "$leg" netns "$node"
+    ip -n "$node" link set "$leg" master "$ifname"
+    ip -n "$name" link set "leg$i" master bond0
+    ip -n "$node" link set "$ifname" up
+  done
+  ip -n "$name" addr add "$addr" dev bond0
+  ip -n "$name" link set bond0 up
+}
+
+cmd_uplink() {
+  [ $# -eq 2 ] || die "usage: lab.sh uplink NODE down|up"
+  need_up
+  local node; node=$(ns_name "$1"); node_index "$node" >/dev/null
+  case $2 in
+    down | up) ip -n "$node" link set eth0 "$2" ;;
+    *) die "usage: lab.sh uplink NODE down|up" ;;
+  esac
 }
 
 # ---------------------------------------------------------------- env / status
@@ -833,6 +888,8 @@ main() {
     unvrf) cmd_unvrf "$@" ;;
     host) cmd_host "$@" ;;
     pod) cmd_pod "$@" ;;
+    mh-host) cmd_mh_host "$@" ;;
+    uplink) cmd_uplink "$@" ;;
     restart-frr) cmd_restart_frr "$@" ;;
     vtysh)
       [ $# -ge 2 ] || die "usage: lab.sh vtysh NODE CMD..."
