@@ -83,6 +83,24 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// Why bond devices cannot be made here, if they cannot (an Ethernet segment's interface is a
+/// bond: FRR 8.4.4 takes no other). This machine's kernel has none; Debian's, in the VM lab, has.
+pub fn bonds_unavailable() -> Option<String> {
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output();
+    let probe = "evl-bond-probe";
+    let _ = ip(&["netns", "add", probe]);
+    let made = ip(&["-n", probe, "link", "add", "probe0", "type", "bond"]);
+    let _ = ip(&["netns", "del", probe]);
+    match made {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "this kernel makes no bond devices ({}); the VM lab (tests/vmlab.rs) runs it on Debian's kernel",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("no `ip` command: {e}")),
+    }
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -317,6 +335,8 @@ pub struct Fabric {
     /// Suffix of the fabric's object names (see [`Fabric::name`]).
     pub tor: &'static str,
     pub vtep: String,
+    /// The VTEP's spec as applied.
+    vtep_spec: Value,
     pub agents: Vec<Option<AgentProcess>>,
     _operator: Operator,
     _frr_k8s: Option<FrrK8sStandIn>,
@@ -367,19 +387,15 @@ impl Fabric {
                 spec["frrConfigurationSelector"] = json!({"matchLabels": {"evpn-lab/underlay": id}});
             }
         }
-        apply(
-            &client,
-            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": vtep}, "spec": spec}),
-        )
-        .await
-        .unwrap();
+        apply_vtep(&client, &vtep, &spec).await;
         let operator = operator(&client);
         let agents = NODES.iter().map(|(lab_node, node)| Some(AgentProcess::start(lab_node, node))).collect();
         let (suffix, frr_k8s) = match driver {
             BgpDriver::Agent => (&tor[..1], None),
             BgpDriver::FrrK8s => ("k", Some(FrrK8sStandIn::start(&client, &id, &vtep))),
         };
-        let fabric = Fabric { lab, client, tor: suffix, vtep, agents, _operator: operator, _frr_k8s: frr_k8s };
+        let fabric =
+            Fabric { lab, client, tor: suffix, vtep, vtep_spec: spec, agents, _operator: operator, _frr_k8s: frr_k8s };
         fabric.remove_leftovers().await;
         if driver == BgpDriver::FrrK8s {
             fabric.announce_vtep_ips(&id).await;
@@ -401,6 +417,23 @@ impl Fabric {
             .await;
         }
         fabric
+    }
+
+    /// Turns BFD on the sessions to the TOR on (300 ms x 3, the TOR's profile) or off, in the
+    /// VTEP's `bgp` block; the agents reconfigure FRR.
+    pub async fn underlay_bfd(&mut self, on: bool) {
+        let bgp = &mut self.vtep_spec["bgp"];
+        if on {
+            bgp["bfdProfiles"] =
+                json!([{"name": "fabric", "receiveInterval": 300, "transmitInterval": 300, "detectMultiplier": 3}]);
+            bgp["neighbors"][0]["bfdProfile"] = json!("fabric");
+        } else if let Some(b) = bgp.as_object_mut() {
+            b.remove("bfdProfiles");
+            if let Some(n) = b.get_mut("neighbors").and_then(|n| n[0].as_object_mut()) {
+                n.remove("bfdProfile");
+            }
+        }
+        apply_vtep(&self.client, &self.vtep, &self.vtep_spec).await;
     }
 
     /// frr-k8s mode: the user announces each node's VTEP address, here in a configuration per
@@ -512,6 +545,12 @@ impl Fabric {
         })
         .await;
     }
+}
+
+async fn apply_vtep(client: &Client, name: &str, spec: &Value) {
+    let vtep =
+        json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": name}, "spec": spec});
+    apply(client, &vtep).await.unwrap();
 }
 
 /// frr-k8s' part on the lab's nodes, for a fabric in frr-k8s mode: the FRRConfigurations that
