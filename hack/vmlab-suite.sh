@@ -88,6 +88,17 @@ bond_proof() {
 }
 step bond bond_proof
 
+# Multi-homing with the agent: Ethernet segments are bonds, which only this kernel makes.
+rm -f /tmp/evpn-lab-agent-*.log
+step multihoming env EVPN_LAB_VRF=kernel EVPN_LAB_KEEP=1 EVPN_LAB_DEADLINE_SECONDS=240 "$lab_test" fabric_with_a_multihomed_host --exact --nocapture
+mkdir -p "$steps/logs/multihoming"
+cp /tmp/evpn-lab-agent-*.log "$steps/logs/multihoming/" 2>/dev/null
+cp -r /tmp/evpn-lab/log "$steps/logs/multihoming/frr" 2>/dev/null
+for n in evl-n1 evl-n2 evl-tor; do
+  vtysh -N "$n" -c "show running-config" >"$steps/logs/multihoming/$n-running.conf" 2>&1
+done
+bash "$here/lab.sh" down >/dev/null 2>&1
+
 # The 1,000-network timing is a benchmark, too slow under emulation to be worth it here.
 step dataplane "$dataplane_test" --test-threads 1 --skip thousand_l2_networks_timing
 exit 0

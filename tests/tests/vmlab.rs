@@ -194,9 +194,14 @@ fn ran() -> Option<&'static VmRun> {
 
 /// Asserts that scenario `scenario` of the lab's FRR fabric passed in the VM.
 fn scenario(scenario: &str) {
+    scenario_of("fabric_with_an_frr_tor", scenario);
+}
+
+/// Asserts that scenario `scenario` of lab test `test` passed in the VM.
+fn scenario_of(test: &str, scenario: &str) {
     let Some(run) = ran() else { return };
     let console = run.out.join("console.log");
-    match run.scenarios.iter().find(|r| r.test == "fabric_with_an_frr_tor" && r.scenario == scenario) {
+    match run.scenarios.iter().find(|r| r.test == test && r.scenario == scenario) {
         Some(r) if r.result == "passed" => eprintln!("{scenario}: passed in the VM in {:.1}s", r.seconds),
         Some(r) => panic!("{scenario}: {} in the VM: {}\n(console: {})", r.result, r.message, console.display()),
         None => panic!("{scenario}: no result from the VM (console: {})", console.display()),
@@ -265,6 +270,25 @@ fn kernel_vrf_lab_suite() {
 #[test]
 fn bond_to_two_nodes() {
     step("bond");
+}
+
+/// Multi-homing end to end: a host on a bond to two nodes as one Ethernet segment, its type-4 and
+/// type-1 routes at the TOR, pods on both nodes reached (`fabric_with_a_multihomed_host`).
+#[test]
+fn multihoming_segment() {
+    scenario_of("fabric_with_a_multihomed_host", "segment");
+}
+
+/// Both nodes agree on the segment's designated forwarder, as their agents report it.
+#[test]
+fn multihoming_designated_forwarder() {
+    scenario_of("fabric_with_a_multihomed_host", "designated forwarder");
+}
+
+/// A node's uplink cut with BFD on: the TOR withdraws its type-1 routes, traffic takes the other leg.
+#[test]
+fn multihoming_mass_withdrawal() {
+    scenario_of("fabric_with_a_multihomed_host", "mass withdrawal");
 }
 
 /// The agent's data-plane tests, including the kernel-VRF backend's, which skip on this host.
