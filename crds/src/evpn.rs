@@ -132,7 +132,8 @@ pub enum RedundancyMode {
     /// Every attached node forwards.
     #[default]
     AllActive,
-    /// Only the designated forwarder forwards.
+    /// Only the designated forwarder forwards. Not supported yet (FRR 8.4.4 runs every segment
+    /// all-active): the webhook refuses it.
     SingleActive,
 }
 

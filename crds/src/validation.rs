@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::common::{NetworkKind, NetworkRef, RouteTargets, VNI_MAX};
-use crate::evpn::{EthernetSegment, EvpnSpec, Vrf};
+use crate::evpn::{EthernetSegment, EvpnSpec, RedundancyMode, Vrf};
 use crate::vtep::{Bgp, VtepSpec};
 
 /// One problem with one field.
@@ -234,6 +234,12 @@ fn check_segments(segments: &[EthernetSegment], errors: &mut Vec<FieldError>) {
             Ok(EsiSpec::Auto) => {}
             Err(e) => errors.push(FieldError::new(format!("{field}.esi"), e)),
         }
+        if seg.mode == RedundancyMode::SingleActive {
+            errors.push(FieldError::new(
+                format!("{field}.mode"),
+                "SingleActive is not supported yet: FRR 8.4.4 runs every Ethernet segment all-active; use AllActive",
+            ));
+        }
         if seg.df_preference == Some(0) || seg.df_preference.is_some_and(|p| p > 65535) {
             errors.push(FieldError::new(format!("{field}.dfPreference"), "must be 1..=65535"));
         }
@@ -271,6 +277,12 @@ impl EvpnSpec {
         }
         if let Some(mh) = &self.multi_homing {
             check_segments(&mh.ethernet_segments, &mut errors);
+            if self.mac_vrf.is_none() && !mh.ethernet_segments.is_empty() {
+                errors.push(FieldError::new(
+                    "spec.multiHoming",
+                    "Ethernet segments attach to the MAC-VRF's bridge: set macVRF (a Layer2 network) or remove them",
+                ));
+            }
         }
         errors
     }

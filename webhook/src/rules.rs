@@ -227,6 +227,19 @@ fn check_evpn_against_cluster(
 
     check_network(new, old.is_some(), index, errors);
 
+    if let Some(vtep) = vtep
+        && vtep.frr_configuration_selector.is_some()
+        && new.spec.multi_homing.as_ref().is_some_and(|m| !m.ethernet_segments.is_empty())
+    {
+        errors.push(field_error(
+            "spec.multiHoming",
+            format!(
+                "VTEP {vtep_name:?} leaves FRR to frr-k8s, whose FRRConfiguration has no field for Ethernet segments: \
+                 use a VTEP with a bgp block, or remove the segments"
+            ),
+        ));
+    }
+
     match (old, vtep) {
         (None, Some(vtep)) => check_gateway_mode(vtep_name, vtep.node_selector.as_ref(), index, policy, errors),
         _ => Vec::new(),

@@ -379,3 +379,30 @@ fn only_the_operator_writes_node_state_specs() {
     // Metadata-only writes (the garbage collector, labels) are RBAC's business.
     assert_allowed(validate_node_state(&update(&admin(), &old, &old), &p));
 }
+
+#[test]
+fn segments_need_a_mac_vrf_all_active_and_a_vtep_with_bgp() {
+    let segment = json!({"ethernetSegments": [{"name": "host1", "interface": "bond1", "nodeSelector": {}}]});
+    let mut spec = l2("blue", None);
+    spec["multiHoming"] = segment.clone();
+    assert_allowed(check(create(&admin(), &evpn("blue", spec.clone())), &index()));
+
+    spec["multiHoming"]["ethernetSegments"][0]["mode"] = json!("SingleActive");
+    assert_denied(
+        check(create(&admin(), &evpn("blue", spec)), &index()),
+        &["spec.multiHoming.ethernetSegments[0].mode", "AllActive"],
+    );
+
+    let mut layer3 = l3("red", 10200);
+    layer3["multiHoming"] = segment.clone();
+    assert_denied(check(create(&admin(), &evpn("red2", layer3)), &index()), &["spec.multiHoming", "macVRF"]);
+
+    let mut ix = index();
+    let mut frr_k8s = fabric_spec();
+    frr_k8s.as_object_mut().unwrap().remove("bgp");
+    frr_k8s["frrConfigurationSelector"] = json!({"matchLabels": {"underlay": "yes"}});
+    ix.apply_vtep(&vtep("fabric", frr_k8s));
+    let mut spec = l2("blue", None);
+    spec["multiHoming"] = segment;
+    assert_denied(check(create(&admin(), &evpn("blue", spec)), &ix), &["spec.multiHoming", "frr-k8s"]);
+}
