@@ -192,12 +192,21 @@ pub struct ResolvedVrf {
 }
 
 /// An Ethernet segment with its resolved identifier.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ResolvedSegment {
     /// Name of the segment in the spec.
     pub name: String,
     /// The ESI in use, ten colon-separated hex bytes.
     pub esi: String,
+    // Always sent, even empty: an apply that leaves a list out would not clear it.
+    /// Nodes whose agent reports the segment up in FRR, by name.
+    #[serde(default)]
+    pub up_nodes: Vec<String>,
+    /// Nodes that report themselves the segment's designated forwarder: one when the nodes agree
+    /// (none while the election has not run).
+    #[serde(default)]
+    pub designated_forwarders: Vec<String>,
 }
 
 /// How many nodes should carry the network, and how they are doing.

@@ -20,7 +20,7 @@ use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, select
 use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
 use evpn_crds::frrk8s::{BgpSessionStateStatus, FrrConfiguration, FrrNodeStateStatus};
 use evpn_crds::networkset::SetNetwork;
-use evpn_crds::nodestate::{NetworkPhase, NodeSegment, NodeVrf, NodeVtep};
+use evpn_crds::nodestate::{DesignatedForwarderRole, NetworkPhase, NodeSegment, NodeVrf, NodeVtep, SegmentState};
 use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
 use evpn_crds::vtep::VtepMode;
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNetworkSetSpec, EvpnNodeStateSpec, EvpnStatus, Vtep, VtepStatus};
@@ -103,6 +103,8 @@ pub struct ObservedNodeState {
     pub applied_sets: HashMap<String, (String, i64)>,
     /// The networks the agent lists as not applied.
     pub unapplied: HashMap<Arc<str>, ReportedNetwork>,
+    /// The Ethernet segments as the agent reports them.
+    pub segments: Vec<SegmentState>,
 }
 
 impl ObservedNodeState {
@@ -132,6 +134,7 @@ impl ObservedNodeState {
                 .map(|a| (a.name.clone(), (a.uid.clone(), a.revision)))
                 .collect(),
             unapplied,
+            segments: status.map(|s| s.ethernet_segments.clone()).unwrap_or_default(),
         }
     }
 
@@ -542,6 +545,19 @@ impl Planner {
         let needed = entry.filter(|e| e.generation == generation).map(|e| e.revision);
         // In frr-k8s mode FRR is frr-k8s' to configure: a node also needs frr-k8s to report it.
         let frr_k8s = vtep.is_some_and(|v| v.spec.bgp.is_none());
+        for seg in &mut status.ethernet_segments {
+            for node in &desired {
+                let Some(state) = snap.node_states.get(&node.name) else { continue };
+                let reported = state.segments.iter().find(|s| s.evpn == n && s.name == seg.name && s.esi == seg.esi);
+                let Some(reported) = reported else { continue };
+                if reported.state.as_deref() == Some("Up") {
+                    seg.up_nodes.push(node.name.clone());
+                }
+                if reported.role == Some(DesignatedForwarderRole::DF) {
+                    seg.designated_forwarders.push(node.name.clone());
+                }
+            }
+        }
         for node in &desired {
             let Some(state) = snap.node_states.get(&node.name) else { continue };
             let frr = if frr_k8s { frr_k8s_node(&node.name, snap) } else { FrrK8sNode::Ready };
@@ -634,7 +650,7 @@ impl Planner {
                         self.type3_esi(d)
                     }
                 };
-                Some(ResolvedSegment { name: seg.name.clone(), esi })
+                Some(ResolvedSegment { name: seg.name.clone(), esi, ..Default::default() })
             })
             .collect()
     }

@@ -563,6 +563,16 @@ async fn fabric_with_a_multihomed_host() {
                 && roles.iter().filter(|r| **r == Some(DesignatedForwarderRole::NonDF)).count() == 1
         })
         .await;
+        let evpns: Api<Evpn> = Api::all(f.client.clone());
+        until("MH: the EVPN's status shows the segment up on both nodes and one designated forwarder", || async {
+            let Ok(e) = evpns.get(&blue).await else { return false };
+            e.status.is_some_and(|s| {
+                s.ethernet_segments
+                    .iter()
+                    .any(|seg| seg.esi == esi && seg.up_nodes.len() == 2 && seg.designated_forwarders.len() == 1)
+            })
+        })
+        .await;
     });
     if df.await.is_none() {
         return s.fail();
@@ -588,6 +598,14 @@ async fn fabric_with_a_multihomed_host() {
         eprintln!("measured: type-1 withdrawn at the TOR {:?} after the cut, with BFD 300 ms x 3", cut.elapsed());
         until("MH: the host still reaches the pod on node 2, over its other leg", || ping("evl-mh1", "10.90.0.12"))
             .await;
+        // Node 1's agent still reaches the API (it runs outside the node's namespace): the segment,
+        // held down on node 1 while it has no uplink, shows up on worker-2 only.
+        let evpns: Api<Evpn> = Api::all(f.client.clone());
+        until("MH: the EVPN's status shows the segment up on worker-2 only", || async {
+            let Ok(e) = evpns.get(&blue).await else { return false };
+            e.status.is_some_and(|s| s.ethernet_segments.iter().any(|seg| seg.up_nodes == ["worker-2"]))
+        })
+        .await;
         f.lab.ok(&["uplink", "evl-n1", "up"]).await;
         until("MH: uplink back, the TOR has node 1's type-1 routes again", type1_from_n1).await;
     });

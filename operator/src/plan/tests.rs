@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use evpn_crds::nodestate::{AppliedNetworkSet, NetworkPhase, NetworkState};
+use evpn_crds::nodestate::{AppliedNetworkSet, DesignatedForwarderRole, NetworkPhase, NetworkState, SegmentState};
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNodeState, Vtep};
 use evpn_webhook::index::NetworkFacts;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -470,4 +470,46 @@ fn route_distinguishers_stay_clear_of_frr_automatic_ones() {
     Arc::make_mut(blue).status.as_mut().unwrap().mac_vrf.as_mut().unwrap().route_distinguisher_index = Some(3);
     let again = c.plan(&mut Planner::default());
     assert_eq!((rd(&again, "blue"), rd(&again, "red")), (Some(32768), Some(32769)));
+}
+
+#[test]
+fn segment_status_says_where_it_is_up_and_who_forwards() {
+    let mut spec = l2("blue", None);
+    spec["multiHoming"] = json!({"ethernetSegments": [{"name": "s1", "interface": "bond1", "nodeSelector": {}}]});
+    let mut c = Cluster::new(vec![evpn("blue", 0, spec)]);
+    let mut p = Planner::default();
+    let plan = c.plan(&mut p);
+    c.apply(&plan, true);
+    let esi = plan.evpn_statuses["blue"].ethernet_segments[0].esi.clone();
+    let report = |role, state: &str| SegmentState {
+        evpn: "blue".into(),
+        name: "s1".into(),
+        esi: esi.clone(),
+        role,
+        state: Some(state.into()),
+        peers: vec![],
+    };
+    let reports = [
+        ("n1", report(Some(DesignatedForwarderRole::DF), "Up")),
+        ("n2", report(Some(DesignatedForwarderRole::NonDF), "Up")),
+    ];
+    for (node, seg) in &reports {
+        c.node_states.get_mut(*node).unwrap().status.as_mut().unwrap().ethernet_segments = vec![seg.clone()];
+    }
+    let seg = &c.plan(&mut p).evpn_statuses["blue"].ethernet_segments[0];
+    assert_eq!(
+        (seg.up_nodes.as_slice(), seg.designated_forwarders.as_slice()),
+        (&["n1".to_owned(), "n2".to_owned()][..], &["n1".to_owned()][..])
+    );
+
+    // Node 1 loses its uplinks: its segment goes down and node 2 takes over.
+    let (n1, n2) =
+        (report(Some(DesignatedForwarderRole::NonDF), "Down"), report(Some(DesignatedForwarderRole::DF), "Up"));
+    c.node_states.get_mut("n1").unwrap().status.as_mut().unwrap().ethernet_segments = vec![n1];
+    c.node_states.get_mut("n2").unwrap().status.as_mut().unwrap().ethernet_segments = vec![n2];
+    let seg = &c.plan(&mut p).evpn_statuses["blue"].ethernet_segments[0];
+    assert_eq!(
+        (seg.up_nodes.as_slice(), seg.designated_forwarders.as_slice()),
+        (&["n2".to_owned()][..], &["n2".to_owned()][..])
+    );
 }
