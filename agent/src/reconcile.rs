@@ -51,6 +51,8 @@ pub struct Agent {
     applied: BTreeMap<String, i64>,
     /// The status last written, to write only on change.
     written: Option<EvpnNodeStateStatus>,
+    /// The interface towards each address neighbor, as last found.
+    uplinks: BTreeMap<IpAddr, String>,
 }
 
 impl Agent {
@@ -66,6 +68,7 @@ impl Agent {
             known: BTreeSet::new(),
             applied: BTreeMap::new(),
             written: None,
+            uplinks: BTreeMap::new(),
         }
     }
 
@@ -339,8 +342,9 @@ impl Agent {
     }
 
     /// Finds the interfaces towards the address neighbors while the node has Ethernet segments
-    /// (only then are they rendered as uplinks). A failed lookup keeps the last ones: dropping
-    /// them would change what takes the segments down.
+    /// (only then are they rendered as uplinks). A neighbor with no route now keeps its last
+    /// interface, and a failed lookup keeps them all: an uplink that goes down is exactly when
+    /// zebra must still count it, to hold the segments down.
     async fn refresh_uplinks(&mut self, plan: &NodePlan) {
         if plan.networks.iter().all(|n| n.ethernet_segments.is_empty()) {
             return;
@@ -348,12 +352,13 @@ impl Agent {
         let neighbors = plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);
         let addresses: Vec<IpAddr> = neighbors.filter_map(|n| n.address.as_deref()?.parse().ok()).collect();
         match self.dataplane.route_interfaces(&addresses).await {
-            Ok(uplinks) => self.render.uplinks = uplinks,
+            Ok(found) => self.uplinks = merge_uplinks(&self.uplinks, found, &addresses),
             Err(e) => {
                 self.metrics.error("dataplane");
                 warn!("finding the uplinks: {e}");
             }
         }
+        self.render.uplinks = self.uplinks.values().cloned().collect();
     }
 
     /// The TCP MD5 passwords of the VTEP's BGP neighbors, read from their Secrets.
@@ -465,5 +470,33 @@ async fn shutdown() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The uplinks after a lookup: each neighbor still configured keeps its interface, the one found
+/// now or, when it has no route now, the one it had.
+fn merge_uplinks(
+    last: &BTreeMap<IpAddr, String>,
+    found: BTreeMap<IpAddr, String>,
+    neighbors: &[IpAddr],
+) -> BTreeMap<IpAddr, String> {
+    neighbors.iter().filter_map(|a| Some((*a, found.get(a).or_else(|| last.get(a))?.clone()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_neighbor_keeps_its_uplink() {
+        let (tor, spine): (IpAddr, IpAddr) = ("198.18.255.1".parse().unwrap(), "198.18.254.1".parse().unwrap());
+        let both = BTreeMap::from([(tor, "eth0".to_owned()), (spine, "eth1".to_owned())]);
+        // eth0 went down: its neighbor has no route any more, yet eth0 stays an uplink.
+        let cut = merge_uplinks(&both, BTreeMap::from([(spine, "eth1".to_owned())]), &[tor, spine]);
+        assert_eq!(cut, both);
+        // A route that moved follows the neighbor; a neighbor removed from the VTEP takes its
+        // uplink with it.
+        let moved = merge_uplinks(&both, BTreeMap::from([(tor, "eth2".to_owned())]), &[tor]);
+        assert_eq!(moved, BTreeMap::from([(tor, "eth2".to_owned())]));
     }
 }

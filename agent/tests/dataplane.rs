@@ -482,7 +482,12 @@ async fn uplinks_are_the_interfaces_of_the_routes_to_the_neighbors() {
     let neighbors: Vec<IpAddr> =
         ["192.0.2.0", "203.0.113.9", "198.51.100.1"].iter().map(|a| a.parse().unwrap()).collect();
     let uplinks = dp.route_interfaces(&neighbors).await.expect("route lookups");
-    assert_eq!(uplinks.into_iter().collect::<Vec<_>>(), ["uplink0"], "no route, no uplink");
+    let uplinks: Vec<(String, String)> = uplinks.into_iter().map(|(a, i)| (a.to_string(), i)).collect();
+    assert_eq!(
+        uplinks,
+        [("192.0.2.0".to_owned(), "uplink0".to_owned()), ("203.0.113.9".to_owned(), "uplink0".to_owned())],
+        "no route, no uplink"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

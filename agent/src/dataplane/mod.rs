@@ -49,7 +49,7 @@ mod vtep;
 pub use error::DataplaneError;
 pub use vtep::VTEP_DEVICE;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -222,8 +222,8 @@ impl Dataplane {
 
     /// The interfaces the node's routes to `addresses` leave through, as the kernel resolves them
     /// now; an address without a route has none.
-    pub async fn route_interfaces(&self, addresses: &[IpAddr]) -> Result<BTreeSet<String>, DataplaneError> {
-        let mut interfaces = BTreeSet::new();
+    pub async fn route_interfaces(&self, addresses: &[IpAddr]) -> Result<BTreeMap<IpAddr, String>, DataplaneError> {
+        let mut interfaces = BTreeMap::new();
         for &address in addresses {
             let lookup = match address {
                 IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
@@ -248,7 +248,9 @@ impl Dataplane {
                 LinkAttribute::IfName(name) => Some(name.clone()),
                 _ => None,
             });
-            interfaces.extend(name);
+            if let Some(name) = name {
+                interfaces.insert(address, name);
+            }
         }
         Ok(interfaces)
     }
