@@ -596,6 +596,12 @@ async fn fabric_with_a_multihomed_host() {
         })
         .await;
         eprintln!("measured: type-1 withdrawn at the TOR {:?} after the cut, with BFD 300 ms x 3", cut.elapsed());
+        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type ead").await;
+        assert!(
+            routes.split("Route Distinguisher: ").any(|rd| rd.starts_with("198.18.0.2:") && rd.contains(&esi)),
+            "the TOR keeps node 2's type-1 routes of the segment, its way to the host now:\n{routes}"
+        );
+        eprintln!("ok   MH: the TOR keeps node 2's type-1 routes of the segment");
         // Node 1 keeps `evpn mh uplink` on the interface that went down, so zebra knows it is cut
         // off and wants its segment links down (protodown). The lab's segment links are veths,
         // which take no protodown ("Protodown not supported by device"): which leg the host's
