@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use evpn_crds::common::RouteTargets;
 use evpn_crds::evpn::RedundancyMode;
 use evpn_crds::nodestate::{DesiredNode, NodeNetwork, NodeSegment, NodeVrf, NodeVtep};
+use evpn_crds::validation::{colon_hex, esi_bytes};
 use evpn_crds::vtep::{Bgp, VtepMode};
 
 /// Prefix of the interface alias that marks a device as created by this agent. The data plane
@@ -89,15 +90,11 @@ impl EthernetSegmentPlan {
             EsiConfig::Type0 => lines.push(format!("evpn mh es-id {}", self.esi)),
             EsiConfig::Type3 { system_mac, discriminator } => {
                 lines.push(format!("evpn mh es-id {discriminator}"));
-                lines.push(format!("evpn mh es-sys-mac {}", mac_text(system_mac)));
+                lines.push(format!("evpn mh es-sys-mac {}", colon_hex(system_mac)));
             }
         }
         lines
     }
-}
-
-fn mac_text(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The routed interface of a Layer2 network: the same gateway address and MAC on every node,
@@ -340,13 +337,7 @@ fn segment_plan(s: &NodeSegment) -> Result<EthernetSegmentPlan, PlanError> {
     }
     let invalid =
         |detail: &str| PlanError::InvalidEsi { segment: s.name.clone(), esi: s.esi.clone(), detail: detail.into() };
-    let bytes: [u8; 10] = s
-        .esi
-        .split(':')
-        .map(|b| if b.len() == 2 { u8::from_str_radix(b, 16).ok() } else { None })
-        .collect::<Option<Vec<u8>>>()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| invalid("not ten colon-separated hex bytes"))?;
+    let bytes = esi_bytes(&s.esi).ok_or_else(|| invalid("not ten colon-separated hex bytes"))?;
     let [kind, value @ ..] = bytes;
     let esi_config = match kind {
         0 if value.iter().all(|b| *b == 0) => return Err(invalid("the all-zero ESI means no segment")),
@@ -366,7 +357,7 @@ fn segment_plan(s: &NodeSegment) -> Result<EthernetSegmentPlan, PlanError> {
     Ok(EthernetSegmentPlan {
         name: s.name.clone(),
         interface: s.interface.clone(),
-        esi: mac_text(&bytes),
+        esi: colon_hex(&bytes),
         esi_config,
         df_preference: s.df_preference,
     })

@@ -102,22 +102,34 @@ pub enum EsiSpec {
     Explicit([u8; 10]),
 }
 
+/// The ten bytes of an ESI written as ten colon-separated two-digit hex bytes, the one form
+/// specs, statuses, node states and FRR use.
+pub fn esi_bytes(s: &str) -> Option<[u8; 10]> {
+    let mut bytes = [0u8; 10];
+    let mut parts = s.split(':');
+    for byte in &mut bytes {
+        *byte = parts.next().filter(|p| p.len() == 2).and_then(|p| u8::from_str_radix(p, 16).ok())?;
+    }
+    parts.next().is_none().then_some(bytes)
+}
+
+/// Bytes as colon-separated lowercase hex pairs, the way ESIs and MAC addresses are written.
+pub fn colon_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// Parses `auto` or ten colon-separated hex bytes of a type-0 ESI.
 pub fn parse_esi(s: &str) -> Result<EsiSpec, String> {
     if s == "auto" {
         return Ok(EsiSpec::Auto);
     }
-    let mut bytes = [0u8; 10];
-    let mut parts = s.split(':');
-    for byte in &mut bytes {
-        let part = parts.next().filter(|p| p.len() == 2);
-        *byte = part.and_then(|p| u8::from_str_radix(p, 16).ok()).ok_or_else(|| {
+    let Some(bytes) = esi_bytes(s) else {
+        return Err(if s.split(':').count() > 10 {
+            format!("ESI {s:?} has more than ten bytes")
+        } else {
             format!("ESI {s:?} is not ten colon-separated hex bytes (00:11:22:33:44:55:66:77:88:99) or auto")
-        })?;
-    }
-    if parts.next().is_some() {
-        return Err(format!("ESI {s:?} has more than ten bytes"));
-    }
+        });
+    };
     if bytes[0] != 0 {
         return Err(format!(
             "ESI {s:?} is type {:#04x}; only type 0 may be given explicitly, use auto for a derived type-3 ESI",

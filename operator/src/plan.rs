@@ -21,7 +21,7 @@ use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, con
 use evpn_crds::frrk8s::{BgpSessionStateStatus, FrrConfiguration, FrrNodeStateStatus};
 use evpn_crds::networkset::SetNetwork;
 use evpn_crds::nodestate::{DesignatedForwarderRole, NetworkPhase, NodeSegment, NodeVrf, NodeVtep, SegmentState};
-use evpn_crds::validation::{EsiSpec, parse_cidr, parse_esi};
+use evpn_crds::validation::{EsiSpec, colon_hex, esi_bytes, parse_cidr, parse_esi};
 use evpn_crds::vtep::VtepMode;
 use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNetworkSetSpec, EvpnNodeStateSpec, EvpnStatus, Vtep, VtepStatus};
 use evpn_webhook::index::{NetworkFacts, NetworkKey, VrfSide};
@@ -437,8 +437,8 @@ impl Planner {
     }
 
     fn discriminator_of(&self, esi: &str) -> Option<u32> {
-        let bytes: Vec<u8> = esi.split(':').map(|b| u8::from_str_radix(b, 16).ok()).collect::<Option<_>>()?;
-        (bytes.len() == 10 && bytes[0] == 0x03 && bytes[1..7] == self.system_mac)
+        let bytes = esi_bytes(esi)?;
+        (bytes[0] == 0x03 && bytes[1..7] == self.system_mac)
             .then(|| u32::from_be_bytes([0, bytes[7], bytes[8], bytes[9]]))
     }
 
@@ -456,7 +456,7 @@ impl Planner {
             d[2],
             d[3],
         ];
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        colon_hex(&bytes)
     }
 
     fn allocate_ips(&mut self, vteps: &BTreeMap<&str, &Vtep>, snap: &Snapshot<'_>) {
