@@ -28,6 +28,13 @@ pub struct NodePlan {
     pub rejected: Vec<(String, PlanError)>,
 }
 
+impl NodePlan {
+    /// The Ethernet segments of every planned network.
+    pub fn ethernet_segments(&self) -> impl Iterator<Item = &EthernetSegmentPlan> {
+        self.networks.iter().flat_map(|n| &n.ethernet_segments)
+    }
+}
+
 /// The node's tunnel endpoint and underlay BGP.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VtepPlan {
@@ -509,7 +516,7 @@ mod tests {
     fn segment_lines(spec: &DesiredNode) -> Vec<Vec<String>> {
         let p = plan(spec);
         assert!(p.rejected.is_empty(), "{:?}", p.rejected);
-        p.networks.iter().flat_map(|n| &n.ethernet_segments).map(EthernetSegmentPlan::frr_lines).collect()
+        p.ethernet_segments().map(EthernetSegmentPlan::frr_lines).collect()
     }
 
     #[test]

@@ -307,7 +307,7 @@ impl Agent {
         }
         self.applied.retain(|evpn, _| self.known.contains(evpn));
 
-        let has_segments = plan.networks.iter().any(|n| !n.ethernet_segments.is_empty());
+        let has_segments = plan.ethernet_segments().next().is_some();
         let segments = async { if has_segments { self.frr.ethernet_segments().await } else { Ok(Vec::new()) } };
         let (sessions, vnis, segments) = tokio::join!(self.frr.bgp_sessions(), self.frr.vnis(), segments);
         let segments = segments.unwrap_or_else(|e| {
@@ -346,7 +346,7 @@ impl Agent {
     /// interface, and a failed lookup keeps them all: an uplink that goes down is exactly when
     /// zebra must still count it, to hold the segments down.
     async fn refresh_uplinks(&mut self, plan: &NodePlan) {
-        if plan.networks.iter().all(|n| n.ethernet_segments.is_empty()) {
+        if plan.ethernet_segments().next().is_none() {
             return;
         }
         let neighbors = plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);

@@ -98,8 +98,7 @@ pub fn neighbor_name(n: &BgpNeighbor) -> Option<&str> {
 /// `evpn mh uplink` on every interface towards a BGP neighbor, only while the node has Ethernet
 /// segments: without uplinks zebra would hold segments down that it has no reason to.
 fn uplinks(plan: &NodePlan, bgp: &Bgp, opts: &RenderOptions) -> Vec<Stanza> {
-    let segments: BTreeSet<&str> =
-        plan.networks.iter().flat_map(|n| &n.ethernet_segments).map(|s| s.interface.as_str()).collect();
+    let segments: BTreeSet<&str> = plan.ethernet_segments().map(|s| s.interface.as_str()).collect();
     if segments.is_empty() {
         return Vec::new();
     }
