@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use evpn_tests::lab::{Fabric, agent_binary, unavailable, until};
+use evpn_tests::lab::{Fabric, agent_binary, median_min_max_ms, ms, unavailable, until};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -48,10 +48,7 @@ async fn run(rounds: usize) {
     for bfd in [false, true] {
         f.underlay_bfd(bfd).await;
         if bfd {
-            until("BFD up on both sessions at the TOR", || async {
-                f.lab.vtysh("evl-tor", "show bfd peers brief").await.matches(" up ").count() >= 2
-            })
-            .await;
+            until("BFD up on both sessions at the TOR", || f.bfd_up_at_tor()).await;
         }
         let mut times = Vec::new();
         for round in 0..rounds {
@@ -67,10 +64,7 @@ async fn run(rounds: usize) {
             f.lab.ok(&["uplink", "evl-n1", "up"]).await;
             until("node 1's type-3 route back at the TOR", || n1_type3(&f)).await;
             if bfd {
-                until("BFD up again on both sessions", || async {
-                    f.lab.vtysh("evl-tor", "show bfd peers brief").await.matches(" up ").count() >= 2
-                })
-                .await;
+                until("BFD up again on both sessions", || f.bfd_up_at_tor()).await;
             }
         }
         results.push((bfd, times));
@@ -80,7 +74,7 @@ async fn run(rounds: usize) {
         "\nNode 1 cut off: its routes withdrawn at the TOR, {rounds} rounds; median (min-max) in ms after the cut"
     );
     for (bfd, times) in &results {
-        println!("  BFD {:<3}  {}", on_off(*bfd), stats(times));
+        println!("  BFD {:<3}  {}", on_off(*bfd), median_min_max_ms(times));
     }
 }
 
@@ -90,17 +84,4 @@ async fn n1_type3(f: &Fabric) -> bool {
 
 fn on_off(bfd: bool) -> &'static str {
     if bfd { "on" } else { "off" }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn stats(times: &[Duration]) -> String {
-    let mut sorted: Vec<f64> = times.iter().map(|d| ms(*d)).collect();
-    sorted.sort_by(f64::total_cmp);
-    match (sorted.first(), sorted.last()) {
-        (Some(min), Some(max)) => format!("{:.0} ({min:.0}-{max:.0})", sorted[sorted.len() / 2]),
-        _ => "no rounds".into(),
-    }
 }

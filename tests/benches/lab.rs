@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use evpn_crds::Evpn;
 use evpn_tests::apply;
-use evpn_tests::lab::{Fabric, NODES, agent_binary, link_exists, unavailable};
+use evpn_tests::lab::{Fabric, NODES, agent_binary, link_exists, median_min_max_ms, ms, unavailable};
 use kube::api::Api;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -87,7 +87,7 @@ async fn run(rounds: usize) {
             }
         }
     }
-    let col = |f: &dyn Fn(&Round) -> Duration| stats(&results.iter().map(f).collect::<Vec<_>>());
+    let col = |f: &dyn Fn(&Round) -> Duration| median_min_max_ms(&results.iter().map(f).collect::<Vec<_>>());
     println!("\nEVPN apply to first ping, {rounds} rounds; median (min-max) in ms from the create call's return");
     println!("  create call itself:            {}", col(&|r| r.create_call));
     println!("  EVPN Ready:                    {}", col(&|r| r.ready));
@@ -196,14 +196,4 @@ fn is_ready(e: &Evpn) -> bool {
 async fn run_ok(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).stdin(Stdio::null()).output().await.unwrap();
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn stats(v: &[Duration]) -> String {
-    let mut v = v.to_vec();
-    v.sort();
-    format!("{:.0} ({:.0}-{:.0})", ms(v[v.len() / 2]), ms(v[0]), ms(v[v.len() - 1]))
 }

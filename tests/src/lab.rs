@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a fixture that cannot build its input should panic")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -436,6 +436,11 @@ impl Fabric {
         apply_vtep(&self.client, &self.vtep, &self.vtep_spec).await;
     }
 
+    /// Whether the TOR's BFD sessions with both nodes are up.
+    pub async fn bfd_up_at_tor(&self) -> bool {
+        self.lab.vtysh("evl-tor", "show bfd peers brief").await.matches(" up ").count() >= NODES.len()
+    }
+
     /// frr-k8s mode: the user announces each node's VTEP address, here in a configuration per
     /// node (as docs/frr-k8s.md shows), once the operator has handed the addresses out.
     async fn announce_vtep_ips(&self, id: &str) {
@@ -604,7 +609,8 @@ async fn frr_k8s_round(
         let options = frrk8s::RenderOptions {
             hostname: lab_node.into(),
             vrf_netns_dir: (VrfKind::from_env() == VrfKind::Netns).then(|| "/run/netns".into()),
-            bound_vrfs: bound_vrfs(lab_node).await,
+            // zebra's bound VRFs, as the agent reads them; none when FRR does not answer.
+            bound_vrfs: evpn_agent::frr::Frr::new(Some(lab_node.into())).active_vrfs().await.unwrap_or_default(),
             allowas_in_origin: true,
             ..Default::default()
         };
@@ -632,18 +638,6 @@ async fn frr_k8s_round(
             reported.insert(lab_node, status);
         }
     }
-}
-
-/// The VRFs the node's zebra has bound (`vrf X id N ...` in `show vrf`).
-async fn bound_vrfs(lab_node: &str) -> BTreeSet<String> {
-    let out = Command::new("vtysh").args(["-N", lab_node, "-c", "show vrf"]).output().await;
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| match l.split_whitespace().take(3).collect::<Vec<_>>()[..] {
-            ["vrf", name, "id"] => Some(name.to_owned()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Loads `text` into the node's FRR as frr-k8s does, with frr-reload.py; a second pass when the
@@ -719,6 +713,21 @@ impl Scenarios {
             json!({"test": self.test, "scenario": scenario, "result": result, "seconds": seconds, "message": message});
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
         std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).unwrap();
+    }
+}
+
+/// Milliseconds, for the benchmarks' figures.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `median (min-max)` of `times` in milliseconds, as the benchmarks print them.
+pub fn median_min_max_ms(times: &[Duration]) -> String {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    match (sorted.first(), sorted.last()) {
+        (Some(min), Some(max)) => format!("{:.0} ({:.0}-{:.0})", ms(sorted[sorted.len() / 2]), ms(*min), ms(*max)),
+        _ => "no rounds".into(),
     }
 }
 

@@ -531,16 +531,8 @@ async fn fabric_with_a_multihomed_host() {
             routes.contains(&esi) && routes.contains("198.18.0.1") && routes.contains("198.18.0.2")
         })
         .await;
-        let ead_from = |vtep: &'static str| {
-            let esi = esi.clone();
-            let f = &f;
-            async move {
-                let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type ead").await;
-                routes.split("Route Distinguisher: ").any(|rd| rd.starts_with(vtep) && rd.contains(&esi))
-            }
-        };
         until("MH: the TOR has the segment's type-1 routes from both nodes", || async {
-            ead_from("198.18.0.1").await && ead_from("198.18.0.2").await
+            tor_has_type1(&f, "198.18.0.1", &esi).await && tor_has_type1(&f, "198.18.0.2", &esi).await
         })
         .await;
         esi
@@ -580,15 +572,8 @@ async fn fabric_with_a_multihomed_host() {
 
     let withdrawal = s.run("mass withdrawal", async {
         f.underlay_bfd(true).await;
-        until("MH: the underlay sessions run BFD, up at the TOR", || async {
-            let peers = f.lab.vtysh("evl-tor", "show bfd peers brief").await;
-            peers.matches(" up ").count() >= 2
-        })
-        .await;
-        let type1_from_n1 = || async {
-            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type ead").await;
-            routes.split("Route Distinguisher: ").any(|rd| rd.starts_with("198.18.0.1:") && rd.contains(&esi))
-        };
+        until("MH: the underlay sessions run BFD, up at the TOR", || f.bfd_up_at_tor()).await;
+        let type1_from_n1 = || tor_has_type1(&f, "198.18.0.1", &esi);
         let cut = std::time::Instant::now();
         f.lab.ok(&["uplink", "evl-n1", "down"]).await;
         until("MH: node 1's uplink cut, the TOR withdraws its type-1 routes of the segment", || async {
@@ -596,10 +581,9 @@ async fn fabric_with_a_multihomed_host() {
         })
         .await;
         eprintln!("measured: type-1 withdrawn at the TOR {:?} after the cut, with BFD 300 ms x 3", cut.elapsed());
-        let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type ead").await;
         assert!(
-            routes.split("Route Distinguisher: ").any(|rd| rd.starts_with("198.18.0.2:") && rd.contains(&esi)),
-            "the TOR keeps node 2's type-1 routes of the segment, its way to the host now:\n{routes}"
+            tor_has_type1(&f, "198.18.0.2", &esi).await,
+            "the TOR keeps node 2's type-1 routes of the segment, its way to the host now"
         );
         eprintln!("ok   MH: the TOR keeps node 2's type-1 routes of the segment");
         // Node 1 keeps `evpn mh uplink` on the interface that went down, so zebra knows it is cut
@@ -620,4 +604,11 @@ async fn fabric_with_a_multihomed_host() {
         return s.fail();
     }
     f.remove_leftovers().await;
+}
+
+/// Whether the TOR has a type-1 route of segment `esi` from the VTEP `vtep` (its RDs are
+/// `<VTEP IP>:<n>`).
+async fn tor_has_type1(f: &Fabric, vtep: &str, esi: &str) -> bool {
+    let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type ead").await;
+    routes.split("Route Distinguisher: ").any(|rd| rd.starts_with(&format!("{vtep}:")) && rd.contains(esi))
 }
