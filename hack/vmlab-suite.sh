@@ -30,17 +30,25 @@ step() { # NAME CMD...
   echo "=== step $name: exit $rc after $(cat "$steps/$name.seconds") s"
 }
 
-# The VM sees the host's /tmp: old agent logs there must not mix with this run's.
-rm -f /tmp/evpn-lab-agent-*.log
-# The lab is left up at the end (EVPN_LAB_KEEP) so its logs can be collected; the VM goes anyway.
-# Emulation on a shared machine is several times slower than the host: deadlines are longer.
-step lab env EVPN_LAB_VRF=kernel EVPN_LAB_KEEP=1 EVPN_LAB_DEADLINE_SECONDS=240 "$lab_test" fabric_with_an_frr_tor --exact --nocapture
-cp /tmp/evpn-lab-agent-*.log "$steps/logs/" 2>/dev/null
-cp -r /tmp/evpn-lab/log "$steps/logs/frr" 2>/dev/null
-for n in evl-n1 evl-n2; do
-  vtysh -N "$n" -c "show running-config" >"$steps/logs/$n-running.conf" 2>&1
-done
-bash "$here/lab.sh" down >/dev/null 2>&1
+# One test of the lab suite with kernel VRFs as step NAME; the agents' and FRR's logs and the
+# running configurations go to LOGS. The lab is left up at the end (EVPN_LAB_KEEP) so they can be
+# collected, then taken down. Emulation on a shared machine is several times slower than the
+# host: deadlines are longer.
+lab_step() { # NAME TEST LOGS
+  local name=$1 test=$2 logs=$3 n
+  # The VM sees the host's /tmp: old agent logs there must not mix with this run's.
+  rm -f /tmp/evpn-lab-agent-*.log
+  step "$name" env EVPN_LAB_VRF=kernel EVPN_LAB_KEEP=1 EVPN_LAB_DEADLINE_SECONDS=240 "$lab_test" "$test" --exact --nocapture
+  mkdir -p "$logs"
+  cp /tmp/evpn-lab-agent-*.log "$logs/" 2>/dev/null
+  cp -r /tmp/evpn-lab/log "$logs/frr" 2>/dev/null
+  for n in evl-n1 evl-n2 evl-tor; do
+    vtysh -N "$n" -c "show running-config" >"$logs/$n-running.conf" 2>&1
+  done
+  bash "$here/lab.sh" down >/dev/null 2>&1
+}
+
+lab_step lab fabric_with_an_frr_tor "$steps/logs"
 
 # Multi-homing's data plane: an external host on an LACP bond with one leg to each of two nodes.
 # Each node has a one-leg bond with the same LACP system ID (as an EVPN Ethernet segment has on
@@ -89,15 +97,7 @@ bond_proof() {
 step bond bond_proof
 
 # Multi-homing with the agent: Ethernet segments are bonds, which only this kernel makes.
-rm -f /tmp/evpn-lab-agent-*.log
-step multihoming env EVPN_LAB_VRF=kernel EVPN_LAB_KEEP=1 EVPN_LAB_DEADLINE_SECONDS=240 "$lab_test" fabric_with_a_multihomed_host --exact --nocapture
-mkdir -p "$steps/logs/multihoming"
-cp /tmp/evpn-lab-agent-*.log "$steps/logs/multihoming/" 2>/dev/null
-cp -r /tmp/evpn-lab/log "$steps/logs/multihoming/frr" 2>/dev/null
-for n in evl-n1 evl-n2 evl-tor; do
-  vtysh -N "$n" -c "show running-config" >"$steps/logs/multihoming/$n-running.conf" 2>&1
-done
-bash "$here/lab.sh" down >/dev/null 2>&1
+lab_step multihoming fabric_with_a_multihomed_host "$steps/logs/multihoming"
 
 # The 1,000-network timing is a benchmark, too slow under emulation to be worth it here.
 step dataplane "$dataplane_test" --test-threads 1 --skip thousand_l2_networks_timing

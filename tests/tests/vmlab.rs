@@ -285,7 +285,8 @@ fn multihoming_designated_forwarder() {
     scenario_of("fabric_with_a_multihomed_host", "designated forwarder");
 }
 
-/// A node's uplink cut with BFD on: the TOR withdraws its type-1 routes, traffic takes the other leg.
+/// A node's uplink cut with BFD on: the TOR withdraws its type-1 routes and keeps the other node's,
+/// and the cut node's zebra counts its uplink down.
 #[test]
 fn multihoming_mass_withdrawal() {
     scenario_of("fabric_with_a_multihomed_host", "mass withdrawal");
