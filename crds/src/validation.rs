@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
 
 use crate::common::{NetworkKind, NetworkRef, RouteTargets, VNI_MAX};
 use crate::evpn::{EthernetSegment, EvpnSpec, RedundancyMode, Vrf};
@@ -374,6 +375,10 @@ fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// The underlay MTUs a VTEP may set (`spec.mtu`, as the schema bounds it): IPv6's minimum up to
+/// what common jumbo-frame switches carry.
+pub const VTEP_MTU_RANGE: RangeInclusive<u32> = 1280..=9216;
+
 impl VtepSpec {
     /// Every per-object problem of a new or updated VTEP spec.
     pub fn validate(&self) -> Vec<FieldError> {
@@ -401,9 +406,9 @@ impl VtepSpec {
             errors.push(FieldError::new("spec.udpPort", "must be 1..=65535"));
         }
         if let Some(mtu) = self.mtu
-            && !(1280..=9216).contains(&mtu)
+            && !VTEP_MTU_RANGE.contains(&mtu)
         {
-            errors.push(FieldError::new("spec.mtu", format!("{mtu} is outside 1280..=9216")));
+            errors.push(FieldError::new("spec.mtu", format!("{mtu} is outside {VTEP_MTU_RANGE:?}")));
         }
         match (&self.bgp, &self.frr_configuration_selector) {
             (Some(bgp), None) => check_bgp(bgp, &mut errors),

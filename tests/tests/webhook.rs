@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use evpn_crds::{Evpn, EvpnNodeState};
+use evpn_crds::{Evpn, EvpnNodeState, NetworkKind, Vtep};
 use evpn_tests::{TestCa, api_status, apply, control_plane, eventually, unique_name};
 use evpn_webhook::server::State;
 use evpn_webhook::{Webhook, WebhookArgs, configuration};
@@ -268,6 +268,54 @@ async fn layer3_network_with_mac_vrf_is_denied() {
     let w = world(&client, "local").await;
     let spec = json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": w.layer3}, "macVRF": {}, "ipVRF": {}});
     assert_denied(create(&client, &evpn_json(&unique_name("red"), &w.vtep, spec)).await, &["spec.macVRF", "Layer3"]);
+}
+
+#[tokio::test]
+async fn network_mtu_must_fit_the_vtep_underlay() {
+    let client = admin().await;
+    let w = world(&client, "local").await;
+    let vteps: Api<Vtep> = Api::all(client.clone());
+    vteps.patch(&w.vtep, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"mtu": 9000}}))).await.unwrap();
+    // 9000 bytes of IPv4 underlay carry 8950 of overlay: one network fits exactly, one is a byte over.
+    let (fits, too_big) = (format!("{}-8950", w.layer2), format!("{}-8951", w.layer2));
+    for (name, mtu) in [(&fits, 8950), (&too_big, 8951)] {
+        apply(&client, &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork", "metadata": {"name": name},
+            "spec": {"namespaceSelector": {}, "network": {"topology": "Layer2", "layer2": {"role": "Primary", "subnets": ["10.100.0.0/16"], "mtu": mtu}}}}))
+        .await
+        .unwrap();
+    }
+    let state = &fixture().state;
+    eventually(|| async {
+        let ix = state.index.read().unwrap();
+        ix.vtep(&w.vtep).is_some_and(|v| v.mtu == Some(9000))
+            && [&fits, &too_big].iter().all(|n| {
+                ix.network(&(NetworkKind::ClusterUserDefinedNetwork, None, (*n).clone()))
+                    .is_some_and(|f| f.mtu.is_some())
+            })
+    })
+    .await
+    .unwrap();
+
+    assert_denied(
+        create(&client, &evpn_json(&unique_name("big"), &w.vtep, l2(&too_big, None))).await,
+        &[
+            "spec.network",
+            &format!("ClusterUserDefinedNetwork {too_big} has MTU 8951"),
+            "at most 8950 (spec.mtu 9000 minus 50 bytes of VXLAN over IPv4)",
+            "spec.mtu to 9001",
+        ],
+    );
+    let name = unique_name("fits");
+    create(&client, &evpn_json(&name, &w.vtep, l2(&fits, None))).await.unwrap();
+
+    // Once the EVPN is there, its VTEP cannot shrink under it.
+    eventually(|| async { state.index.read().unwrap().evpn(&name).is_some() }).await.unwrap();
+    let err = vteps
+        .patch(&w.vtep, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"mtu": 8999}})))
+        .await
+        .expect_err("the VTEP shrank under its EVPN");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{name:?} (network MTU 8950)")) && msg.contains("keep spec.mtu at 9000"), "{msg}");
 }
 
 #[tokio::test]

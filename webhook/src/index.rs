@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use evpn_crds::common::NetworkKind;
+use evpn_crds::common::{NetworkKind, NetworkRef};
 use evpn_crds::{Evpn, Vtep, VtepSpec};
 use kube::ResourceExt;
 
@@ -41,7 +41,7 @@ pub enum GatewayMode {
 
 impl GatewayMode {
     fn parse(s: &str) -> Option<Self> {
-        match s.trim().trim_matches('"') {
+        match s {
             "local" => Some(Self::Local),
             "shared" => Some(Self::Shared),
             _ => None,
@@ -69,17 +69,37 @@ pub fn gateway_mode_from_annotation(value: &str) -> Option<GatewayMode> {
     GatewayMode::parse(mode.as_str()?)
 }
 
-/// Reads `mode=` from the `[gateway]` section of an ovnkube.conf (INI) text.
-pub fn gateway_mode_from_ovnkube_conf(conf: &str) -> Option<GatewayMode> {
-    let mut in_gateway = false;
+/// What the webhook reads from OVN-Kubernetes' ovnkube.conf (the ovnkube-config ConfigMap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OvnkubeConfig {
+    /// `[gateway] mode`.
+    pub gateway_mode: Option<GatewayMode>,
+    /// `[default] mtu`: the MTU of every network whose spec sets none.
+    pub mtu: Option<u32>,
+}
+
+impl OvnkubeConfig {
+    /// Reads an ovnkube.conf (INI) text; what is missing or malformed stays unknown.
+    pub fn parse(conf: &str) -> Self {
+        Self {
+            gateway_mode: ovnkube_conf_value(conf, "gateway", "mode").and_then(GatewayMode::parse),
+            mtu: ovnkube_conf_value(conf, "default", "mtu").and_then(|m| m.parse().ok()),
+        }
+    }
+}
+
+/// The value of `key` in `[section]`, unquoted: OVN-Kubernetes' templates write `mtu="1400"`.
+fn ovnkube_conf_value<'a>(conf: &'a str, section: &str, key: &str) -> Option<&'a str> {
+    let header = format!("[{section}]");
+    let mut in_section = false;
     for line in conf.lines().map(str::trim) {
         if line.starts_with('[') {
-            in_gateway = line.eq_ignore_ascii_case("[gateway]");
-        } else if in_gateway
-            && let Some((key, value)) = line.split_once('=')
-            && key.trim() == "mode"
+            in_section = line.eq_ignore_ascii_case(&header);
+        } else if in_section
+            && let Some((k, value)) = line.split_once('=')
+            && k.trim() == key
         {
-            return GatewayMode::parse(value);
+            return Some(value.trim().trim_matches('"'));
         }
     }
     None
@@ -96,6 +116,8 @@ pub struct NetworkFacts {
     pub transport: Option<String>,
     /// The network's subnets (Layer3: the cluster-wide CIDRs, not the per-node host subnets).
     pub subnets: Vec<String>,
+    /// The `mtu` the spec sets; without one, OVN-Kubernetes' configured default applies.
+    pub mtu: Option<u32>,
 }
 
 impl NetworkFacts {
@@ -109,6 +131,8 @@ impl NetworkFacts {
         };
         let role = network.get(section).and_then(|s| s.get("role")).and_then(|r| r.as_str()).map(str::to_owned);
         let transport = network.get("transport").and_then(|t| t.as_str()).map(str::to_owned);
+        let mtu =
+            network.get(section).and_then(|s| s.get("mtu")).and_then(|m| m.as_u64()).and_then(|m| m.try_into().ok());
         // Layer2 lists plain CIDRs, Layer3 objects with a `cidr`.
         let subnets = network
             .get(section)
@@ -118,23 +142,30 @@ impl NetworkFacts {
             .flatten()
             .filter_map(|s| s.as_str().or_else(|| s.get("cidr").and_then(|c| c.as_str())).map(str::to_owned))
             .collect();
-        Some(Self { topology, role, transport, subnets })
+        Some(Self { topology, role, transport, subnets, mtu })
     }
 }
 
 /// Key of a network: kind, namespace (UDN only) and name.
 pub type NetworkKey = (NetworkKind, Option<String>, String);
 
-/// The VNIs an EVPN holds: from its spec, and those the operator allocated into its status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EvpnVnis {
-    /// VNI per side.
+/// The key of the network an EVPN names.
+pub fn network_key(network: &NetworkRef) -> NetworkKey {
+    (network.kind, network.namespace.clone(), network.name.clone())
+}
+
+/// What the webhook needs of an EVPN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvpnFacts {
+    /// The VNIs it holds, per side: from its spec, and those the operator allocated into its status.
     pub vnis: Vec<(VrfSide, u32)>,
     /// The VTEP it uses.
     pub vtep: String,
+    /// The network it extends.
+    pub network: NetworkKey,
 }
 
-impl EvpnVnis {
+impl EvpnFacts {
     fn of(evpn: &Evpn) -> Self {
         let mut vnis = Vec::new();
         let status = evpn.status.as_ref();
@@ -149,20 +180,20 @@ impl EvpnVnis {
                 }
             }
         }
-        Self { vnis, vtep: evpn.spec.vtep.clone() }
+        Self { vnis, vtep: evpn.spec.vtep.clone(), network: network_key(&evpn.spec.network) }
     }
 }
 
 /// The webhook's view of the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
-    evpns: HashMap<String, EvpnVnis>,
+    evpns: HashMap<String, EvpnFacts>,
     vni_owners: HashMap<u32, BTreeSet<(String, VrfSide)>>,
     vteps: HashMap<String, VtepSpec>,
     networks: HashMap<NetworkKey, NetworkFacts>,
     nodes: BTreeMap<String, NodeFacts>,
-    /// Gateway mode from the ovnkube-config ConfigMap, when it is there.
-    pub configmap_gateway_mode: Option<GatewayMode>,
+    /// What the ovnkube-config ConfigMap says; all unknown when it is not there.
+    pub ovnkube_config: OvnkubeConfig,
     /// False while the network kinds' API is not installed in the cluster.
     pub networks_api_present: bool,
 }
@@ -172,7 +203,7 @@ impl Index {
     pub fn apply_evpn(&mut self, evpn: &Evpn) {
         let name = evpn.name_any();
         self.delete_evpn(&name);
-        let entry = EvpnVnis::of(evpn);
+        let entry = EvpnFacts::of(evpn);
         for (side, vni) in &entry.vnis {
             self.vni_owners.entry(*vni).or_default().insert((name.clone(), *side));
         }
@@ -211,8 +242,8 @@ impl Index {
             .collect()
     }
 
-    /// The VNIs an EVPN holds, if the index knows it.
-    pub fn evpn(&self, name: &str) -> Option<&EvpnVnis> {
+    /// What the index knows of an EVPN.
+    pub fn evpn(&self, name: &str) -> Option<&EvpnFacts> {
         self.evpns.get(name)
     }
 
@@ -300,11 +331,22 @@ mod tests {
     }
 
     #[test]
-    fn gateway_mode_from_the_configmap() {
-        let conf = "[default]\nmtu=1400\nmode=shared\n\n[gateway]\nmode=local\nnodeport=true\n";
-        assert_eq!(gateway_mode_from_ovnkube_conf(conf), Some(GatewayMode::Local));
-        assert_eq!(gateway_mode_from_ovnkube_conf("[Gateway]\n mode = shared \n"), Some(GatewayMode::Shared));
-        assert_eq!(gateway_mode_from_ovnkube_conf("[default]\nmode=local\n"), None);
+    fn gateway_mode_and_mtu_from_the_configmap() {
+        let conf = "[default]\nmtu=\"8900\"\nmode=shared\n\n[gateway]\nmode=local\nnodeport=true\n";
+        assert_eq!(
+            OvnkubeConfig::parse(conf),
+            OvnkubeConfig { gateway_mode: Some(GatewayMode::Local), mtu: Some(8900) }
+        );
+        assert_eq!(OvnkubeConfig::parse("[Gateway]\n mode = shared \n").gateway_mode, Some(GatewayMode::Shared));
+        assert_eq!(OvnkubeConfig::parse("[default]\nmode=local\nmtu=jumbo\n"), OvnkubeConfig::default());
+    }
+
+    #[test]
+    fn network_mtu_from_either_topology() {
+        let layer2 = serde_json::json!({"topology": "Layer2", "layer2": {"role": "Primary", "mtu": 9000}});
+        assert_eq!(NetworkFacts::from_network_spec(&layer2).map(|f| f.mtu), Some(Some(9000)));
+        let layer3 = serde_json::json!({"topology": "Layer3", "layer3": {"role": "Primary", "subnets": [{"cidr": "10.0.0.0/16"}]}});
+        assert_eq!(NetworkFacts::from_network_spec(&layer3).map(|f| f.mtu), Some(None));
     }
 
     #[test]

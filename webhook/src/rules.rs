@@ -9,7 +9,9 @@ use evpn_crds::validation::{FieldError, join};
 use evpn_crds::{Evpn, EvpnNodeState, Vtep};
 use k8s_openapi::api::authentication::v1::UserInfo;
 
-use crate::index::{GatewayMode, Index, VrfSide};
+use crate::index::{GatewayMode, Index, NetworkFacts, VrfSide, network_key};
+
+mod mtu;
 
 /// What kind of write a request is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -225,7 +227,11 @@ fn check_evpn_against_cluster(
         }
     }
 
-    check_network(new, old.is_some(), index, errors);
+    if let Some(network) = check_network(new, old.is_some(), index, errors)
+        && let Some(vtep) = vtep
+    {
+        mtu::check_evpn(&new.spec.network, network, vtep_name, vtep, &index.ovnkube_config, errors);
+    }
 
     if let Some(vtep) = vtep
         && vtep.frr_configuration_selector.is_some()
@@ -255,11 +261,16 @@ fn resolved_vni(old: Option<&Evpn>, side: VrfSide) -> Option<u32> {
     vrf.map(|v| v.vni)
 }
 
-fn check_network(new: &Evpn, is_update: bool, index: &Index, errors: &mut Vec<FieldError>) {
+/// Checks the network an EVPN names, and returns its facts when the index has them.
+fn check_network<'a>(
+    new: &Evpn,
+    is_update: bool,
+    index: &'a Index,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a NetworkFacts> {
     let net = &new.spec.network;
-    let (kind, ns, name) = (net.kind, net.namespace.clone(), net.name.clone());
-    if kind == NetworkKind::UserDefinedNetwork && ns.is_none() {
-        return; // reported by the per-object rules
+    if net.kind == NetworkKind::UserDefinedNetwork && net.namespace.is_none() {
+        return None; // reported by the per-object rules
     }
     if !index.networks_api_present {
         if !is_update {
@@ -268,13 +279,13 @@ fn check_network(new: &Evpn, is_update: bool, index: &Index, errors: &mut Vec<Fi
                 format!("{net} cannot be checked: the k8s.ovn.org network API is not installed (is OVN-Kubernetes with user-defined networks running?)"),
             ));
         }
-        return;
+        return None;
     }
-    let Some(facts) = index.network(&(kind, ns, name)) else {
+    let Some(facts) = index.network(&network_key(net)) else {
         if !is_update {
             errors.push(field_error("spec.network", format!("{net} does not exist: create the network first")));
         }
-        return;
+        return None;
     };
     if facts.transport.as_deref() == Some("EVPN") {
         errors.push(field_error(
@@ -311,6 +322,7 @@ fn check_network(new: &Evpn, is_update: bool, index: &Index, errors: &mut Vec<Fi
             format!("{net} has topology {other}: EVPN supports Layer2 and Layer3 networks only"),
         )),
     }
+    Some(facts)
 }
 
 fn check_gateway_mode(
@@ -344,7 +356,7 @@ fn check_gateway_mode(
         ));
         return Vec::new();
     }
-    match index.configmap_gateway_mode {
+    match index.ovnkube_config.gateway_mode {
         Some(GatewayMode::Shared) if !known => {
             errors.push(field_error(
                 "spec.vtep",
@@ -399,8 +411,8 @@ pub fn validate_vtep(req: &Request<'_, Vtep>, index: &Index, policy: &Policy) ->
                 return denied;
             }
             let mut errors = new.spec.validate();
+            let name = new.metadata.name.as_deref().unwrap_or_default();
             if old.is_some() && !new.spec.vni_ranges.is_empty() {
-                let name = new.metadata.name.as_deref().unwrap_or_default();
                 for evpn in index.evpns_using_vtep(name) {
                     for (side, vni) in index.evpn(evpn).map(|e| e.vnis.clone()).unwrap_or_default() {
                         if !new.spec.vni_ranges.iter().any(|r| (r.start..=r.end).contains(&vni)) {
@@ -415,6 +427,7 @@ pub fn validate_vtep(req: &Request<'_, Vtep>, index: &Index, policy: &Policy) ->
                     }
                 }
             }
+            mtu::check_vtep(name, &new.spec, old.map(|o| &o.spec), index, &mut errors);
             Verdict::from_errors(errors, Vec::new())
         }
         _ => Verdict::Deny("the request carries no VTEP to validate".into()),

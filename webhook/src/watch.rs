@@ -64,10 +64,10 @@ pub async fn run(client: Client, state: Arc<State>, ovnkube_config_namespace: St
         &state,
         Cache::ConfigMap,
         |ix, c| {
-            ix.configmap_gateway_mode = match c {
-                Change::Apply(cm) => configmap_mode(&cm),
-                Change::Delete(_) => None,
-                Change::Reset(all) => all.first().and_then(configmap_mode),
+            ix.ovnkube_config = match c {
+                Change::Apply(cm) => ovnkube_config(&cm),
+                Change::Delete(_) => index::OvnkubeConfig::default(),
+                Change::Reset(all) => all.first().map(ovnkube_config).unwrap_or_default(),
             }
         },
     );
@@ -87,8 +87,12 @@ fn node_facts(meta: &kube::api::ObjectMeta) -> NodeFacts {
     }
 }
 
-fn configmap_mode(cm: &ConfigMap) -> Option<index::GatewayMode> {
-    index::gateway_mode_from_ovnkube_conf(cm.data.as_ref()?.get("ovnkube.conf")?)
+fn ovnkube_config(cm: &ConfigMap) -> index::OvnkubeConfig {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get("ovnkube.conf"))
+        .map(|conf| index::OvnkubeConfig::parse(conf))
+        .unwrap_or_default()
 }
 
 /// The API resource of an OVN-Kubernetes network kind.

@@ -60,6 +60,7 @@ fn network(topology: &str, role: Option<&str>, transport: Option<&str>) -> Netwo
         role: role.map(Into::into),
         transport: transport.map(Into::into),
         subnets: Vec::new(),
+        mtu: None,
     }
 }
 
@@ -283,7 +284,7 @@ fn shared_gateway_node_outside_the_vtep_does_not_matter() {
 fn shared_gateway_configmap_is_refused_when_nodes_do_not_say() {
     let mut ix = index();
     ix.set_node("n1".into(), Some(node(&[("evpn", "yes")], None)));
-    ix.configmap_gateway_mode = Some(GatewayMode::Shared);
+    ix.ovnkube_config.gateway_mode = Some(GatewayMode::Shared);
     assert_denied(check(create(&admin(), &evpn("blue", l2("blue", None))), &ix), &["ConfigMap ovnkube-config"]);
 }
 
@@ -405,4 +406,129 @@ fn segments_need_a_mac_vrf_all_active_and_a_vtep_with_bgp() {
     let mut spec = l2("blue", None);
     spec["multiHoming"] = segment;
     assert_denied(check(create(&admin(), &evpn("blue", spec)), &ix), &["spec.multiHoming", "frr-k8s"]);
+}
+
+/// The standard index, with VTEP fabric's underlay at `vtep_mtu` over `cidr` and a primary Layer2
+/// network "jumbo" of MTU `network_mtu` (its default when `None`).
+fn mtu_index(vtep_mtu: u32, cidr: &str, network_mtu: Option<u32>) -> Index {
+    let mut ix = index();
+    let mut spec = fabric_spec();
+    spec["mtu"] = json!(vtep_mtu);
+    spec["cidrs"] = json!([cidr]);
+    ix.apply_vtep(&vtep("fabric", spec));
+    ix.set_network(cudn("jumbo"), Some(NetworkFacts { mtu: network_mtu, ..network("Layer2", Some("Primary"), None) }));
+    ix
+}
+
+#[test]
+fn network_mtu_must_fit_through_the_vtep_underlay() {
+    let jumbo = evpn("jumbo", l2("jumbo", None));
+    assert_allowed(check(create(&admin(), &jumbo), &mtu_index(9000, "198.18.0.0/24", Some(8950))));
+    assert_eq!(
+        check(create(&admin(), &jumbo), &mtu_index(9000, "198.18.0.0/24", Some(8951))),
+        Verdict::Deny(
+            "spec.network: ClusterUserDefinedNetwork jumbo has MTU 8951, but VTEP \"fabric\" carries at most 8950 \
+             (spec.mtu 9000 minus 50 bytes of VXLAN over IPv4): recreate the network with mtu 8950 or less \
+             (its mtu is immutable), or raise the VTEP's spec.mtu to 9001"
+                .into()
+        )
+    );
+    assert_allowed(check(create(&admin(), &jumbo), &mtu_index(9000, "fd00:18::/64", Some(8930))));
+    assert_denied(
+        check(create(&admin(), &jumbo), &mtu_index(9000, "fd00:18::/64", Some(8931))),
+        &["at most 8930", "minus 70 bytes of VXLAN over IPv6", "spec.mtu to 9001"],
+    );
+    // Past the largest VTEP MTU, only the network can give.
+    match check(create(&admin(), &jumbo), &mtu_index(9216, "198.18.0.0/24", Some(9200))) {
+        Verdict::Deny(msg) => assert!(msg.ends_with("(its mtu is immutable)"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    // A spec update is judged the same way.
+    let mut new_targets = l2("jumbo", None);
+    new_targets["macVRF"]["routeTargets"] = json!({"import": ["65000:1"]});
+    let ix = mtu_index(9000, "198.18.0.0/24", Some(9000));
+    assert_denied(check(update(&admin(), &evpn("jumbo", new_targets), &jumbo), &ix), &["MTU 9000", "at most 8950"]);
+}
+
+#[test]
+fn a_network_without_mtu_gets_the_configured_default() {
+    let jumbo = evpn("jumbo", l2("jumbo", None));
+    let mut ix = mtu_index(1420, "198.18.0.0/24", None);
+    assert_denied(
+        check(create(&admin(), &jumbo), &ix),
+        &["has MTU 1400 (it sets no mtu: OVN-Kubernetes' default)", "at most 1370", "spec.mtu to 1450"],
+    );
+    ix.ovnkube_config.mtu = Some(1370);
+    assert_allowed(check(create(&admin(), &jumbo), &ix));
+    ix.ovnkube_config.mtu = Some(8900);
+    assert_denied(check(create(&admin(), &jumbo), &ix), &["MTU 8900 (it sets no mtu: ovnkube-config's [default] mtu)"]);
+}
+
+#[test]
+fn a_vtep_without_mtu_checks_nothing() {
+    let mut ix = mtu_index(9000, "198.18.0.0/24", Some(9000));
+    ix.apply_vtep(&vtep("fabric", fabric_spec()));
+    assert_allowed(check(create(&admin(), &evpn("jumbo", l2("jumbo", None))), &ix));
+}
+
+#[test]
+fn a_vtep_cannot_shrink_below_an_evpn_using_it() {
+    let mut ix = mtu_index(9050, "198.18.0.0/24", Some(9000));
+    ix.apply_evpn(&evpn("jumbo", l2("jumbo", None)));
+    let with_mtu = |mtu: u32, cidr: &str| {
+        let mut spec = fabric_spec();
+        spec["mtu"] = json!(mtu);
+        spec["cidrs"] = json!([cidr]);
+        vtep("fabric", spec)
+    };
+    let old = with_mtu(9050, "198.18.0.0/24");
+    let verdict = |new: &Vtep, old: &Vtep| validate_vtep(&update(&admin(), new, old), &ix, &Policy::default());
+    assert_eq!(
+        verdict(&with_mtu(9049, "198.18.0.0/24"), &old),
+        Verdict::Deny(
+            "spec.mtu: EVPN(s) \"jumbo\" (network MTU 9000) would no longer fit: VTEP \"fabric\" would carry at most \
+             8999 (spec.mtu 9049 minus 50 bytes of VXLAN over IPv4): keep spec.mtu at 9050 or more"
+                .into()
+        )
+    );
+    assert_allowed(verdict(&with_mtu(9100, "198.18.0.0/24"), &old));
+    // Moving to an IPv6 underlay costs 20 more bytes.
+    assert_denied(verdict(&with_mtu(9050, "fd00:18::/64"), &old), &["\"jumbo\"", "over IPv6", "9070 or more"]);
+    // Setting an MTU where there was none; "red" on a network without mtu fits anyway.
+    assert_denied(verdict(&with_mtu(9000, "198.18.0.0/24"), &vtep("fabric", fabric_spec())), &["\"jumbo\""]);
+    // Removing the MTU leaves nothing to check.
+    assert_allowed(verdict(&vtep("fabric", fabric_spec()), &old));
+}
+
+#[test]
+fn a_vtep_change_lists_a_few_broken_evpns_and_spares_those_already_broken() {
+    let mut ix = mtu_index(9100, "198.18.0.0/24", Some(9000));
+    for name in ["a", "b", "c", "d", "e"] {
+        ix.apply_evpn(&evpn(name, l2("jumbo", None)));
+    }
+    ix.set_network(cudn("huge"), Some(NetworkFacts { mtu: Some(9200), ..network("Layer2", Some("Primary"), None) }));
+    ix.apply_evpn(&evpn("already-broken", l2("huge", None)));
+    let with_mtu = |mtu: u32| {
+        let mut spec = fabric_spec();
+        spec["mtu"] = json!(mtu);
+        vtep("fabric", spec)
+    };
+    let verdict = |new: &Vtep, old: &Vtep| validate_vtep(&update(&admin(), new, old), &ix, &Policy::default());
+    match verdict(&with_mtu(9000), &with_mtu(9100)) {
+        Verdict::Deny(msg) => {
+            assert!(
+                msg.contains(
+                    "EVPN(s) \"a\" (network MTU 9000), \"b\" (network MTU 9000), \"c\" (network MTU 9000) and 2 more"
+                ),
+                "{msg}"
+            );
+            assert!(!msg.contains("already-broken"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A change that breaks nothing new passes, though "already-broken" still does not fit.
+    let mut renamed_neighbor = fabric_spec();
+    renamed_neighbor["mtu"] = json!(9100);
+    renamed_neighbor["bgp"]["neighbors"][0]["address"] = json!("198.18.1.2");
+    assert_allowed(verdict(&vtep("fabric", renamed_neighbor), &with_mtu(9100)));
 }
