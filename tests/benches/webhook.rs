@@ -194,6 +194,7 @@ fn populated_index(evpns: u32) -> Index {
             role: Some("Primary".into()),
             transport: None,
             subnets: Vec::new(),
+            mtu: None,
         };
         ix.set_network((NetworkKind::ClusterUserDefinedNetwork, None, name.clone()), Some(facts));
         let evpn: Evpn = serde_json::from_value(json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": name},
