@@ -37,14 +37,29 @@
 #   lab.sh unvrf NODE VRF              takes it away again and deletes the netns
 #   lab.sh host NODE VRF NAME ADDR/LEN GW
 #                                      netns NAME routed behind VRF VRF of NODE (GW on the VRF side)
-#   lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]
+#   lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC] [--mtu MTU]
 #                                      netns NAME on bridge BRIDGE of NODE (or of NODE-VRF);
 #                                      MAC may also come from $POD_MAC
+#   lab.sh move NAME FROM TO BRIDGE [--in-vrf VRF]
+#                                      live-migrates pod NAME: its link moves from FROM's bridge to
+#                                      bridge BRIDGE of TO (NODE or leaf), keeping MAC and addresses,
+#                                      then it announces itself with a gratuitous ARP, as a
+#                                      hypervisor does after a migration
 #   lab.sh mh-host NAME IFNAME SYSMAC ADDR/LEN NODE...
 #                                      netns NAME multi-homed: an LACP bond with a leg to each NODE,
 #                                      where it ends in a one-leg LACP bond IFNAME with system ID
 #                                      SYSMAC (an Ethernet segment's interface; needs bond devices)
 #   lab.sh uplink NODE down|up         cuts or restores NODE's link to the TOR (on the node's side)
+#   lab.sh leaf                        a leaf switch outside the cluster (FRR TOR only): netns evl-leaf
+#                                      on the fabric at 198.18.255.21, AS 65010, VTEP 198.18.0.21,
+#                                      configured by hand as a network engineer would; `vrf`,
+#                                      `host` and `pod` take `leaf` as NODE for its VRFs and hosts
+#   lab.sh leaf-l2vni VNI RT [VRF GATEWAYS MAC]
+#                                      a MAC-VRF on the leaf: bridge lbrVNI + VXLAN lvxVNI, route
+#                                      target RT; with VRF, the bridge is the SVI in VRF with the
+#                                      (comma-separated) gateway addresses and MAC (symmetric IRB)
+#   lab.sh leaf-l3vni VRF VNI RT       the leaf's VRF VRF (made with `vrf leaf VRF`) gets L3VNI VNI
+#                                      and announces its connected subnets as type-5 routes
 #   lab.sh restart-frr NODE            kill NODE's FRR daemons (SIGKILL) and start them again from
 #                                      the config they last saved, as after a crash
 #   lab.sh vtysh NODE CMD...           vtysh in NODE's (or evl-tor's) FRR
@@ -53,7 +68,8 @@
 #   lab.sh env                         KEY="value" lines the tests and the agent need
 #   lab.sh down                        stop and remove everything; safe when nothing is up
 #   lab.sh smoke [frr|gobgp] [NODES]   up + by-hand agent work + assertions + down
-# NODE is evl-nN or nN; NAME gets the evl- prefix when it lacks it.
+# NODE is evl-nN or nN; NAME gets the evl- prefix when it lacks it. ADDR/LEN and GW of `host`
+# and `pod` may be comma-separated lists, for dual-stack: 10.1.0.10/24,fd00:1::10/64.
 #
 # Environment: EVPN_LAB_DIR (run dir: FRR configs, logs, GoBGP config and pid; default
 # /tmp/evpn-lab), EVPN_LAB_PREFIX (prefix of every namespace and FRR pathspace instead of evl,
@@ -106,8 +122,12 @@ TOR_ADDR=198.18.255.1
 FABRIC_PREFIX=198.18.255
 TOR_ASN=65000
 NODE_ASN=65001
+LEAF=$PREFIX-leaf
+LEAF_ADDR=$FABRIC_PREFIX.21
+LEAF_VTEP=198.18.0.21
+LEAF_ASN=65010
 GOBGP_API=127.0.0.1:50051
-PACKAGES=(frr frr-pythontools gobgpd iproute2 iputils-ping procps tcpdump python3)
+PACKAGES=(frr frr-pythontools gobgpd iproute2 iputils-ping iputils-arping procps tcpdump python3)
 
 say() { echo "[lab $(date +%T)] $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -126,6 +146,11 @@ wait_until() {
 # "n1", "evl-n1" -> "evl-n1"; "pod1" -> "evl-pod1" (with the default prefix)
 ns_name() { case $1 in "$PREFIX"-*) echo "$1" ;; *) echo "$PREFIX-$1" ;; esac; }
 node_index() { local n; n=$(ns_name "$1"); [[ $n =~ ^$PREFIX-n([1-3])$ ]] || die "not a node: $1"; echo "${BASH_REMATCH[1]}"; }
+# A switch of the fabric with its own FRR and VRFs: a node or the leaf.
+need_switch() {
+  if [ "$1" = "$LEAF" ]; then netns_exists "$LEAF" || die "the leaf is not up (lab.sh leaf)"
+  else node_index "$1" >/dev/null; fi
+}
 nodes() { local i; for ((i = 1; i <= $(cat "$LAB_DIR/nodes"); i++)); do echo "$PREFIX-n$i"; done; }
 # Names of this lab's namespaces, and nothing else's.
 lab_netns() { ip netns list 2>/dev/null | awk -v p="$PREFIX-" 'index($1, p) == 1 {print $1}'; }
@@ -448,7 +473,7 @@ cmd_vrf() {
   [ $# -eq 2 ] || die "usage: lab.sh vrf NODE VRF"
   need_up
   local node vrf=$2 vns f
-  node=$(ns_name "$1"); node_index "$node" >/dev/null
+  node=$(ns_name "$1"); need_switch "$node"
   if [ "$(vrf_kind)" = kernel ]; then
     if ! ip -n "$node" link show "$vrf" type vrf >/dev/null 2>&1; then
       say "creating VRF device $vrf in $node"
@@ -474,7 +499,7 @@ cmd_unvrf() {
   [ $# -eq 2 ] || die "usage: lab.sh unvrf NODE VRF"
   need_up
   local node vrf=$2 f
-  node=$(ns_name "$1"); node_index "$node" >/dev/null
+  node=$(ns_name "$1"); need_switch "$node"
   if [ "$(vrf_kind)" = kernel ]; then
     say "removing VRF device $vrf of $node"
     ! ip -n "$node" link show "$vrf" >/dev/null 2>&1 || ip -n "$node" link del "$vrf"
@@ -506,7 +531,6 @@ cmd_host() {
     ip -n "$node" link show "$vrf" type vrf >/dev/null 2>&1 || die "no VRF $vrf on $node (lab.sh vrf $node $vrf)"
   fi
   netns_exists "$vns" || die "no VRF $vrf on $node (lab.sh vrf $node $vrf)"
-  [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
   ifn=$(peer_ifname h "$name")
   if netns_exists "$name" && ip -n "$name" link show eth0 >/dev/null 2>&1; then
     say "host $name exists"
@@ -516,26 +540,41 @@ cmd_host() {
   new_netns "$name"
   ip link add eth0 netns "$name" type veth peer name "$ifn" netns "$vns"
   [ "$(vrf_kind)" != kernel ] || ip -n "$vns" link set "$ifn" master "$vrf"
-  ip -n "$vns" addr add "$gw/${addr#*/}" dev "$ifn"
+  local a g i addrs gws
+  IFS=, read -ra addrs <<<"$addr"
+  IFS=, read -ra gws <<<"$gw"
+  [ ${#addrs[@]} = ${#gws[@]} ] || die "one gateway per address: $addr / $gw"
+  for i in "${!addrs[@]}"; do
+    a=${addrs[i]} g=${gws[i]}
+    [[ $a == */* ]] || die "ADDR must have a prefix length: $a"
+    add_address "$vns" "$ifn" "$g/${a#*/}"
+    add_address "$name" eth0 "$a"
+  done
   ip -n "$vns" link set "$ifn" up
-  ip -n "$name" addr add "$addr" dev eth0
   ip -n "$name" link set eth0 up
-  ip -n "$name" route add default via "$gw"
+  for g in "${gws[@]}"; do ip -n "$name" route add default via "$g"; done
+}
+
+# IPv6 addresses skip duplicate address detection: usable at once, and the lab plans its addresses.
+add_address() { # NETNS DEV ADDR/LEN
+  if [[ $3 == *:* ]]; then ip -n "$1" addr add "$3" dev "$2" nodad
+  else ip -n "$1" addr add "$3" dev "$2"; fi
 }
 
 bridge_exists() { ip -n "$1" link show "$2" type bridge >/dev/null 2>&1; }
 
 cmd_pod() {
-  local args=() vrf="" mac=${POD_MAC:-}
+  local args=() vrf="" mac=${POD_MAC:-} mtu=""
   while [ $# -gt 0 ]; do
     case $1 in
       --in-vrf) vrf=${2:?--in-vrf needs a VRF}; shift 2 ;;
       --mac) mac=${2:?--mac needs a MAC}; shift 2 ;;
+      --mtu) mtu=${2:?--mtu needs a number}; shift 2 ;;
       *) args+=("$1"); shift ;;
     esac
   done
   if [ ${#args[@]} -lt 4 ] || [ ${#args[@]} -gt 5 ]; then
-    die "usage: lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC]"
+    die "usage: lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC] [--mtu MTU]"
   fi
   need_up
   local node name br=${args[2]} addr=${args[3]} gw=${args[4]:-} where ifn
@@ -543,7 +582,6 @@ cmd_pod() {
   # With kernel VRFs the bridge stays in the node's namespace, enslaved to the VRF.
   where=$node; [ -z "$vrf" ] || [ "$(vrf_kind)" = kernel ] || where=$node-$vrf
   netns_exists "$where" || die "no netns $where"
-  [[ $addr == */* ]] || die "ADDR must have a prefix length: $addr"
   ifn=$(peer_ifname p "$name")
   if netns_exists "$name" && ip -n "$name" link show eth0 >/dev/null 2>&1; then
     say "pod $name exists"
@@ -555,11 +593,43 @@ cmd_pod() {
   fi
   say "pod $name ($addr${mac:+, $mac}) on bridge $br of $where"
   new_netns "$name"
-  ip link add eth0 netns "$name" ${mac:+address "$mac"} type veth peer name "$ifn" netns "$where"
+  ip link add eth0 netns "$name" ${mac:+address "$mac"} ${mtu:+mtu "$mtu"} type veth \
+    peer name "$ifn" netns "$where" ${mtu:+mtu "$mtu"}
   ip -n "$where" link set "$ifn" master "$br" up
-  ip -n "$name" addr add "$addr" dev eth0
+  local a g
+  for a in ${addr//,/ }; do
+    [[ $a == */* ]] || die "ADDR must have a prefix length: $a"
+    add_address "$name" eth0 "$a"
+  done
   ip -n "$name" link set eth0 up
-  [ -z "$gw" ] || ip -n "$name" route add default via "$gw"
+  for g in ${gw//,/ }; do ip -n "$name" route add default via "$g"; done
+}
+
+# The pod's link is its veth's far end: moving that end to another switch's bridge is a live
+# migration as the network sees it (the pod keeps MAC, addresses and routes, the link blinks).
+cmd_move() {
+  local args=() vrf=""
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --in-vrf) vrf=${2:?--in-vrf needs a VRF}; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [ ${#args[@]} -eq 4 ] || die "usage: lab.sh move NAME FROM TO BRIDGE [--in-vrf VRF]"
+  need_up
+  local name from to br=${args[3]} old new ifn addr
+  name=$(ns_name "${args[0]}"); from=$(ns_name "${args[1]}"); to=$(ns_name "${args[2]}")
+  need_switch "$from"; need_switch "$to"
+  old=$from new=$to
+  if [ -n "$vrf" ] && [ "$(vrf_kind)" != kernel ]; then old=$from-$vrf new=$to-$vrf; fi
+  ifn=$(peer_ifname p "$name")
+  ip -n "$old" link show "$ifn" >/dev/null 2>&1 || die "$name is not attached to $from ($ifn not in $old)"
+  bridge_exists "$new" "$br" || die "no bridge $br in $new"
+  say "moving $name from $from to bridge $br of $to"
+  ip -n "$old" link set "$ifn" netns "$new"
+  ip -n "$new" link set "$ifn" master "$br" up
+  addr=$(ip -n "$name" -4 -o addr show dev eth0 | awk '{print $4; exit}')
+  [ -z "$addr" ] || nsx "$name" arping -q -U -c 1 -I eth0 "${addr%/*}" || true
 }
 
 # Multi-homing: the host's bond aggregates its legs only when every node's end presents the same
@@ -600,6 +670,99 @@ cmd_uplink() {
     down | up) ip -n "$node" link set eth0 "$2" ;;
     *) die "usage: lab.sh uplink NODE down|up" ;;
   esac
+}
+
+# ---------------------------------------------------------------- the leaf
+
+# A leaf switch of the data centre that is not a Kubernetes node: it runs EVPN on its own, for
+# "legacy" hosts, with its own AS, and is configured the way a network engineer would.
+write_leaf_frr_conf() {
+  write_node_base_conf "$LEAF"
+  cat >>"$LAB_DIR/$LEAF/frr.conf" <<EOF
+router bgp $LEAF_ASN
+ bgp router-id $LEAF_VTEP
+ neighbor $TOR_ADDR remote-as $TOR_ASN
+ !
+ address-family ipv4 unicast
+  network $LEAF_VTEP/32
+ exit-address-family
+ !
+ address-family l2vpn evpn
+  neighbor $TOR_ADDR activate
+  advertise-all-vni
+ exit-address-family
+exit
+!
+EOF
+}
+
+cmd_leaf() {
+  need_up
+  [ "$(tor_kind)" = frr ] || die "the leaf needs the FRR TOR (the GoBGP TOR only knows the lab's nodes)"
+  if netns_exists "$LEAF"; then say "the leaf is up"; return 0; fi
+  say "leaf $LEAF: $LEAF_ADDR on the fabric, AS $LEAF_ASN, VTEP $LEAF_VTEP"
+  new_netns "$LEAF"
+  ip link add eth0 netns "$LEAF" mtu 9000 type veth peer name leaf netns "$TOR" mtu 9000
+  ip -n "$TOR" link set leaf master fabric up
+  ip -n "$LEAF" addr add "$LEAF_ADDR/24" dev eth0
+  ip -n "$LEAF" link set eth0 up
+  ip -n "$LEAF" addr add "$LEAF_VTEP/32" dev lo
+  write_leaf_frr_conf
+  frr_start "$LEAF" "$(zebra_opts)"
+}
+
+leaf_conf() { # vtysh configuration lines, one argument each
+  local a=(-c "configure terminal") l
+  for l in "$@"; do a+=(-c "$l"); done
+  vtysh -N "$LEAF" "${a[@]}" >/dev/null || die "the leaf's FRR refused: $*"
+}
+
+# Bridge lbrVNI with VXLAN port lvxVNI, in the leaf or in VRF VRF. With netns VRFs the VXLAN
+# device is made in the leaf and moved, so its UDP socket stays in the underlay. Prints where.
+leaf_vni_devices() { # VNI [VRF]
+  local vni=$1 vrf=${2:-} where=$LEAF br=lbr$1 vx=lvx$1
+  ip -n "$LEAF" link add "$vx" mtu 8950 type vxlan id "$vni" local "$LEAF_VTEP" dstport 4789 nolearning
+  if [ -n "$vrf" ] && [ "$(vrf_kind)" != kernel ]; then
+    where=$LEAF-$vrf
+    ip -n "$LEAF" link set "$vx" netns "$where"
+  fi
+  ip -n "$where" link add "$br" type bridge stp_state 0 mcast_snooping 0
+  [ -z "$vrf" ] || [ "$(vrf_kind)" != kernel ] || ip -n "$where" link set "$br" master "$vrf"
+  ip -n "$where" link set "$vx" master "$br"
+  ip -n "$where" link set "$vx" type bridge_slave learning off neigh_suppress on
+  ip -n "$where" link set "$vx" up
+  ip -n "$where" link set "$br" up
+  echo "$where"
+}
+
+cmd_leaf_l2vni() {
+  [ $# -eq 2 ] || [ $# -eq 5 ] || die "usage: lab.sh leaf-l2vni VNI RT [VRF GATEWAYS MAC]"
+  need_up; need_switch "$LEAF"
+  local vni=$1 rt=$2 vrf=${3:-} gateways=${4:-} mac=${5:-} where a
+  if ip -n "$LEAF${vrf:+-$vrf}" link show "lbr$vni" >/dev/null 2>&1; then say "leaf MAC-VRF $vni exists"; return 0; fi
+  say "leaf MAC-VRF: VNI $vni, route target $rt${vrf:+, SVI in VRF $vrf with $gateways ($mac)}"
+  where=$(leaf_vni_devices "$vni" "$vrf")
+  if [ -n "$vrf" ]; then
+    ip -n "$where" link set "lbr$vni" address "$mac"
+    for a in ${gateways//,/ }; do add_address "$where" "lbr$vni" "$a"; done
+  fi
+  leaf_conf "router bgp $LEAF_ASN" "address-family l2vpn evpn" "vni $vni" \
+    "route-target import $rt" "route-target export $rt"
+}
+
+cmd_leaf_l3vni() {
+  [ $# -eq 3 ] || die "usage: lab.sh leaf-l3vni VRF VNI RT"
+  need_up; need_switch "$LEAF"
+  local vrf=$1 vni=$2 rt=$3
+  vrf_bound "$LEAF" "$vrf" || die "no VRF $vrf on the leaf (lab.sh vrf leaf $vrf)"
+  say "leaf VRF $vrf: L3VNI $vni, route target $rt, connected subnets as type-5 routes"
+  leaf_vni_devices "$vni" "$vrf" >/dev/null
+  leaf_conf "vrf $vrf" "vni $vni"
+  leaf_conf "router bgp $LEAF_ASN vrf $vrf" "bgp router-id $LEAF_VTEP" \
+    "address-family ipv4 unicast" "redistribute connected" "exit-address-family" \
+    "address-family ipv6 unicast" "redistribute connected" "exit-address-family" \
+    "address-family l2vpn evpn" "advertise ipv4 unicast" "advertise ipv6 unicast" \
+    "route-target import $rt" "route-target export $rt"
 }
 
 # ---------------------------------------------------------------- env / status
@@ -651,7 +814,7 @@ cmd_status() {
     vtysh_ns "$TOR" "show bgp summary" || true
     vtysh_ns "$TOR" "show bgp l2vpn evpn route" || true
   fi
-  for n in $(nodes); do
+  for n in $(nodes) $(netns_exists "$LEAF" && echo "$LEAF"); do
     echo "== $n"
     ip -n "$n" -br addr
     ip -n "$n" -d link show type vxlan | grep -E '^[0-9]+:|vxlan id' || true
@@ -890,6 +1053,10 @@ main() {
     pod) cmd_pod "$@" ;;
     mh-host) cmd_mh_host "$@" ;;
     uplink) cmd_uplink "$@" ;;
+    move) cmd_move "$@" ;;
+    leaf) cmd_leaf "$@" ;;
+    leaf-l2vni) cmd_leaf_l2vni "$@" ;;
+    leaf-l3vni) cmd_leaf_l3vni "$@" ;;
     restart-frr) cmd_restart_frr "$@" ;;
     vtysh)
       [ $# -ge 2 ] || die "usage: lab.sh vtysh NODE CMD..."
