@@ -83,6 +83,20 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// The lab is one set of namespaces: the tests of a binary take turns with this.
+pub static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Returns from the calling test, saying why, when the lab cannot run here.
+#[macro_export]
+macro_rules! require_lab {
+    () => {
+        if let Some(why) = $crate::lab::unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 /// Why bond devices cannot be made here, if they cannot (an Ethernet segment's interface is a
 /// bond: FRR 8.4.4 takes no other). This machine's kernel has none; Debian's, in the VM lab, has.
 pub fn bonds_unavailable() -> Option<String> {
@@ -161,11 +175,23 @@ impl Drop for Lab {
 
 /// The routes to `prefix` in VRF `vrf` of lab node `node`, as `ip route` prints them.
 pub async fn vrf_routes(node: &str, vrf: &str, prefix: &str) -> String {
+    // `ip route` lists IPv4 unless told otherwise, whatever the prefix.
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
     let out = match VrfKind::from_env() {
-        VrfKind::Netns => Command::new("ip").args(["-n", &format!("{node}-{vrf}"), "route", "show", prefix]).output(),
-        VrfKind::Kernel => Command::new("ip").args(["-n", node, "route", "show", "vrf", vrf, prefix]).output(),
+        VrfKind::Netns => {
+            Command::new("ip").args([family, "-n", &vrf_netns(node, vrf), "route", "show", prefix]).output()
+        }
+        VrfKind::Kernel => Command::new("ip").args([family, "-n", node, "route", "show", "vrf", vrf, prefix]).output(),
     };
     String::from_utf8_lossy(&out.await.unwrap().stdout).into_owned()
+}
+
+/// The namespace holding VRF `vrf` of lab switch `node`, and so its bridges and SVIs.
+pub fn vrf_netns(node: &str, vrf: &str) -> String {
+    match VrfKind::from_env() {
+        VrfKind::Netns => format!("{node}-{vrf}"),
+        VrfKind::Kernel => node.to_owned(),
+    }
 }
 
 /// Runs `cmd` inside network namespace `ns`.
@@ -433,6 +459,12 @@ impl Fabric {
                 n.remove("bfdProfile");
             }
         }
+        apply_vtep(&self.client, &self.vtep, &self.vtep_spec).await;
+    }
+
+    /// Sets the VTEP's underlay MTU; the agents size the VXLAN devices to it.
+    pub async fn vtep_mtu(&mut self, mtu: u32) {
+        self.vtep_spec["mtu"] = json!(mtu);
         apply_vtep(&self.client, &self.vtep, &self.vtep_spec).await;
     }
 
@@ -754,4 +786,208 @@ pub fn vrf_name(e: &Evpn) -> String {
 
 pub async fn link_exists(ns: &str, dev: &str) -> bool {
     Command::new("ip").args(["-n", ns, "link", "show", dev]).output().await.is_ok_and(|o| o.status.success())
+}
+
+/// A type-2 route of one MAC at the TOR, as its best path shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MacRoute {
+    pub next_hop: String,
+    /// The IP of a MAC/IP route; `None` for the MAC-only route.
+    pub ip: Option<String>,
+    /// The MAC mobility sequence number (RFC 7432 15); 0 when the route carries none.
+    pub mobility_seq: u32,
+}
+
+impl Lab {
+    /// The FRR TOR's type-2 routes of `mac`, from every originator.
+    pub async fn tor_mac_routes(&self, mac: &str) -> Vec<MacRoute> {
+        let text = self.vtysh("evl-tor", "show bgp l2vpn evpn route type macip json").await;
+        let Ok(table) = serde_json::from_str::<Value>(&text) else { return Vec::new() };
+        let mut routes = Vec::new();
+        for rd in table.as_object().into_iter().flat_map(|t| t.values()) {
+            for prefix in rd.as_object().into_iter().flat_map(|p| p.values()) {
+                let best = prefix["paths"].as_array().into_iter().flatten().flat_map(|p| p.as_array()).flatten();
+                for path in best.filter(|p| p["bestpath"] == true && p["mac"] == mac) {
+                    let communities = path["extendedCommunity"]["string"].as_str().unwrap_or_default();
+                    routes.push(MacRoute {
+                        next_hop: path["nexthops"][0]["ip"].as_str().unwrap_or_default().to_owned(),
+                        ip: path["ip"].as_str().map(str::to_owned),
+                        mobility_seq: mobility_seq(communities),
+                    });
+                }
+            }
+        }
+        routes
+    }
+}
+
+/// The sequence number of FRR's `MM:<seq>` (or `MM:<seq>, sticky MAC`) extended community.
+fn mobility_seq(communities: &str) -> u32 {
+    communities
+        .split_whitespace()
+        .find_map(|c| c.strip_prefix("MM:"))
+        .and_then(|s| s.trim_end_matches(',').parse().ok())
+        .unwrap_or(0)
+}
+
+/// A packet capture in a lab namespace, on every interface, written to a file: started before
+/// the traffic it is for, read after [`Capture::stop`] with tcpdump filters.
+pub struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing `filter` in `ns`; returns once tcpdump listens.
+    pub async fn start(ns: &str, filter: &str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let file = std::env::temp_dir().join(format!("{}.pcap", unique_name("evpn-lab-capture")));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-s", "128", "-w"])
+            .arg(&file)
+            .args(filter.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let listening = tokio::time::timeout(fabric_deadline(), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("listening on") {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(listening.await.unwrap_or(false), "tcpdump in {ns} did not start listening");
+        Capture { child, file }
+    }
+
+    /// Stops the capture (SIGINT: tcpdump flushes the file) and returns it. Immediate mode hands
+    /// tcpdump every packet at once, so what passed before the stop is in the file.
+    pub async fn stop(mut self) -> CaptureFile {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
+        }
+        let _ = self.child.wait().await;
+        CaptureFile(self.file.clone())
+    }
+}
+
+/// A finished capture.
+pub struct CaptureFile(PathBuf);
+
+impl CaptureFile {
+    /// How many captured packets match the tcpdump `filter`.
+    pub async fn count(&self, filter: &str) -> usize {
+        let out = Command::new("tcpdump").arg("-r").arg(&self.0).arg("-n").args(filter.split_whitespace()).output();
+        let out = out.await.unwrap();
+        assert!(out.status.success(), "tcpdump -r {filter}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+impl Drop for CaptureFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A continuous ping (every 10 ms) from a lab namespace, recording which requests were answered:
+/// the traffic gap of a change is the longest run of unanswered ones.
+pub struct PingRun {
+    child: Child,
+    answered: Arc<std::sync::Mutex<Vec<u64>>>,
+    reader: JoinHandle<()>,
+}
+
+/// The ping interval of a [`PingRun`].
+pub const PING_INTERVAL: Duration = Duration::from_millis(10);
+
+impl PingRun {
+    pub fn start(from: &str, to: &str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let interval = format!("{}", PING_INTERVAL.as_secs_f64());
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", from, "ping", "-n", "-i", &interval, "-W", "1", to])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let sink = answered.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(seq) = reply_seq(&line) {
+                    sink.lock().unwrap().push(seq);
+                }
+            }
+        });
+        PingRun { child, answered, reader }
+    }
+
+    /// Whether the last `n` requests sent so far (up to the newest reply) were all answered.
+    pub fn flowing(&self, n: u64) -> bool {
+        let answered = self.answered.lock().unwrap();
+        let Some(&last) = answered.last() else { return false };
+        last >= n && answered.iter().rev().take(n as usize).copied().eq((last + 1 - n..=last).rev())
+    }
+
+    /// The newest answered request.
+    pub fn newest(&self) -> Option<u64> {
+        self.answered.lock().unwrap().last().copied()
+    }
+
+    /// Stops pinging; returns the longest gap between answered requests.
+    pub async fn stop(mut self) -> Duration {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
+        }
+        let _ = self.child.wait().await;
+        let _ = self.reader.await;
+        longest_gap(&self.answered.lock().unwrap())
+    }
+}
+
+/// `icmp_seq` of a ping reply line.
+fn reply_seq(line: &str) -> Option<u64> {
+    line.contains(" bytes from ").then_some(())?;
+    line.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq=")).and_then(|s| s.parse().ok())
+}
+
+/// The longest stretch without answers, in ping intervals: answered 1, 2, 3, 7 lost 4-6, a gap of
+/// 4 intervals (from the last answered request to the next).
+fn longest_gap(answered: &[u64]) -> Duration {
+    let mut seqs = answered.to_vec();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let widest = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
+    PING_INTERVAL * u32::try_from(widest.saturating_sub(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mobility_sequence_numbers_are_read_from_frr_communities() {
+        assert_eq!(mobility_seq("RT:65000:3001 ET:8"), 0);
+        assert_eq!(mobility_seq("RT:65000:3001 ET:8 MM:3"), 3);
+        assert_eq!(mobility_seq("RT:65000:3001 MM:12, sticky MAC ET:8"), 12);
+    }
+
+    #[test]
+    fn the_gap_is_the_longest_run_of_unanswered_pings() {
+        assert_eq!(longest_gap(&[1, 2, 3, 4]), Duration::ZERO);
+        assert_eq!(longest_gap(&[1, 2, 3, 7, 8]), PING_INTERVAL * 3);
+        assert_eq!(longest_gap(&[5, 1, 2, 9]), PING_INTERVAL * 3);
+        assert_eq!(longest_gap(&[]), Duration::ZERO);
+        assert_eq!(reply_seq("64 bytes from 10.30.0.50: icmp_seq=17 ttl=64 time=0.1 ms"), Some(17));
+        assert_eq!(reply_seq("From 10.30.0.11 icmp_seq=3 Destination Host Unreachable"), None);
+    }
 }

@@ -18,23 +18,12 @@ use evpn_crds::{Evpn, EvpnNodeState};
 use evpn_tests::apply;
 use evpn_tests::lab::{
     AgentProcess, BgpDriver, FRR_K8S_NAMESPACE, Fabric, NODES, Scenarios, bonds_unavailable, in_ns, ip_vni,
-    link_exists, mac_vni, never, ping, unavailable, until, vrf_name, vrf_routes,
+    link_exists, mac_vni, never, ping, until, vrf_name, vrf_routes,
 };
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::process::Command;
-
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-macro_rules! require_lab {
-    () => {
-        if let Some(why) = unavailable() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// Captures one VXLAN packet on the TOR's port towards node 1 (a bridge device does not see the
 /// unicast it switches between ports) and returns tcpdump's line for it.
@@ -68,8 +57,8 @@ async fn capture_vxlan(lab_ns: &str, trigger_from: &str, trigger_to: &str) -> St
 
 #[tokio::test]
 async fn fabric_with_an_frr_tor() {
-    require_lab!();
-    let _turn = TURN.lock().await;
+    evpn_tests::require_lab!();
+    let _turn = evpn_tests::lab::TURN.lock().await;
     let mut s = Scenarios::new(
         "fabric_with_an_frr_tor",
         &["L2", "overlapping IPs", "L3", "symmetric IRB", "route targets", "faults", "deletion"],
@@ -316,8 +305,8 @@ async fn fabric_with_an_frr_tor() {
 
 #[tokio::test]
 async fn fabric_with_a_gobgp_tor() {
-    require_lab!();
-    let _turn = TURN.lock().await;
+    evpn_tests::require_lab!();
+    let _turn = evpn_tests::lab::TURN.lock().await;
     let f = Fabric::up("gobgp").await;
 
     let blue = f.name("blue");
@@ -359,8 +348,8 @@ async fn fabric_with_a_gobgp_tor() {
 /// at the TOR; and a node whose configurations frr-k8s cannot merge fails the EVPN by name.
 #[tokio::test]
 async fn fabric_in_frr_k8s_mode() {
-    require_lab!();
-    let _turn = TURN.lock().await;
+    evpn_tests::require_lab!();
+    let _turn = evpn_tests::lab::TURN.lock().await;
     let mut s = Scenarios::new("fabric_in_frr_k8s_mode", &["L2", "L3", "merge failure", "deletion"]);
     let f = Fabric::up_with("frr", BgpDriver::FrrK8s).await;
     let blue = f.name("blue");
@@ -485,12 +474,12 @@ async fn fabric_in_frr_k8s_mode() {
 /// 8.4.4, so this runs where the kernel makes bonds: in the VM lab.
 #[tokio::test]
 async fn fabric_with_a_multihomed_host() {
-    require_lab!();
+    evpn_tests::require_lab!();
     if let Some(why) = bonds_unavailable() {
         eprintln!("skipped: {why}");
         return;
     }
-    let _turn = TURN.lock().await;
+    let _turn = evpn_tests::lab::TURN.lock().await;
     let mut s =
         Scenarios::new("fabric_with_a_multihomed_host", &["segment", "designated forwarder", "mass withdrawal"]);
     let mut f = Fabric::up("frr").await;

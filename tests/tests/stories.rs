@@ -1,0 +1,378 @@
+//! The user stories of docs/stories/, end to end on the lab fabric: what a user writes, and what
+//! comes out of the fabric. A leaf switch outside the cluster (`hack/lab.sh leaf`, configured by
+//! hand as a network engineer would) carries "legacy" hosts beside the cluster's pods.
+//!
+//! Needs root and network namespaces; without them every test says so and passes as skipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test that cannot build its input should panic")]
+
+use evpn_agent::plan::anycast_gateway_mac;
+use evpn_crds::validation::colon_hex;
+use evpn_tests::apply;
+use evpn_tests::lab::{
+    Capture, Fabric, MacRoute, NODES, PingRun, Scenarios, in_ns, mac_vni, ms, ping, until, vrf_netns, vrf_routes,
+};
+use serde_json::{Value, json};
+
+const LEAF_VTEP: &str = "198.18.0.21";
+
+/// A tenant as both sides see it: the cluster's network and EVPN, and the leaf's VRF, MAC-VRF and
+/// hosts. The VNIs and route targets are the fabric's plan, which the EVPN pins.
+struct Tenant {
+    /// The network, the EVPN and the VRF on the nodes and on the leaf (VRF names are local to a
+    /// switch; the lab uses one name for both).
+    name: String,
+    mac_vni: u32,
+    ip_vni: u32,
+    /// The legacy host's MAC: the one bridged on the leaf's MAC-VRF (10.30.0.20, same subnet as
+    /// the pods).
+    legacy_mac: &'static str,
+    /// Namespaces of the pods on node 1 and node 2, the bridged legacy host, and the legacy host
+    /// routed behind the leaf's VRF (10.40.1.10).
+    pods: [String; 2],
+    legacy: String,
+    routed: String,
+}
+
+impl Tenant {
+    fn new(name: String, mac_vni: u32, ip_vni: u32, tag: &str, legacy_mac: &'static str) -> Self {
+        Tenant {
+            name,
+            mac_vni,
+            ip_vni,
+            legacy_mac,
+            pods: [format!("evl-{tag}-pod1"), format!("evl-{tag}-pod2")],
+            legacy: format!("evl-{tag}-legacy"),
+            routed: format!("evl-{tag}-lhost"),
+        }
+    }
+
+    fn l2_rt(&self) -> String {
+        format!("65000:{}", self.mac_vni - 10000)
+    }
+
+    fn l3_rt(&self) -> String {
+        format!("65000:{}", self.ip_vni - 10000)
+    }
+
+    fn spec(&self) -> Value {
+        let rts = |rt: String| json!({"import": [rt], "export": [rt]});
+        json!({"macVRF": {"vni": self.mac_vni, "routeTargets": rts(self.l2_rt())},
+               "ipVRF": {"vni": self.ip_vni, "routeTargets": rts(self.l3_rt())}})
+    }
+
+    /// Both sides of the tenant: the dual-stack Layer2 network with symmetric IRB and its EVPN,
+    /// a pod on each node; on the leaf the same VNIs, route targets and anycast gateway, a legacy
+    /// host bridged beside the pods and one routed behind the VRF. Every host then announces
+    /// itself to its gateway, as hosts do.
+    async fn build(&self, f: &Fabric) {
+        f.network(&self.name, "Layer2", json!(["10.30.0.0/24", "fd30::/64"])).await;
+        for (lab_node, _) in NODES {
+            f.lab.ok(&["vrf", lab_node, &self.name]).await;
+        }
+        let evpn = f.evpn(&self.name, &self.name, self.spec()).await;
+        assert_eq!(mac_vni(&evpn), self.mac_vni, "the EVPN got the MAC-VNI it pinned");
+        let bridge = format!("evb{}", self.mac_vni);
+        for (i, (lab_node, _)) in NODES.iter().enumerate() {
+            let n = i + 1;
+            let addrs = format!("10.30.0.1{n}/24,fd30::1{n}/64");
+            let pod = &self.pods[i];
+            f.lab.ok(&["pod", lab_node, pod, &bridge, &addrs, "10.30.0.1,fd30::1", "--in-vrf", &self.name]).await;
+        }
+
+        let (l2, l3) = (self.mac_vni.to_string(), self.ip_vni.to_string());
+        let gateway_mac = colon_hex(&anycast_gateway_mac(self.ip_vni));
+        f.lab.ok(&["vrf", "leaf", &self.name]).await;
+        f.lab.ok(&["leaf-l3vni", &self.name, &l3, &self.l3_rt()]).await;
+        f.lab.ok(&["leaf-l2vni", &l2, &self.l2_rt(), &self.name, "10.30.0.1/24,fd30::1/64", &gateway_mac]).await;
+        let leaf_bridge = format!("lbr{}", self.mac_vni);
+        let legacy = &self.legacy;
+        let addrs = "10.30.0.20/24,fd30::20/64";
+        let options = ["--in-vrf", &self.name, "--mac", self.legacy_mac];
+        f.lab.ok(&[&["pod", "leaf", legacy, &leaf_bridge, addrs, "10.30.0.1,fd30::1"][..], &options].concat()).await;
+        f.lab
+            .ok(&["host", "leaf", &self.name, &self.routed, "10.40.1.10/24,fd40:1::10/64", "10.40.1.1,fd40:1::1"])
+            .await;
+
+        for host in [&self.pods[0], &self.pods[1], legacy] {
+            until(&format!("{}: {host} reaches its gateway", self.name), || ping(host, "10.30.0.1")).await;
+            until(&format!("{}: {host} reaches its IPv6 gateway", self.name), || ping6(host, "fd30::1")).await;
+        }
+    }
+}
+
+async fn ping6(from: &str, to: &str) -> bool {
+    in_ns(from, &["ping", "-6", "-c1", "-W1", to]).await.status.success()
+}
+
+/// The MAC a host's neighbour table holds for `ip`, if any.
+async fn neighbour_mac(host: &str, ip: &str) -> Option<String> {
+    let out = in_ns(host, &["ip", "neigh", "show", ip]).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "lladdr").and_then(|_| words.next()).map(str::to_owned)
+}
+
+/// ICMP echo requests a namespace has received over IPv4 or IPv6 (its own /proc/net counters).
+async fn echo_requests_received(ns: &str, family: u8) -> u64 {
+    let (file, counter) = if family == 6 { ("/proc/net/snmp6", "Icmp6InEchos") } else { ("/proc/net/snmp", "InEchos") };
+    let text = String::from_utf8_lossy(&in_ns(ns, &["cat", file]).await.stdout).into_owned();
+    let count = if family == 6 {
+        text.lines().find_map(|l| l.strip_prefix(counter)).map(str::trim).and_then(|v| v.parse().ok())
+    } else {
+        // Two `Icmp:` lines: the column names, then the values.
+        let mut icmp = text.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap_or_default(), icmp.next().unwrap_or_default());
+        let column = names.split_whitespace().position(|n| n == counter);
+        column.and_then(|c| values.split_whitespace().nth(c)).and_then(|v| v.parse().ok())
+    };
+    count.unwrap_or_else(|| panic!("no {counter} counter in {ns}'s {file}"))
+}
+
+/// Whether every best type-2 route of `mac` at the TOR comes from `vtep`, the MAC-only one with a
+/// mobility sequence number above `above`.
+fn only_from(routes: &[MacRoute], vtep: &str, above: u32) -> bool {
+    !routes.is_empty()
+        && routes.iter().all(|r| r.next_hop == vtep)
+        && routes.iter().any(|r| r.ip.is_none() && r.mobility_seq > above)
+}
+
+#[tokio::test]
+async fn fabric_with_a_legacy_leaf() {
+    evpn_tests::require_lab!();
+    let _turn = evpn_tests::lab::TURN.lock().await;
+    let mut s = Scenarios::new(
+        "fabric_with_a_legacy_leaf",
+        &["legacy L2", "legacy L3", "tenants on the leaf", "dual-stack", "VM migration", "MTU"],
+    );
+    let mut f = Fabric::up("frr").await;
+    f.vtep_mtu(9000).await;
+    f.lab.ok(&["leaf"]).await;
+    let red = Tenant::new(f.name("tred"), 13001, 13002, "r", "02:00:00:00:03:20");
+    let blue = Tenant::new(f.name("tblue"), 13011, 13012, "b", "02:00:00:00:04:20");
+
+    // --- L2: a pod and a legacy host share a subnet; ARP is answered from the EVPN table.
+    let l2 = s.run("legacy L2", async {
+        red.build(&f).await;
+        until("L2: the TOR has the leaf's and both nodes' type-3 routes", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type multicast").await;
+            [LEAF_VTEP, "198.18.0.1", "198.18.0.2"].iter().all(|v| routes.contains(&format!("[32]:[{v}]")))
+        })
+        .await;
+        until("L2: the legacy host's MAC/IP route from the leaf at the TOR", || async {
+            f.lab
+                .tor_mac_routes(red.legacy_mac)
+                .await
+                .iter()
+                .any(|r| r.next_hop == LEAF_VTEP && r.ip.as_deref() == Some("10.30.0.20"))
+        })
+        .await;
+        let node_ns = vrf_netns("evl-n1", &red.name);
+        until("L2: node 1 holds the legacy host's IP/MAC, from EVPN, for ARP suppression", || async {
+            neighbour_mac(&node_ns, "10.30.0.20").await.as_deref() == Some(red.legacy_mac)
+        })
+        .await;
+
+        // Both hosts forget each other and ARP again; the fabric must carry the pings but no ARP.
+        let capture = Capture::start("evl-tor", "udp dst port 4789").await;
+        for (host, peer) in [(&red.pods[0], "10.30.0.20"), (&red.legacy, "10.30.0.11")] {
+            let _ = in_ns(host, &["ip", "-4", "neigh", "flush", "all"]).await;
+            until(&format!("L2: {host} -> {peer} bridged over VNI {}", red.mac_vni), || ping(host, peer)).await;
+        }
+        let capture = capture.stop().await;
+        let arp = capture.count("udp[28:2] = 0x0806").await;
+        let ipv4 = capture.count("udp[28:2] = 0x0800").await;
+        assert!(ipv4 > 0, "the pings crossed the fabric in VXLAN (captured {ipv4} packets)");
+        assert_eq!(arp, 0, "no ARP crossed the fabric: each side's switch answered from the EVPN table");
+        assert_eq!(
+            neighbour_mac(&red.pods[0], "10.30.0.20").await.as_deref(),
+            Some(red.legacy_mac),
+            "the pod resolved the legacy host to its real MAC"
+        );
+        eprintln!("ok   L2: {ipv4} VXLAN packets of the pings, 0 ARP across the fabric");
+    });
+    if l2.await.is_none() {
+        return s.fail();
+    }
+
+    // --- L3: the subnet behind the leaf's VRF is reached through type-5 routes.
+    let l3 = s.run("legacy L3", async {
+        until("L3: the leaf's type-5 route of 10.40.1.0/24 at the TOR, in the tenant's VPN", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
+            routes.split("Route Distinguisher").any(|rd| {
+                rd.contains("[5]:[0]:[24]:[10.40.1.0]") && rd.contains(LEAF_VTEP) && rd.contains(&red.l3_rt())
+            })
+        })
+        .await;
+        until("L3: node 1 routes 10.40.1.0/24 to the leaf's VTEP", || async {
+            vrf_routes("evl-n1", &red.name, "10.40.1.0/24").await.contains(&format!("via {LEAF_VTEP}"))
+        })
+        .await;
+        until("L3: pod1 -> legacy subnet, routed over the L3VNI", || ping(&red.pods[0], "10.40.1.10")).await;
+        until("L3: legacy routed host -> pod2 on node 2", || ping(&red.routed, "10.30.0.12")).await;
+    });
+    if l3.await.is_none() {
+        return s.fail();
+    }
+
+    // --- Two tenants with one IP plan on the same leaf: each reaches its own hosts only.
+    let tenants = s.run("tenants on the leaf", async {
+        blue.build(&f).await;
+        until("tenants: blue pod1 -> blue's legacy host", || ping(&blue.pods[0], "10.30.0.20")).await;
+        assert_eq!(neighbour_mac(&blue.pods[0], "10.30.0.20").await.as_deref(), Some(blue.legacy_mac));
+        until("tenants: red pod1 still -> red's legacy host", || ping(&red.pods[0], "10.30.0.20")).await;
+        assert_eq!(neighbour_mac(&red.pods[0], "10.30.0.20").await.as_deref(), Some(red.legacy_mac));
+        for (from, own, other) in [(&red, &red, &blue), (&blue, &blue, &red)] {
+            let (own_before, other_before) =
+                (echo_requests_received(&own.routed, 4).await, echo_requests_received(&other.routed, 4).await);
+            let out = in_ns(&from.pods[0], &["ping", "-c", "5", "-i", "0.1", "-W", "1", "10.40.1.10"]).await;
+            assert!(out.status.success(), "{} pod1 -> 10.40.1.10: {}", from.name, String::from_utf8_lossy(&out.stdout));
+            let own_got = echo_requests_received(&own.routed, 4).await - own_before;
+            let other_got = echo_requests_received(&other.routed, 4).await - other_before;
+            assert!(own_got >= 5, "{}'s routed legacy host got {own_got} of 5 echo requests", own.name);
+            assert_eq!(other_got, 0, "{}'s pings reached the other tenant's host", from.name);
+            eprintln!("ok   tenants: {} -> 10.40.1.10 reached its own host only ({own_got} vs 0)", from.name);
+        }
+    });
+    if tenants.await.is_none() {
+        return s.fail();
+    }
+
+    // --- Dual-stack: IPv6 on the overlay, IPv4 underlay.
+    let dual = s.run("dual-stack", async {
+        // Hosts talk to their gateway now and then, which keeps their addresses known to EVPN.
+        for host in [&red.pods[0], &red.pods[1], &red.legacy] {
+            until(&format!("IPv6: {host} announces itself to its gateway"), || ping6(host, "fd30::1")).await;
+        }
+        until("IPv6: the legacy host's MAC/IPv6 route at the TOR", || async {
+            f.lab.tor_mac_routes(red.legacy_mac).await.iter().any(|r| r.ip.as_deref() == Some("fd30::20"))
+        })
+        .await;
+        until("IPv6: pod1 -> pod2 across the nodes", || ping6(&red.pods[0], "fd30::12")).await;
+        until("IPv6: pod1 -> legacy host, bridged", || ping6(&red.pods[0], "fd30::20")).await;
+
+        // Routed IPv6 over type-5 routes: a dual-stack Layer3 network whose VPN holds a VRF of
+        // the leaf (same L3VNI and route target).
+        let v6 = f.name("tv6");
+        let subnets = json!([{"cidr": "10.50.0.0/16", "hostSubnet": 24}, {"cidr": "fd50::/60", "hostSubnet": 64}]);
+        f.network(&v6, "Layer3", subnets).await;
+        for (i, (lab_node, _)) in NODES.iter().enumerate() {
+            let n = i + 1;
+            f.lab.ok(&["vrf", lab_node, &v6]).await;
+            let (addrs, gateways) =
+                (format!("10.50.{n}.10/24,fd50:0:0:{n}::10/64"), format!("10.50.{n}.1,fd50:0:0:{n}::1"));
+            f.lab.ok(&["host", lab_node, &v6, &format!("evl-v6-h{n}"), &addrs, &gateways]).await;
+        }
+        f.lab.ok(&["vrf", "leaf", &v6]).await;
+        f.lab.ok(&["leaf-l3vni", &v6, "13022", "65000:3022"]).await;
+        f.lab.ok(&["host", "leaf", &v6, "evl-v6-lhost", "10.40.2.10/24,fd40:2::10/64", "10.40.2.1,fd40:2::1"]).await;
+        let rt = json!({"import": ["65000:3022"], "export": ["65000:3022"]});
+        f.evpn(&v6, &v6, json!({"ipVRF": {"vni": 13022, "routeTargets": rt}})).await;
+        until("IPv6: type-5 routes of node 1's and the leaf's IPv6 subnets at the TOR", || async {
+            let routes = f.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
+            routes.contains("[5]:[0]:[64]:[fd50:0:0:1::]") && routes.contains("[5]:[0]:[64]:[fd40:2::]")
+        })
+        .await;
+        until("IPv6: node 1 routes fd40:2::/64 to the leaf's IPv4 VTEP", || async {
+            vrf_routes("evl-n1", &v6, "fd40:2::/64").await.contains(LEAF_VTEP)
+        })
+        .await;
+        until("IPv6: host behind node 1 -> host behind node 2, routed", || ping6("evl-v6-h1", "fd50:0:0:2::10")).await;
+        until("IPv6: host behind node 1 -> legacy host behind the leaf, routed", || ping6("evl-v6-h1", "fd40:2::10"))
+            .await;
+        until("IPv4 beside it: host behind node 1 -> legacy host behind the leaf", || ping("evl-v6-h1", "10.40.2.10"))
+            .await;
+    });
+    if dual.await.is_none() {
+        return s.fail();
+    }
+
+    // --- A VM with fixed IP and MAC moves from behind the leaf into the cluster and around.
+    let migration = s.run("VM migration", async {
+        let vm_mac = "02:00:00:00:05:50";
+        let leaf_bridge = format!("lbr{}", red.mac_vni);
+        let node_bridge = format!("evb{}", red.mac_vni);
+        let vm = ["evl-vm", &leaf_bridge, "10.30.0.50/24", "10.30.0.1", "--in-vrf", &red.name, "--mac", vm_mac];
+        f.lab.ok(&[&["pod", "leaf"][..], &vm].concat()).await;
+        until("migration: the VM reaches its gateway behind the leaf", || ping("evl-vm", "10.30.0.1")).await;
+        until("migration: the VM's MAC route at the TOR, from the leaf", || async {
+            let routes = f.lab.tor_mac_routes(vm_mac).await;
+            !routes.is_empty() && routes.iter().all(|r| r.next_hop == LEAF_VTEP)
+        })
+        .await;
+        let mut seq = f.lab.tor_mac_routes(vm_mac).await.iter().map(|r| r.mobility_seq).max().unwrap_or(0);
+        let peer = &red.pods[1];
+        let moves = [
+            ("evl-leaf", "evl-n1", &node_bridge, "198.18.0.1"),
+            ("evl-n1", "evl-n2", &node_bridge, "198.18.0.2"),
+            ("evl-n2", "evl-leaf", &leaf_bridge, LEAF_VTEP),
+        ];
+        for (from, to, bridge, vtep) in moves {
+            let run = PingRun::start(peer, "10.30.0.50");
+            until(&format!("migration: {peer} -> VM flowing before the move to {to}"), || async { run.flowing(20) })
+                .await;
+            let before = run.newest().unwrap_or(0);
+            f.lab.ok(&["move", "evl-vm", from, to, bridge, "--in-vrf", &red.name]).await;
+            until(
+                &format!("migration: at the TOR the VM's routes come from {to} only, MAC mobility above {seq}"),
+                || async { only_from(&f.lab.tor_mac_routes(vm_mac).await, vtep, seq) },
+            )
+            .await;
+            until(&format!("migration: {peer} -> VM flowing again after the move to {to}"), || async {
+                run.newest().unwrap_or(0) > before + 50 && run.flowing(50)
+            })
+            .await;
+            let gap = run.stop().await;
+            let routes = f.lab.tor_mac_routes(vm_mac).await;
+            seq = routes.iter().map(|r| r.mobility_seq).max().unwrap_or(0);
+            eprintln!("ok   migration {from} -> {to}: traffic gap {:.0} ms, MAC mobility sequence {seq}", ms(gap));
+        }
+    });
+    if migration.await.is_none() {
+        return s.fail();
+    }
+
+    // --- MTU: the largest packet that fits the 9000-byte underlay passes whole; one byte more
+    // is refused at the sender with DF set, fragmented by the sender without.
+    let mtu = s.run("MTU", async {
+        let jumbo = f.name("tjumbo");
+        apply(
+            &f.client,
+            &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork",
+            "metadata": {"name": jumbo}, "spec": {"namespaceSelector": {}, "network": {"topology": "Layer2",
+            "layer2": {"role": "Primary", "subnets": ["10.60.0.0/24"], "mtu": 8950}}}}),
+        )
+        .await
+        .unwrap();
+        let evpn = f.evpn(&jumbo, &jumbo, json!({"macVRF": {}})).await;
+        let vni = mac_vni(&evpn);
+        let bridge = format!("evb{vni}");
+        f.lab.ok(&["pod", "evl-n1", "evl-jumbo1", &bridge, "10.60.0.11/24", "--mtu", "8950"]).await;
+        f.lab.ok(&["pod", "evl-n2", "evl-jumbo2", &bridge, "10.60.0.12/24", "--mtu", "8950"]).await;
+        until("MTU: jumbo1 -> jumbo2", || ping("evl-jumbo1", "10.60.0.12")).await;
+        let vxlan_mtu = in_ns("evl-n1", &["cat", &format!("/sys/class/net/evx{vni}/mtu")]).await;
+        assert_eq!(String::from_utf8_lossy(&vxlan_mtu.stdout).trim(), "8950", "VXLAN MTU = VTEP MTU 9000 - 50");
+
+        let capture = Capture::start("evl-tor", "udp dst port 4789").await;
+        let largest = in_ns("evl-jumbo1", &["ping", "-c1", "-W2", "-M", "do", "-s", "8922", "10.60.0.12"]).await;
+        assert!(largest.status.success(), "8950-byte packet with DF: {}", String::from_utf8_lossy(&largest.stdout));
+        let over = in_ns("evl-jumbo1", &["ping", "-c1", "-W2", "-M", "do", "-s", "8923", "10.60.0.12"]).await;
+        let said = String::from_utf8_lossy(&over.stderr).into_owned() + &String::from_utf8_lossy(&over.stdout);
+        assert!(!over.status.success() && said.contains("message too long"), "8951 bytes with DF: {said}");
+        let fragmented = in_ns("evl-jumbo1", &["ping", "-c1", "-W2", "-M", "dont", "-s", "8923", "10.60.0.12"]).await;
+        assert!(fragmented.status.success(), "8951 bytes without DF: {}", String::from_utf8_lossy(&fragmented.stdout));
+        let capture = capture.stop().await;
+        let full = capture.count("ip[2:2] = 9000").await;
+        let outer_fragments = capture.count("ip[6:2] & 0x3fff != 0").await;
+        let inner_fragments = capture.count("udp[28:2] = 0x0800 and udp[36:2] & 0x3fff != 0").await;
+        assert!(full > 0, "the largest packet filled the 9000-byte underlay exactly in one VXLAN packet");
+        assert_eq!(outer_fragments, 0, "the underlay fragmented nothing");
+        assert!(inner_fragments > 0, "the 8951-byte ping without DF crossed as the sender's fragments");
+        eprintln!("ok   MTU: {full} full-size VXLAN packets, 0 underlay fragments, {inner_fragments} inner fragments");
+        f.delete_evpn(&jumbo).await;
+    });
+    if mtu.await.is_none() {
+        return s.fail();
+    }
+    f.remove_leftovers().await;
+}
