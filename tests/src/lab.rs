@@ -128,10 +128,11 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub async fn up(tor: &str) -> Self {
+    /// The fabric with `tor` as top-of-rack and `nodes` lab nodes (1-3).
+    pub async fn up(tor: &str, nodes: usize) -> Self {
         let lab = Lab { script: repo_root().join("hack/lab.sh") };
         lab.sh(&["down"]).await;
-        let out = lab.sh(&["up", tor]).await;
+        let out = lab.sh(&["up", tor, &nodes.to_string()]).await;
         assert!(out.status.success(), "lab.sh up {tor} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         lab
     }
@@ -273,6 +274,11 @@ impl AgentProcess {
             Some(d) => PathBuf::from(d).join(format!("node-{node}.kubeconfig")),
             None => control_plane_dir().join(format!("node-{node}.kubeconfig")),
         };
+        Self::start_with(lab_node, node, &kubeconfig)
+    }
+
+    /// An agent that reports to the cluster `kubeconfig` leads to.
+    pub fn start_with(lab_node: &str, node: &str, kubeconfig: &Path) -> Self {
         let log = std::env::temp_dir().join(format!("evpn-lab-agent-{node}.log"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -375,7 +381,12 @@ impl Fabric {
     }
 
     pub async fn up_with(tor: &'static str, driver: BgpDriver) -> Self {
-        let lab = Lab::up(tor).await;
+        Self::up_in(Lab::up(tor, NODES.len()).await, tor, driver).await
+    }
+
+    /// The cluster side on a lab already up (which may have more nodes than [`NODES`], for
+    /// another cluster).
+    pub async fn up_in(lab: Lab, tor: &'static str, driver: BgpDriver) -> Self {
         let cp = control_plane().await.unwrap();
         let client = cp.admin().await.unwrap();
         let id = unique_name("lab");
@@ -511,46 +522,17 @@ impl Fabric {
     }
 
     pub async fn network(&self, name: &str, topology: &str, subnets: Value) {
-        let section = topology.to_lowercase();
-        apply(
-            &self.client,
-            &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork",
-            "metadata": {"name": name}, "spec": {"namespaceSelector": {}, "network": {"topology": topology,
-            section: {"role": "Primary", "subnets": subnets}}}}),
-        )
-        .await
-        .unwrap();
+        apply_network(&self.client, name, topology, subnets).await;
     }
 
-    /// Applies an EVPN and waits until it is Ready on every node; returns its status.
+    /// Applies an EVPN on this fabric's VTEP and waits until it is Ready on every node; returns
+    /// its status.
     pub async fn evpn(&self, name: &str, network: &str, vrfs: Value) -> Evpn {
-        let mut spec = json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": network}, "vtep": self.vtep});
-        for (k, v) in vrfs.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        apply(
-            &self.client,
-            &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN",
-            "metadata": {"name": name}, "spec": spec}),
-        )
-        .await
-        .unwrap();
-        self.ready(name).await
+        apply_evpn(&self.client, name, network, &self.vtep, vrfs).await
     }
 
     pub async fn ready(&self, name: &str) -> Evpn {
-        let api: Api<Evpn> = Api::all(self.client.clone());
-        let is_ready = |e: &Evpn| {
-            e.status.as_ref().is_some_and(|s| {
-                s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                    && s.observed_generation == e.metadata.generation
-            })
-        };
-        until(&format!("EVPN {name} Ready on every node"), || async {
-            api.get(name).await.is_ok_and(|e| is_ready(&e))
-        })
-        .await;
-        api.get(name).await.unwrap()
+        evpn_ready(&self.client, name).await
     }
 
     /// A Layer3 network `name` with subnet 10.`octet`.0.0/16, its VRF on every node (as
@@ -584,7 +566,50 @@ impl Fabric {
     }
 }
 
-async fn apply_vtep(client: &Client, name: &str, spec: &Value) {
+/// Applies ClusterUserDefinedNetwork `name`, a primary network of `topology`.
+pub async fn apply_network(client: &Client, name: &str, topology: &str, subnets: Value) {
+    let section = topology.to_lowercase();
+    apply(
+        client,
+        &json!({"apiVersion": "k8s.ovn.org/v1", "kind": "ClusterUserDefinedNetwork",
+        "metadata": {"name": name}, "spec": {"namespaceSelector": {}, "network": {"topology": topology,
+        section: {"role": "Primary", "subnets": subnets}}}}),
+    )
+    .await
+    .unwrap();
+}
+
+/// Applies EVPN `name` for network `network` on VTEP `vtep` (`vrfs`: the rest of the spec) and
+/// waits until it is Ready on every node; returns its status.
+pub async fn apply_evpn(client: &Client, name: &str, network: &str, vtep: &str, vrfs: Value) -> Evpn {
+    let mut spec = json!({"network": {"kind": "ClusterUserDefinedNetwork", "name": network}, "vtep": vtep});
+    for (k, v) in vrfs.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    apply(
+        client,
+        &json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPN", "metadata": {"name": name}, "spec": spec}),
+    )
+    .await
+    .unwrap();
+    evpn_ready(client, name).await
+}
+
+/// Waits until EVPN `name` is Ready on every node for its current generation; returns it.
+pub async fn evpn_ready(client: &Client, name: &str) -> Evpn {
+    let api: Api<Evpn> = Api::all(client.clone());
+    let is_ready = |e: &Evpn| {
+        e.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                && s.observed_generation == e.metadata.generation
+        })
+    };
+    until(&format!("EVPN {name} Ready on every node"), || async { api.get(name).await.is_ok_and(|e| is_ready(&e)) })
+        .await;
+    api.get(name).await.unwrap()
+}
+
+pub async fn apply_vtep(client: &Client, name: &str, spec: &Value) {
     let vtep =
         json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "metadata": {"name": name}, "spec": spec});
     apply(client, &vtep).await.unwrap();

@@ -52,6 +52,11 @@ impl ControlPlane {
         self.run_dir.join("user.kubeconfig")
     }
 
+    /// Kubeconfig of `system:node:NAME`, as a node's agent uses it.
+    pub fn node_kubeconfig(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("node-{name}.kubeconfig"))
+    }
+
     /// A client acting as the cluster admin.
     pub async fn admin(&self) -> anyhow::Result<Client> {
         client_from(&self.admin_kubeconfig()).await
@@ -70,7 +75,7 @@ impl ControlPlane {
     /// A client acting as `system:node:NAME` (group `system:nodes`), as a node's agent may;
     /// `hack/control-plane.sh` makes worker-1, worker-2 and worker-3.
     pub async fn node(&self, name: &str) -> anyhow::Result<Client> {
-        client_from(&self.run_dir.join(format!("node-{name}.kubeconfig"))).await
+        client_from(&self.node_kubeconfig(name)).await
     }
 }
 
@@ -93,7 +98,7 @@ pub async fn control_plane() -> anyhow::Result<&'static ControlPlane> {
         .get_or_try_init(|| async {
             let cp = match std::env::var_os("EVPN_TEST_CONTROL_PLANE") {
                 Some(dir) => ControlPlane { run_dir: dir.into() },
-                None => start_private().await?,
+                None => start_private("").await?,
             };
             install(&cp.admin().await?).await.context("installing CRDs and RBAC")?;
             Ok(cp)
@@ -101,9 +106,17 @@ pub async fn control_plane() -> anyhow::Result<&'static ControlPlane> {
         .await
 }
 
+/// A second, independent cluster's control plane for this process (another cluster on the same
+/// fabric), set up like the first; `name` tells it apart.
+pub async fn another_control_plane(name: &str) -> anyhow::Result<ControlPlane> {
+    let cp = start_private(&format!("-{name}")).await?;
+    install(&cp.admin().await?).await.context("installing CRDs and RBAC")?;
+    Ok(cp)
+}
+
 /// Starts a control plane for this process alone, on free ports, removed when the process exits.
-async fn start_private() -> anyhow::Result<ControlPlane> {
-    let run_dir = std::env::temp_dir().join(format!("evpn-operator/test-{}", std::process::id()));
+async fn start_private(suffix: &str) -> anyhow::Result<ControlPlane> {
+    let run_dir = std::env::temp_dir().join(format!("evpn-operator/test-{}{suffix}", std::process::id()));
     let ports = free_ports(3)?;
     let script = repo_root().join("hack/control-plane.sh");
     let out = tokio::process::Command::new("bash")

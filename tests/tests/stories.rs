@@ -6,12 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test that cannot build its input should panic")]
 
+use std::time::Duration;
+
 use evpn_agent::plan::anycast_gateway_mac;
+use evpn_crds::EvpnNodeState;
 use evpn_crds::validation::colon_hex;
-use evpn_tests::apply;
+use evpn_tests::lab::{AgentProcess, BgpDriver, Lab, Operator, apply_evpn, apply_network, apply_vtep, never, operator};
 use evpn_tests::lab::{
     Capture, Fabric, MacRoute, NODES, PingRun, Scenarios, in_ns, mac_vni, ms, ping, until, vrf_netns, vrf_routes,
 };
+use evpn_tests::{another_control_plane, apply};
+use kube::api::Api;
 use serde_json::{Value, json};
 
 const LEAF_VTEP: &str = "198.18.0.21";
@@ -375,4 +380,133 @@ async fn fabric_with_a_legacy_leaf() {
         return s.fail();
     }
     f.remove_leftovers().await;
+}
+
+/// A second cluster on the same fabric: its own control plane, operator and AS, with lab node 3
+/// as its only node. Gone with the test process.
+struct OtherCluster {
+    client: kube::Client,
+    vtep: &'static str,
+    _operator: Operator,
+    _agent: AgentProcess,
+}
+
+impl OtherCluster {
+    const NODE: (&str, &str) = ("evl-n3", "worker-3");
+
+    async fn up() -> Self {
+        let cp = another_control_plane("b").await.unwrap();
+        let client = cp.admin().await.unwrap();
+        let (lab_node, node) = Self::NODE;
+        let labels = json!({"evpn-lab": "cluster-b", "kubernetes.io/hostname": node});
+        apply(&client, &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}))
+            .await
+            .unwrap();
+        let vtep = "cluster-b";
+        let spec = json!({
+            "cidrs": ["198.18.1.0/24"], "mode": "Managed", "nodeSelector": {"matchLabels": {"evpn-lab": "cluster-b"}},
+            "vniRanges": [{"start": 10000, "end": 19999}],
+            "bgp": {"asn": 65003, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}});
+        apply_vtep(&client, vtep, &spec).await;
+        let operator = operator(&client);
+        let agent = AgentProcess::start_with(lab_node, node, &cp.node_kubeconfig(node));
+        let states: Api<EvpnNodeState> = Api::all(client.clone());
+        until("cluster B: worker-3's session to the TOR Established, as its agent reports", || async {
+            let Ok(s) = states.get(node).await else { return false };
+            s.status.is_some_and(|st| st.bgp_sessions.iter().any(|b| b.state == "Established"))
+        })
+        .await;
+        OtherCluster { client, vtep, _operator: operator, _agent: agent }
+    }
+}
+
+/// The IP-VRF part of an EVPN spec: IP-VNI `vni` in VPN `rt`.
+fn in_vpn(vni: u32, rt: &str) -> Value {
+    json!({"ipVRF": {"vni": vni, "routeTargets": {"import": [rt], "export": [rt]}}})
+}
+
+#[tokio::test]
+async fn two_clusters_one_vpn() {
+    evpn_tests::require_lab!();
+    let _turn = evpn_tests::lab::TURN.lock().await;
+    let mut s = Scenarios::new(
+        "two_clusters_one_vpn",
+        &["two clusters", "separate VPNs", "joined by route targets", "moved back"],
+    );
+    let a = Fabric::up_in(Lab::up("frr", 3).await, "frr", BgpDriver::Agent).await;
+    let (shared, other) = (a.name("ic1"), a.name("ic2"));
+    let b_net = "icb";
+    let b_host = "evl-icb-h";
+
+    // Cluster A (AS 65001, worker-1 and -2): one network in VPN 65000:4001, one in 65000:4002.
+    // Cluster B (AS 65003, worker-3): a network with the IP-VNI of the first, in a VPN of its own.
+    let up = s.run("two clusters", async {
+        a.layer3_with_hosts(&shared, 81).await;
+        a.layer3_with_hosts(&other, 82).await;
+        a.evpn(&shared, &shared, in_vpn(14001, "65000:4001")).await;
+        a.evpn(&other, &other, in_vpn(14002, "65000:4002")).await;
+        let b = OtherCluster::up().await;
+        apply_network(&b.client, b_net, "Layer3", json!([{"cidr": "10.91.0.0/16", "hostSubnet": 24}])).await;
+        a.lab.ok(&["vrf", OtherCluster::NODE.0, b_net]).await;
+        a.lab.ok(&["host", OtherCluster::NODE.0, b_net, b_host, "10.91.1.10/24", "10.91.1.1"]).await;
+        apply_evpn(&b.client, b_net, b_net, b.vtep, in_vpn(14001, "65000:4009")).await;
+        b
+    });
+    let Some(b) = up.await else { return s.fail() };
+
+    let separate = s.run("separate VPNs", async {
+        until("VPNs: the TOR has cluster B's type-5 route (AS 65003, VPN 4009) beside cluster A's", || async {
+            let routes = a.lab.vtysh("evl-tor", "show bgp l2vpn evpn route type prefix").await;
+            let from_b =
+                routes.split("Route Distinguisher").any(|rd| rd.contains("[10.91.1.0]") && rd.contains("65003"));
+            from_b && routes.contains("[5]:[0]:[24]:[10.81.1.0]")
+        })
+        .await;
+        never("VPNs: cluster B reaches cluster A's hosts from another VPN", Duration::from_secs(2), || {
+            ping(b_host, "10.81.1.10")
+        })
+        .await;
+        assert!(vrf_routes("evl-n1", &shared, "10.91.1.0/24").await.is_empty(), "A imports nothing of VPN 4009");
+    });
+    if separate.await.is_none() {
+        return s.fail();
+    }
+
+    let joined = s.run("joined by route targets", async {
+        apply_evpn(&b.client, b_net, b_net, b.vtep, in_vpn(14001, "65000:4001")).await;
+        until("VPNs: node 1 of A routes cluster B's subnet to worker-3's VTEP", || async {
+            vrf_routes("evl-n1", &shared, "10.91.1.0/24").await.contains("via 198.18.1.")
+        })
+        .await;
+        until("VPNs: cluster B's host -> cluster A's host behind node 1", || ping(b_host, "10.81.1.10")).await;
+        until("VPNs: cluster B's host -> cluster A's host behind node 2", || ping(b_host, "10.81.2.10")).await;
+        let a_host = format!("evl-{shared}-h1");
+        until("VPNs: cluster A's host -> cluster B's host", || ping(&a_host, "10.91.1.10")).await;
+        never("VPNs: cluster B reaches A's network in VPN 4002", Duration::from_secs(2), || ping(b_host, "10.82.1.10"))
+            .await;
+        assert!(vrf_routes(OtherCluster::NODE.0, b_net, "10.82.1.0/24").await.is_empty(), "B imports nothing of 4002");
+    });
+    if joined.await.is_none() {
+        return s.fail();
+    }
+
+    let moved_back = s.run("moved back", async {
+        apply_evpn(&b.client, b_net, b_net, b.vtep, in_vpn(14001, "65000:4009")).await;
+        until("VPNs: node 1 of A drops cluster B's subnet", || async {
+            vrf_routes("evl-n1", &shared, "10.91.1.0/24").await.is_empty()
+        })
+        .await;
+        until("VPNs: worker-3 drops cluster A's subnets", || async {
+            vrf_routes(OtherCluster::NODE.0, b_net, "10.81.1.0/24").await.is_empty()
+        })
+        .await;
+        never("VPNs: cluster B reaches cluster A after leaving the VPN", Duration::from_secs(2), || {
+            ping(b_host, "10.81.1.10")
+        })
+        .await;
+    });
+    if moved_back.await.is_none() {
+        return s.fail();
+    }
+    a.remove_leftovers().await;
 }
