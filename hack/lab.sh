@@ -40,11 +40,11 @@
 #   lab.sh pod NODE NAME BRIDGE ADDR/LEN [GW] [--in-vrf VRF] [--mac MAC] [--mtu MTU]
 #                                      netns NAME on bridge BRIDGE of NODE (or of NODE-VRF);
 #                                      MAC may also come from $POD_MAC
-#   lab.sh move NAME FROM TO BRIDGE [--in-vrf VRF]
+#   lab.sh move NAME FROM TO BRIDGE [--in-vrf VRF] [--quiet]
 #                                      live-migrates pod NAME: its link moves from FROM's bridge to
 #                                      bridge BRIDGE of TO (NODE or leaf), keeping MAC and addresses,
 #                                      then it announces itself with a gratuitous ARP, as a
-#                                      hypervisor does after a migration
+#                                      hypervisor does after a migration (not with --quiet)
 #   lab.sh mh-host NAME IFNAME SYSMAC ADDR/LEN NODE...
 #                                      netns NAME multi-homed: an LACP bond with a leg to each NODE,
 #                                      where it ends in a one-leg LACP bond IFNAME with system ID
@@ -608,14 +608,15 @@ cmd_pod() {
 # The pod's link is its veth's far end: moving that end to another switch's bridge is a live
 # migration as the network sees it (the pod keeps MAC, addresses and routes, the link blinks).
 cmd_move() {
-  local args=() vrf=""
+  local args=() vrf="" announce=1
   while [ $# -gt 0 ]; do
     case $1 in
       --in-vrf) vrf=${2:?--in-vrf needs a VRF}; shift 2 ;;
+      --quiet) announce=""; shift ;;
       *) args+=("$1"); shift ;;
     esac
   done
-  [ ${#args[@]} -eq 4 ] || die "usage: lab.sh move NAME FROM TO BRIDGE [--in-vrf VRF]"
+  [ ${#args[@]} -eq 4 ] || die "usage: lab.sh move NAME FROM TO BRIDGE [--in-vrf VRF] [--quiet]"
   need_up
   local name from to br=${args[3]} old new ifn addr
   name=$(ns_name "${args[0]}"); from=$(ns_name "${args[1]}"); to=$(ns_name "${args[2]}")
@@ -629,7 +630,7 @@ cmd_move() {
   ip -n "$old" link set "$ifn" netns "$new"
   ip -n "$new" link set "$ifn" master "$br" up
   addr=$(ip -n "$name" -4 -o addr show dev eth0 | awk '{print $4; exit}')
-  [ -z "$addr" ] || nsx "$name" arping -q -U -c 1 -I eth0 "${addr%/*}" || true
+  [ -z "$announce" ] || [ -z "$addr" ] || nsx "$name" arping -q -U -c 1 -I eth0 "${addr%/*}" || true
 }
 
 # Multi-homing: the host's bond aggregates its legs only when every node's end presents the same

@@ -204,6 +204,10 @@ pub async fn ping(from: &str, to: &str) -> bool {
     in_ns(from, &["ping", "-c1", "-W1", to]).await.status.success()
 }
 
+pub async fn ping6(from: &str, to: &str) -> bool {
+    in_ns(from, &["ping", "-6", "-c1", "-W1", to]).await.status.success()
+}
+
 /// Polls `check` until it holds or [`fabric_deadline`] passes; panics naming `what`.
 pub async fn until<F, Fut>(what: &str, mut check: F)
 where

@@ -27,6 +27,7 @@ use tokio::sync::OnceCell;
 
 pub mod frrk8s;
 pub mod lab;
+pub mod leaf;
 pub mod simulated;
 
 /// Field manager of everything the harness applies.

@@ -8,107 +8,15 @@
 
 use std::time::Duration;
 
-use evpn_agent::plan::anycast_gateway_mac;
 use evpn_crds::EvpnNodeState;
-use evpn_crds::validation::colon_hex;
 use evpn_tests::lab::{AgentProcess, BgpDriver, Lab, Operator, apply_evpn, apply_network, apply_vtep, never, operator};
 use evpn_tests::lab::{
-    Capture, Fabric, MacRoute, NODES, PingRun, Scenarios, in_ns, mac_vni, ms, ping, until, vrf_netns, vrf_routes,
+    Capture, Fabric, NODES, Scenarios, in_ns, mac_vni, ms, ping, ping6, until, vrf_netns, vrf_routes,
 };
+use evpn_tests::leaf::{Announce, LEAF_VTEP, Switch, Tenant, Vm};
 use evpn_tests::{another_control_plane, apply};
 use kube::api::Api;
 use serde_json::{Value, json};
-
-const LEAF_VTEP: &str = "198.18.0.21";
-
-/// A tenant as both sides see it: the cluster's network and EVPN, and the leaf's VRF, MAC-VRF and
-/// hosts. The VNIs and route targets are the fabric's plan, which the EVPN pins.
-struct Tenant {
-    /// The network, the EVPN and the VRF on the nodes and on the leaf (VRF names are local to a
-    /// switch; the lab uses one name for both).
-    name: String,
-    mac_vni: u32,
-    ip_vni: u32,
-    /// The legacy host's MAC: the one bridged on the leaf's MAC-VRF (10.30.0.20, same subnet as
-    /// the pods).
-    legacy_mac: &'static str,
-    /// Namespaces of the pods on node 1 and node 2, the bridged legacy host, and the legacy host
-    /// routed behind the leaf's VRF (10.40.1.10).
-    pods: [String; 2],
-    legacy: String,
-    routed: String,
-}
-
-impl Tenant {
-    fn new(name: String, mac_vni: u32, ip_vni: u32, tag: &str, legacy_mac: &'static str) -> Self {
-        Tenant {
-            name,
-            mac_vni,
-            ip_vni,
-            legacy_mac,
-            pods: [format!("evl-{tag}-pod1"), format!("evl-{tag}-pod2")],
-            legacy: format!("evl-{tag}-legacy"),
-            routed: format!("evl-{tag}-lhost"),
-        }
-    }
-
-    fn l2_rt(&self) -> String {
-        format!("65000:{}", self.mac_vni - 10000)
-    }
-
-    fn l3_rt(&self) -> String {
-        format!("65000:{}", self.ip_vni - 10000)
-    }
-
-    fn spec(&self) -> Value {
-        let rts = |rt: String| json!({"import": [rt], "export": [rt]});
-        json!({"macVRF": {"vni": self.mac_vni, "routeTargets": rts(self.l2_rt())},
-               "ipVRF": {"vni": self.ip_vni, "routeTargets": rts(self.l3_rt())}})
-    }
-
-    /// Both sides of the tenant: the dual-stack Layer2 network with symmetric IRB and its EVPN,
-    /// a pod on each node; on the leaf the same VNIs, route targets and anycast gateway, a legacy
-    /// host bridged beside the pods and one routed behind the VRF. Every host then announces
-    /// itself to its gateway, as hosts do.
-    async fn build(&self, f: &Fabric) {
-        f.network(&self.name, "Layer2", json!(["10.30.0.0/24", "fd30::/64"])).await;
-        for (lab_node, _) in NODES {
-            f.lab.ok(&["vrf", lab_node, &self.name]).await;
-        }
-        let evpn = f.evpn(&self.name, &self.name, self.spec()).await;
-        assert_eq!(mac_vni(&evpn), self.mac_vni, "the EVPN got the MAC-VNI it pinned");
-        let bridge = format!("evb{}", self.mac_vni);
-        for (i, (lab_node, _)) in NODES.iter().enumerate() {
-            let n = i + 1;
-            let addrs = format!("10.30.0.1{n}/24,fd30::1{n}/64");
-            let pod = &self.pods[i];
-            f.lab.ok(&["pod", lab_node, pod, &bridge, &addrs, "10.30.0.1,fd30::1", "--in-vrf", &self.name]).await;
-        }
-
-        let (l2, l3) = (self.mac_vni.to_string(), self.ip_vni.to_string());
-        let gateway_mac = colon_hex(&anycast_gateway_mac(self.ip_vni));
-        f.lab.ok(&["vrf", "leaf", &self.name]).await;
-        f.lab.ok(&["leaf-l3vni", &self.name, &l3, &self.l3_rt()]).await;
-        f.lab.ok(&["leaf-l2vni", &l2, &self.l2_rt(), &self.name, "10.30.0.1/24,fd30::1/64", &gateway_mac]).await;
-        let leaf_bridge = format!("lbr{}", self.mac_vni);
-        let legacy = &self.legacy;
-        let addrs = "10.30.0.20/24,fd30::20/64";
-        let options = ["--in-vrf", &self.name, "--mac", self.legacy_mac];
-        f.lab.ok(&[&["pod", "leaf", legacy, &leaf_bridge, addrs, "10.30.0.1,fd30::1"][..], &options].concat()).await;
-        f.lab
-            .ok(&["host", "leaf", &self.name, &self.routed, "10.40.1.10/24,fd40:1::10/64", "10.40.1.1,fd40:1::1"])
-            .await;
-
-        for host in [&self.pods[0], &self.pods[1], legacy] {
-            until(&format!("{}: {host} reaches its gateway", self.name), || ping(host, "10.30.0.1")).await;
-            until(&format!("{}: {host} reaches its IPv6 gateway", self.name), || ping6(host, "fd30::1")).await;
-        }
-    }
-}
-
-async fn ping6(from: &str, to: &str) -> bool {
-    in_ns(from, &["ping", "-6", "-c1", "-W1", to]).await.status.success()
-}
 
 /// The MAC a host's neighbour table holds for `ip`, if any.
 async fn neighbour_mac(host: &str, ip: &str) -> Option<String> {
@@ -132,14 +40,6 @@ async fn echo_requests_received(ns: &str, family: u8) -> u64 {
         column.and_then(|c| values.split_whitespace().nth(c)).and_then(|v| v.parse().ok())
     };
     count.unwrap_or_else(|| panic!("no {counter} counter in {ns}'s {file}"))
-}
-
-/// Whether every best type-2 route of `mac` at the TOR comes from `vtep`, the MAC-only one with a
-/// mobility sequence number above `above`.
-fn only_from(routes: &[MacRoute], vtep: &str, above: u32) -> bool {
-    !routes.is_empty()
-        && routes.iter().all(|r| r.next_hop == vtep)
-        && routes.iter().any(|r| r.ip.is_none() && r.mobility_seq > above)
 }
 
 #[tokio::test]
@@ -294,43 +194,20 @@ async fn fabric_with_a_legacy_leaf() {
 
     // --- A VM with fixed IP and MAC moves from behind the leaf into the cluster and around.
     let migration = s.run("VM migration", async {
-        let vm_mac = "02:00:00:00:05:50";
-        let leaf_bridge = format!("lbr{}", red.mac_vni);
-        let node_bridge = format!("evb{}", red.mac_vni);
-        let vm = ["evl-vm", &leaf_bridge, "10.30.0.50/24", "10.30.0.1", "--in-vrf", &red.name, "--mac", vm_mac];
-        f.lab.ok(&[&["pod", "leaf"][..], &vm].concat()).await;
-        until("migration: the VM reaches its gateway behind the leaf", || ping("evl-vm", "10.30.0.1")).await;
-        until("migration: the VM's MAC route at the TOR, from the leaf", || async {
-            let routes = f.lab.tor_mac_routes(vm_mac).await;
-            !routes.is_empty() && routes.iter().all(|r| r.next_hop == LEAF_VTEP)
-        })
-        .await;
-        let mut seq = f.lab.tor_mac_routes(vm_mac).await.iter().map(|r| r.mobility_seq).max().unwrap_or(0);
+        let vm = Vm::new("evl-vm", "02:00:00:00:05:50", "10.30.0.50");
+        vm.start_on_leaf(&f, &red).await;
         let peer = &red.pods[1];
-        let moves = [
-            ("evl-leaf", "evl-n1", &node_bridge, "198.18.0.1"),
-            ("evl-n1", "evl-n2", &node_bridge, "198.18.0.2"),
-            ("evl-n2", "evl-leaf", &leaf_bridge, LEAF_VTEP),
-        ];
-        for (from, to, bridge, vtep) in moves {
-            let run = PingRun::start(peer, "10.30.0.50");
-            until(&format!("migration: {peer} -> VM flowing before the move to {to}"), || async { run.flowing(20) })
-                .await;
-            let before = run.newest().unwrap_or(0);
-            f.lab.ok(&["move", "evl-vm", from, to, bridge, "--in-vrf", &red.name]).await;
-            until(
-                &format!("migration: at the TOR the VM's routes come from {to} only, MAC mobility above {seq}"),
-                || async { only_from(&f.lab.tor_mac_routes(vm_mac).await, vtep, seq) },
-            )
-            .await;
-            until(&format!("migration: {peer} -> VM flowing again after the move to {to}"), || async {
-                run.newest().unwrap_or(0) > before + 50 && run.flowing(50)
-            })
-            .await;
-            let gap = run.stop().await;
-            let routes = f.lab.tor_mac_routes(vm_mac).await;
-            seq = routes.iter().map(|r| r.mobility_seq).max().unwrap_or(0);
-            eprintln!("ok   migration {from} -> {to}: traffic gap {:.0} ms, MAC mobility sequence {seq}", ms(gap));
+        let mut seq = 0;
+        for (from, to) in
+            [(Switch::Leaf, Switch::Node(1)), (Switch::Node(1), Switch::Node(2)), (Switch::Node(2), Switch::Leaf)]
+        {
+            let moved = vm.migrate(&f, &red, peer, from, to, seq, Announce::Yes).await;
+            assert!(moved.mobility_seq > seq, "the MAC mobility sequence number grew");
+            seq = moved.mobility_seq;
+            eprintln!(
+                "ok   migration {from} -> {to}: traffic gap {:.0} ms, MAC mobility sequence {seq}",
+                ms(moved.gap)
+            );
         }
     });
     if migration.await.is_none() {
