@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use evpn_tests::lab::{Fabric, agent_binary, median_min_max_ms, ms, unavailable, until};
+use evpn_tests::lab::{Fabric, agent_binary, bench_main, median_min_max_ms, ms, until};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -27,13 +27,7 @@ const POLL: Duration = Duration::from_millis(10);
 const ROUND_DEADLINE: Duration = Duration::from_secs(60);
 
 fn main() {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let rounds: usize = std::env::var("EVPN_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(run(rounds));
+    bench_main(5, run);
 }
 
 async fn run(rounds: usize) {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use evpn_crds::Evpn;
 use evpn_tests::apply;
-use evpn_tests::lab::{Fabric, NODES, agent_binary, link_exists, median_min_max_ms, ms, unavailable};
+use evpn_tests::lab::{Fabric, NODES, agent_binary, bench_main, link_exists, median_min_max_ms, ms};
 use kube::api::Api;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -36,13 +36,7 @@ const ROUND_DEADLINE: Duration = Duration::from_secs(60);
 const FIRST_VNI: u32 = 15_000;
 
 fn main() {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let rounds: usize = std::env::var("EVPN_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(run(rounds));
+    bench_main(7, run);
 }
 
 /// One round's times, from the moment the create call returned.

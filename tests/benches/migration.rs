@@ -18,20 +18,14 @@
 
 use std::time::Duration;
 
-use evpn_tests::lab::{Fabric, agent_binary, median_min_max_ms, unavailable};
+use evpn_tests::lab::{Fabric, agent_binary, bench_main, median_min_max_ms};
 use evpn_tests::leaf::{Announce, Switch, Tenant, Vm};
 
 const MOVES: [(Switch, Switch); 3] =
     [(Switch::Leaf, Switch::Node(1)), (Switch::Node(1), Switch::Node(2)), (Switch::Node(2), Switch::Leaf)];
 
 fn main() {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let rounds: usize = std::env::var("EVPN_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(run(rounds));
+    bench_main(5, run);
 }
 
 async fn run(rounds: usize) {

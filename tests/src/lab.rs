@@ -777,6 +777,18 @@ impl Scenarios {
     }
 }
 
+/// A lab benchmark's `main`: says why and returns when the lab cannot run here, else runs
+/// `bench` with the number of rounds from `EVPN_BENCH_ROUNDS` (default `default_rounds`).
+pub fn bench_main<Fut: std::future::Future<Output = ()>>(default_rounds: usize, bench: impl FnOnce(usize) -> Fut) {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let rounds = std::env::var("EVPN_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_rounds);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(bench(rounds));
+}
+
 /// Milliseconds, for the benchmarks' figures.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
