@@ -61,6 +61,7 @@ fn networks(names: &[&str]) -> HashMap<NetworkKey, NetworkFacts> {
                 role: Some("Primary".into()),
                 transport: None,
                 subnets: Vec::new(),
+                mtu: None,
             };
             ((NetworkKind::ClusterUserDefinedNetwork, None, (*n).to_owned()), facts)
         })
