@@ -379,6 +379,12 @@ fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
 /// what common jumbo-frame switches carry.
 pub const VTEP_MTU_RANGE: RangeInclusive<u32> = 1280..=9216;
 
+/// Bytes VXLAN adds to an overlay packet: the inner Ethernet header (14), VXLAN (8), UDP (8) and
+/// the outer IPv4 (20) or IPv6 (40) header. The overlay MTU is the underlay's minus this.
+pub const fn vxlan_overhead(outer_ipv6: bool) -> u32 {
+    if outer_ipv6 { 70 } else { 50 }
+}
+
 impl VtepSpec {
     /// Every per-object problem of a new or updated VTEP spec.
     pub fn validate(&self) -> Vec<FieldError> {

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use evpn_crds::validation::vxlan_overhead;
 use netlink_packet_route::link::{
     BridgeStpState, InfoBridge, InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkMessage,
 };
@@ -283,10 +284,9 @@ fn port_settings(name: &str, owner: &str) -> LinkMessage {
         .build()
 }
 
-/// VXLAN overhead: outer Ethernet 14 + IP 20/40 + UDP 8 + VXLAN 8.
+/// The VXLAN device's MTU: the underlay's minus the encapsulation of this VTEP's address family.
 fn vxlan_mtu(vtep_mtu: Option<u32>, local: IpAddr) -> Option<u32> {
-    let overhead = if local.is_ipv4() { 50 } else { 70 };
-    vtep_mtu.map(|m| m.saturating_sub(overhead))
+    vtep_mtu.map(|m| m.saturating_sub(vxlan_overhead(local.is_ipv6())))
 }
 
 #[cfg(test)]

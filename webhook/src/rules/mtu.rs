@@ -2,14 +2,14 @@
 //!
 //! The agent gives each VXLAN device the VTEP's `spec.mtu` minus the encapsulation; a pod
 //! packet bigger than that is dropped at the tunnel, often silently. So the network's MTU must
-//! be at most that, checked when an EVPN is written and when its VTEP changes. A VTEP without `spec.mtu` leaves the underlay MTU to the
-//! nodes, unknown here, and nothing is checked.
+//! be at most that, checked when an EVPN is written and when its VTEP changes. A VTEP without
+//! `spec.mtu` leaves the underlay MTU to the nodes, unknown here, and nothing is checked.
 
 use std::fmt;
 
 use evpn_crds::VtepSpec;
 use evpn_crds::common::NetworkRef;
-use evpn_crds::validation::{FieldError, VTEP_MTU_RANGE, parse_cidr};
+use evpn_crds::validation::{FieldError, VTEP_MTU_RANGE, parse_cidr, vxlan_overhead};
 
 use super::field_error;
 use crate::index::{Index, NetworkFacts, OvnkubeConfig};
@@ -68,14 +68,10 @@ struct Shortfall {
     needed_underlay_mtu: u32,
 }
 
-/// Whether overlay packets of `overlay_mtu` bytes fit through VXLAN over `underlay`. The
-/// overhead is the inner Ethernet header (14), VXLAN (8), UDP (8) and the outer IPv4 (20) or
-/// IPv6 (40) header: 50 or 70 bytes, as the agent subtracts for the VXLAN device.
+/// Whether overlay packets of `overlay_mtu` bytes fit through VXLAN over `underlay`, with the
+/// overhead the agent subtracts for the VXLAN device.
 fn vxlan_fit(overlay_mtu: u32, underlay: Underlay) -> Result<(), Shortfall> {
-    let overhead = match underlay.family {
-        UnderlayFamily::Ipv4 => 50,
-        UnderlayFamily::Ipv6 => 70,
-    };
+    let overhead = vxlan_overhead(underlay.family == UnderlayFamily::Ipv6);
     let max_overlay_mtu = underlay.mtu.saturating_sub(overhead);
     if overlay_mtu <= max_overlay_mtu {
         Ok(())
