@@ -57,8 +57,12 @@ pub struct VtepSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub udp_port: u16,
 
-    /// MTU of the underlay interfaces. VXLAN costs 50 bytes over IPv4 and 70 over IPv6, so the
-    /// overlay MTU is this minus that overhead. Left out, the node's underlay MTU is used as found.
+    /// MTU of the underlay interfaces: what the fabric carries between VTEPs (the agent does not
+    /// set it on them). Each VXLAN device gets this minus the encapsulation, 50 bytes over IPv4
+    /// and 70 over IPv6. Admission denies an EVPN whose network MTU (the CUDN/UDN `mtu`, else
+    /// ovnkube-config's `[default] mtu`, else 1400) is larger than that, and a change of this
+    /// field that would leave an admitted EVPN's network too large. Left out, nothing is checked
+    /// and the agent leaves the VXLAN devices' MTU alone (a new one gets the kernel's 1500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1280, max = 9216))]
     pub mtu: Option<u32>,
