@@ -11,8 +11,8 @@
 //! Each round starts a new VM behind the leaf and moves it leaf -> node 1 -> node 2 -> leaf while
 //! a pod on node 2 pings it every 10 ms; a move is over when the TOR has the VM's routes from the
 //! new switch only, with a higher MAC mobility sequence number, and 50 pings in a row came back.
-//! A new VM per round: FRR freezes a MAC that moves 5 times within 180 s (duplicate address
-//! detection), and three moves stay below that.
+//! A new VM per round: FRR's duplicate address detection flags a MAC that moves 5 times within
+//! 180 s (and freezes it where configured to), and three moves stay below that.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark that cannot set up should panic")]
 
