@@ -52,6 +52,13 @@ pub struct VniLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// `l3vni_reattached`: an IP-VRF's L3VNI re-attached because zebra had lost the router MAC
+    /// of a remote VTEP its routes go through.
+    pub repair: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `ok` or `error`.
     pub result: &'static str,
@@ -81,6 +88,7 @@ pub struct Metrics {
     pub vnis: Family<VniLabels, Gauge>,
     pub last_success: Gauge<f64, AtomicU64>,
     pub status_writes: Family<ResultLabels, Counter>,
+    pub frr_repairs: Family<RepairLabels, Counter>,
     readiness: AtomicU8,
 }
 
@@ -97,6 +105,7 @@ impl Default for Metrics {
             vnis: Family::default(),
             last_success: Gauge::default(),
             status_writes: Family::default(),
+            frr_repairs: Family::default(),
             readiness: AtomicU8::new(WATCHING),
         };
         let mut registry = Registry::with_prefix("evpn_agent");
@@ -121,6 +130,7 @@ impl Default for Metrics {
             m.last_success.clone(),
         );
         registry.register("status_writes", "Writes of the node state's status, by result", m.status_writes.clone());
+        registry.register("frr_repairs", "Repairs of FRR's state the agent made, by kind", m.frr_repairs.clone());
         for phase in ["Applied", "Pending", "Failed", "Removing"] {
             m.networks.get_or_create(&PhaseLabels { phase }).set(0);
         }

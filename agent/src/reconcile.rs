@@ -8,7 +8,7 @@
 //! are, so restarting the agent never interrupts traffic.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::dataplane::{ApplyScope, Dataplane};
 use crate::frr::{self, Frr, RenderOptions};
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::{Metrics, RepairLabels, ResultLabels};
 use crate::plan::{self, NodePlan};
 use crate::report::{self, Observed, Outcome};
 
@@ -53,7 +53,13 @@ pub struct Agent {
     written: Option<EvpnNodeStateStatus>,
     /// The interface towards each address neighbor, as last found.
     uplinks: BTreeMap<IpAddr, String>,
+    /// Per IP-VRF, the remote VTEPs zebra holds no router MAC for, and since when.
+    stranded: BTreeMap<String, (BTreeSet<Ipv4Addr>, Instant)>,
 }
+
+/// How long a VRF's routes may go through a VTEP zebra has no router MAC for before the agent
+/// repairs it: zebra adds the next hop with the route, so more than a moment is not convergence.
+const STRANDED_GRACE: Duration = Duration::from_secs(5);
 
 impl Agent {
     pub fn new(node: String, dataplane: Dataplane, frr: Frr, render: RenderOptions, resync: Duration) -> Self {
@@ -69,6 +75,7 @@ impl Agent {
             applied: BTreeMap::new(),
             written: None,
             uplinks: BTreeMap::new(),
+            stranded: BTreeMap::new(),
         }
     }
 
@@ -265,6 +272,7 @@ impl Agent {
                     frr_removals.insert(evpn.clone(), e.to_string());
                 }
             }
+            self.repair_stranded_vteps(&frr_plan).await;
         }
 
         // Networks gone from the spec: reported until both the data plane and FRR let them go.
@@ -338,6 +346,50 @@ impl Agent {
             vnis: vnis.unwrap_or_default().into_iter().map(|v| (v.vni, v)).collect(),
             network_vnis: plan.networks.iter().map(|n| (n.evpn.clone(), n.vnis().collect())).collect(),
             segments: report::segment_states(&plan.networks, &segments),
+        }
+    }
+
+    /// Re-attaches the L3VNI of an IP-VRF whose routes have gone through remote VTEPs that zebra
+    /// holds no router MAC for ([`Frr::stranded_vteps`]) for longer than [`STRANDED_GRACE`].
+    async fn repair_stranded_vteps(&mut self, plan: &NodePlan) {
+        let ip_vrfs: BTreeMap<String, (&str, u32)> = plan
+            .networks
+            .iter()
+            .filter_map(|n| Some((n.vrf.clone(), (n.evpn.as_str(), n.ip_vrf.as_ref()?.vni))))
+            .collect();
+        let l3vnis = ip_vrfs.iter().map(|(vrf, (_, vni))| (vrf.clone(), *vni)).collect();
+        let stranded = match self.frr.stranded_vteps(&l3vnis).await {
+            Ok(stranded) => stranded,
+            Err(e) => {
+                self.metrics.error("frr_state");
+                warn!("reading the IP-VRFs' routes and EVPN next hops from FRR: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let previous = std::mem::take(&mut self.stranded);
+        for (vrf, vteps) in stranded {
+            let since = match previous.get(&vrf) {
+                Some((before, since)) if *before == vteps => *since,
+                _ => now,
+            };
+            let Some(&(evpn, vni)) = ip_vrfs.get(&vrf) else { continue };
+            if now.duration_since(since) < STRANDED_GRACE {
+                self.stranded.insert(vrf, (vteps, since));
+                continue;
+            }
+            warn!(
+                evpn,
+                vrf,
+                vni,
+                ?vteps,
+                "zebra holds no router MAC for remote VTEPs this VRF routes through; re-attaching its L3VNI"
+            );
+            self.metrics.frr_repairs.get_or_create(&RepairLabels { repair: "l3vni_reattached" }).inc();
+            if let Err(e) = self.frr.reattach_l3vni(evpn, &vrf, vni).await {
+                self.metrics.error("frr");
+                warn!(evpn, vrf, vni, "re-attaching the L3VNI: {e}");
+            }
         }
     }
 

@@ -573,6 +573,17 @@ async fn wait_for_l3vni_up(frr: &Frr, vni: u32) {
     }
 }
 
+/// A netns-VRF lab with VRF red bound and its L3VNI 4000's devices in place, not configured yet.
+async fn netns_lab_with_red(tag: &str) -> (Lab, Frr, RenderOptions) {
+    let lab = Lab::start_netns(tag);
+    let frr = Frr::new(Some(lab.name.clone()));
+    lab.add_vrf(&frr, "red").await;
+    lab.add_l3vni_devices("red", 4000);
+    let mut opts = options(&lab);
+    opts.vrf_backend = VrfBackend::NetnsVrf;
+    (lab, frr, opts)
+}
+
 /// The netns VRF traps of FRR 8.4.4, with a live L3VNI (its VXLAN device and bridge in the VRF):
 /// the VRF is configured only once zebra bound its netns; removing the network unbinds the VNI
 /// before deleting the VRF's BGP instance, and keeps the `vrf` stanza with its `netns` line so the
@@ -584,12 +595,7 @@ async fn netns_vrf_survives_removal_and_comes_back() {
         eprintln!("skipping: {reason}");
         return;
     }
-    let lab = Lab::start_netns("ns");
-    let mut frr = Frr::new(Some(lab.name.clone()));
-    lab.add_vrf(&frr, "red").await;
-    lab.add_l3vni_devices("red", 4000);
-    let mut opts = options(&lab);
-    opts.vrf_backend = VrfBackend::NetnsVrf;
+    let (lab, mut frr, opts) = netns_lab_with_red("ns").await;
     let with_red = || render(&node(vec![l3_network("red", 4000, None)]), VTEP, &opts);
     let without_red = || render(&node(Vec::new()), VTEP, &opts);
     let assert_removed = |frr_vrf_active: bool| {
@@ -627,6 +633,30 @@ async fn netns_vrf_survives_removal_and_comes_back() {
     assert_eq!(report.method, SyncMethod::Incremental);
     assert!(report.is_ok(), "{report:?}");
     wait_for_l3vni_up(&frr, 4000).await;
+}
+
+/// The repair of a VRF whose routes lost their router MAC: the L3VNI is detached and attached
+/// again, and the configuration is as before. With no remote routes nothing is stranded.
+#[tokio::test(flavor = "current_thread")]
+async fn reattaches_an_l3vni() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let (lab, mut frr, opts) = netns_lab_with_red("re").await;
+    let report = frr.sync(&render(&node(vec![l3_network("red", 4000, None)]), VTEP, &opts)).await;
+    assert!(report.is_ok(), "{report:?}");
+    wait_for_l3vni_up(&frr, 4000).await;
+    let l3vnis = [("red".to_owned(), 4000)].into();
+    let stranded = frr.stranded_vteps(&l3vnis).await.expect("routes and next hops");
+    assert!(stranded.is_empty(), "no remote routes, nothing stranded: {stranded:?}");
+
+    frr.reattach_l3vni("red", "red", 4000).await.expect("re-attaching");
+    wait_for_l3vni_up(&frr, 4000).await;
+    let running = lab.running_config();
+    assert!(running.contains("vrf red\n vni 4000\n"), "{running}");
+    let report = frr.sync(&render(&node(vec![l3_network("red", 4000, None)]), VTEP, &opts)).await;
+    assert_eq!(report.method, SyncMethod::NoChange, "the baseline still holds: {report:?}");
 }
 
 /// Timing of one incremental one-VNI change against a full frr-reload.py, with ~1000 L2VNIs.

@@ -13,7 +13,8 @@
 //! full reload wrote (frr-reload.py `-N` always does `write memory`), not the incremental changes
 //! made since, so the next sync must be a full reload again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -35,6 +36,8 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// empty, active VRF that `show running-config` no longer lists: all of ours is gone.
 const ALREADY_ABSENT: [&str; 3] =
     ["% Specified VNI does not exist", "% Can't find BGP instance", "% Only inactive VRFs can be deleted"];
+/// Longest a re-attachment waits for zebra to let go of the L3VNI before attaching it again.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The daemons whose restart loses configuration the agent applied; zebra and bgpd first, they
 /// always run.
 const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
@@ -380,6 +383,46 @@ impl Frr {
             vnis.push(VniState { vni: vni.vni, type_, up });
         }
         Ok(vnis)
+    }
+
+    /// For each IP-VRF of `l3vnis` (VRF name -> L3VNI), the remote VTEPs its installed routes go
+    /// through that zebra holds no router MAC for ([`super::next_hops`]); two queries for all.
+    pub async fn stranded_vteps(
+        &self,
+        l3vnis: &BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, BTreeSet<Ipv4Addr>>, FrrError> {
+        const ROUTES: &str = "show ip route vrf all json";
+        const NEXT_HOPS: &str = "show evpn next-hops vni all json";
+        if l3vnis.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let routes = serde_json::Deserializer::from_str(&self.show(ROUTES).await?)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FrrError::ParseState { command: ROUTES.into(), reason: e.to_string() })?;
+        let next_hops = parse_json::<serde_json::Value>(NEXT_HOPS, &self.show(NEXT_HOPS).await?)?.unwrap_or_default();
+        Ok(super::next_hops::stranded_vteps(&routes, &next_hops, l3vnis))
+    }
+
+    /// Detaches L3VNI `vni` from VRF `vrf` of network `owner` and, once zebra has let go of it,
+    /// attaches it again: zebra then rebuilds the VNI's next hops and router MACs from the routes
+    /// BGP hands it anew. Routed traffic of the VRF pauses meanwhile.
+    pub async fn reattach_l3vni(&self, owner: &str, vrf: &str, vni: u32) -> Result<(), FrrError> {
+        let group =
+            |line: String| CommandGroup { owner: Some(owner.into()), commands: vec![format!("vrf {vrf}"), line] };
+        self.run_groups(&[group(format!("no vni {vni}"))]).await.into_iter().collect::<Result<(), _>>()?;
+        // Detached once zebra no longer has the L3VNI and BGP has taken the VRF's EVPN routes back
+        // (attached sooner, BGP may import them into the same broken state). Attached again
+        // regardless after the deadline: the VRF must not stay without its L3VNI.
+        let deadline = tokio::time::Instant::now() + DETACH_TIMEOUT;
+        let bgp_routes = format!("show ip route vrf {vrf} bgp json");
+        while tokio::time::Instant::now() < deadline
+            && (self.vnis().await?.iter().any(|v| v.vni == vni && v.type_ == "L3")
+                || self.show(&bgp_routes).await?.trim().trim_start_matches('{').trim_end_matches('}').trim() != "")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.run_groups(&[group(format!("vni {vni}"))]).await.into_iter().collect()
     }
 
     /// The Ethernet segments zebra knows (`show evpn es detail json`).

@@ -11,6 +11,7 @@
 mod config;
 mod diff;
 mod driver;
+mod next_hops;
 pub(crate) mod render;
 
 pub use config::{Config, RunningConfig, Stanza};
