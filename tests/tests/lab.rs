@@ -61,7 +61,16 @@ async fn fabric_with_an_frr_tor() {
     let _turn = evpn_tests::lab::TURN.lock().await;
     let mut s = Scenarios::new(
         "fabric_with_an_frr_tor",
-        &["L2", "overlapping IPs", "L3", "symmetric IRB", "route targets", "faults", "deletion"],
+        &[
+            "L2",
+            "overlapping IPs",
+            "L3",
+            "symmetric IRB",
+            "route targets",
+            "route targets, again and again",
+            "faults",
+            "deletion",
+        ],
     );
     let mut f = Fabric::up("frr").await;
     let blue = f.name("blue");
@@ -207,6 +216,35 @@ async fn fabric_with_an_frr_tor() {
         until("VPNs: importing red's route target brings red's prefixes into green's VRF", has_red_route).await;
     });
     if vpns.await.is_none() {
+        return s.fail();
+    }
+
+    // --- Route targets changed back and forth: routed traffic follows every time. FRR 8.4.4
+    // sometimes loses a remote VTEP's router MAC on such a change; the agents repair it.
+    let flips = s.run("route targets, again and again", async {
+        let custom = "65001:777";
+        let auto = format!("65001:{}", ip_vni(&red_evpn));
+        let repairs = || async {
+            let mut total = 0.0;
+            for agent in f.agents.iter().flatten() {
+                let Ok(scraped) = evpn_tests::http_get(agent.metrics, "/metrics").await else { continue };
+                total +=
+                    evpn_tests::sample(&scraped.body, r#"evpn_agent_frr_repairs_total{repair="l3vni_reattached"}"#)
+                        .unwrap_or(0.0);
+            }
+            total
+        };
+        let before = repairs().await;
+        for (i, rt) in [auto.as_str(), custom].repeat(6).into_iter().enumerate() {
+            let _ = f.evpn(&red, &red, json!({"ipVRF": {"routeTargets": {"import": [rt], "export": [rt]}}})).await;
+            until(&format!("VPNs: change {} (to {rt}): red-h1 <-> red-h2 routed both ways", i + 1), || async {
+                ping("evl-red-f-h1", "10.20.2.10").await && ping("evl-red-f-h2", "10.20.1.10").await
+            })
+            .await;
+        }
+        eprintln!("ok   12 route-target changes; L3VNIs the agents re-attached: {}", repairs().await - before);
+    });
+    if flips.await.is_none() {
         return s.fail();
     }
 

@@ -250,6 +250,11 @@ fn kernel_vrf_route_targets() {
 }
 
 #[test]
+fn kernel_vrf_route_targets_again_and_again() {
+    scenario("route targets, again and again");
+}
+
+#[test]
 fn kernel_vrf_faults() {
     scenario("faults");
 }
