@@ -442,12 +442,7 @@ impl Fabric {
             fabric.announce_vtep_ips(&id).await;
         }
         for (i, (_, node)) in NODES.iter().enumerate() {
-            let states: Api<EvpnNodeState> = Api::all(fabric.client.clone());
-            until(&format!("{node}: BGP session to the TOR Established, as its agent reports"), || async {
-                let Ok(s) = states.get(node).await else { return false };
-                s.status.is_some_and(|st| st.bgp_sessions.iter().any(|b| b.state == "Established"))
-            })
-            .await;
+            session_established(&fabric.client, node).await;
             let metrics = fabric.agents[i].as_ref().map(|a| a.metrics);
             until(&format!("{node}: its agent ready, the session Established in its metrics"), || async {
                 let Some(addr) = metrics else { return false };
@@ -568,6 +563,16 @@ impl Fabric {
         })
         .await;
     }
+}
+
+/// Waits until `node`'s agent reports its BGP session to the TOR Established.
+pub async fn session_established(client: &Client, node: &str) {
+    let states: Api<EvpnNodeState> = Api::all(client.clone());
+    until(&format!("{node}: BGP session to the TOR Established, as its agent reports"), || async {
+        let Ok(s) = states.get(node).await else { return false };
+        s.status.is_some_and(|st| st.bgp_sessions.iter().any(|b| b.state == "Established"))
+    })
+    .await;
 }
 
 /// Applies ClusterUserDefinedNetwork `name`, a primary network of `topology`.
@@ -909,24 +914,41 @@ impl Capture {
     /// Stops the capture (SIGINT: tcpdump flushes the file) and returns it. Immediate mode hands
     /// tcpdump every packet at once, so what passed before the stop is in the file.
     pub async fn stop(mut self) -> CaptureFile {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
-        }
-        let _ = self.child.wait().await;
+        interrupt(&mut self.child).await;
         CaptureFile(self.file.clone())
     }
+}
+
+/// Ends a child as Ctrl-C would (tcpdump and ping then finish their output) and waits for it.
+async fn interrupt(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
+    }
+    let _ = child.wait().await;
 }
 
 /// A finished capture.
 pub struct CaptureFile(PathBuf);
 
 impl CaptureFile {
-    /// How many captured packets match the tcpdump `filter`.
+    /// How many captured packets match the tcpdump `filter`. Captured on every interface, a
+    /// packet the TOR switches counts twice: on its way in and on its way out.
     pub async fn count(&self, filter: &str) -> usize {
-        let out = Command::new("tcpdump").arg("-r").arg(&self.0).arg("-n").args(filter.split_whitespace()).output();
-        let out = out.await.unwrap();
+        let text = self.read(&["--count"], filter).await;
+        text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("tcpdump --count: {text}"))
+    }
+
+    /// tcpdump's lines for the captured packets that match `filter`.
+    pub async fn text(&self, filter: &str) -> String {
+        self.read(&[], filter).await
+    }
+
+    async fn read(&self, options: &[&str], filter: &str) -> String {
+        let mut tcpdump = Command::new("tcpdump");
+        tcpdump.arg("-r").arg(&self.0).arg("-n").args(options).args(filter.split_whitespace());
+        let out = tcpdump.output().await.unwrap();
         assert!(out.status.success(), "tcpdump -r {filter}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -986,10 +1008,7 @@ impl PingRun {
 
     /// Stops pinging; returns the longest gap between answered requests.
     pub async fn stop(mut self) -> Duration {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
-        }
-        let _ = self.child.wait().await;
+        interrupt(&mut self.child).await;
         let _ = self.reader.await;
         longest_gap(&self.answered.lock().unwrap())
     }

@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test that cannot build its input should panic")]
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use evpn_crds::frrk8s::FrrConfiguration;
@@ -17,43 +16,12 @@ use evpn_crds::nodestate::{DesignatedForwarderRole, FrrDriver};
 use evpn_crds::{Evpn, EvpnNodeState};
 use evpn_tests::apply;
 use evpn_tests::lab::{
-    AgentProcess, BgpDriver, FRR_K8S_NAMESPACE, Fabric, NODES, Scenarios, bonds_unavailable, in_ns, ip_vni,
+    AgentProcess, BgpDriver, Capture, FRR_K8S_NAMESPACE, Fabric, NODES, Scenarios, bonds_unavailable, in_ns, ip_vni,
     link_exists, mac_vni, never, ping, until, vrf_name, vrf_routes,
 };
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use tokio::process::Command;
-
-/// Captures one VXLAN packet on the TOR's port towards node 1 (a bridge device does not see the
-/// unicast it switches between ports) and returns tcpdump's line for it.
-async fn capture_vxlan(lab_ns: &str, trigger_from: &str, trigger_to: &str) -> String {
-    let dump = Command::new("ip")
-        .args(["netns", "exec", lab_ns, "timeout", "10", "tcpdump", "-l", "-n", "-c", "1", "-i", "n1"])
-        .args(["udp", "port", "4789"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut dump = dump;
-    // tcpdump needs a moment to open the socket; keep pinging until it caught one packet.
-    let pinger = async {
-        loop {
-            let _ = ping(trigger_from, trigger_to).await;
-        }
-    };
-    let out = tokio::select! {
-        out = async { dump.wait().await.map(|_| ()) } => out,
-        _ = pinger => unreachable!(),
-    };
-    out.unwrap();
-    let mut text = String::new();
-    if let Some(mut stdout) = dump.stdout.take() {
-        use tokio::io::AsyncReadExt;
-        stdout.read_to_string(&mut text).await.unwrap();
-    }
-    text
-}
 
 #[tokio::test]
 async fn fabric_with_an_frr_tor() {
@@ -86,7 +54,9 @@ async fn fabric_with_an_frr_tor() {
         f.lab.ok(&["pod", "evl-n1", "evl-blue1", &bridge, "10.10.0.11/24"]).await;
         f.lab.ok(&["pod", "evl-n2", "evl-blue2", &bridge, "10.10.0.12/24"]).await;
         until("L2: blue1 -> blue2 ping across the fabric", || ping("evl-blue1", "10.10.0.12")).await;
-        let packet = capture_vxlan("evl-tor", "evl-blue1", "10.10.0.12").await;
+        let capture = Capture::start("evl-tor", "udp port 4789").await;
+        until("L2: blue1 -> blue2 while the TOR captures", || ping("evl-blue1", "10.10.0.12")).await;
+        let packet = capture.stop().await.text("udp port 4789").await;
         assert!(packet.contains(&format!("vni {vni}")), "the underlay carries VXLAN with VNI {vni}: {packet}");
         let metrics = f.agents[0].as_ref().unwrap().metrics;
         until("L2: node 1's agent metrics count the network applied and its VNI up in zebra", || async {

@@ -8,14 +8,14 @@
 
 use std::time::Duration;
 
-use evpn_crds::EvpnNodeState;
-use evpn_tests::lab::{AgentProcess, BgpDriver, Lab, Operator, apply_evpn, apply_network, apply_vtep, never, operator};
+use evpn_tests::lab::{
+    AgentProcess, BgpDriver, Lab, Operator, apply_evpn, apply_network, apply_vtep, never, operator, session_established,
+};
 use evpn_tests::lab::{
     Capture, Fabric, NODES, Scenarios, in_ns, mac_vni, ms, ping, ping6, until, vrf_netns, vrf_routes,
 };
 use evpn_tests::leaf::{Announce, LEAF_VTEP, Switch, Tenant, Vm};
 use evpn_tests::{another_control_plane, apply};
-use kube::api::Api;
 use serde_json::{Value, json};
 
 /// The MAC a host's neighbour table holds for `ip`, if any.
@@ -94,7 +94,7 @@ async fn fabric_with_a_legacy_leaf() {
             Some(red.legacy_mac),
             "the pod resolved the legacy host to its real MAC"
         );
-        eprintln!("ok   L2: {ipv4} VXLAN packets of the pings, 0 ARP across the fabric");
+        eprintln!("ok   L2: {ipv4} VXLAN packets of the pings captured at the TOR, 0 ARP across the fabric");
     });
     if l2.await.is_none() {
         return s.fail();
@@ -250,7 +250,9 @@ async fn fabric_with_a_legacy_leaf() {
         assert!(full > 0, "the largest packet filled the 9000-byte underlay exactly in one VXLAN packet");
         assert_eq!(outer_fragments, 0, "the underlay fragmented nothing");
         assert!(inner_fragments > 0, "the 8951-byte ping without DF crossed as the sender's fragments");
-        eprintln!("ok   MTU: {full} full-size VXLAN packets, 0 underlay fragments, {inner_fragments} inner fragments");
+        eprintln!(
+            "ok   MTU: {full} full-size VXLAN packets captured, 0 underlay fragments, {inner_fragments} inner fragments"
+        );
         f.delete_evpn(&jumbo).await;
     });
     if mtu.await.is_none() {
@@ -287,12 +289,7 @@ impl OtherCluster {
         apply_vtep(&client, vtep, &spec).await;
         let operator = operator(&client);
         let agent = AgentProcess::start_with(lab_node, node, &cp.node_kubeconfig(node));
-        let states: Api<EvpnNodeState> = Api::all(client.clone());
-        until("cluster B: worker-3's session to the TOR Established, as its agent reports", || async {
-            let Ok(s) = states.get(node).await else { return false };
-            s.status.is_some_and(|st| st.bgp_sessions.iter().any(|b| b.state == "Established"))
-        })
-        .await;
+        session_established(&client, node).await;
         OtherCluster { client, vtep, _operator: operator, _agent: agent }
     }
 }
