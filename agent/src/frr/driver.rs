@@ -418,7 +418,7 @@ impl Frr {
         let bgp_routes = format!("show ip route vrf {vrf} bgp json");
         while tokio::time::Instant::now() < deadline
             && (self.vnis().await?.iter().any(|v| v.vni == vni && v.type_ == "L3")
-                || self.show(&bgp_routes).await?.trim().trim_start_matches('{').trim_end_matches('}').trim() != "")
+                || !json_entries(&bgp_routes, &self.show(&bgp_routes).await?)?.is_empty())
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
