@@ -97,7 +97,7 @@ impl Agent {
         let mut tick = tokio::time::interval(self.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One listener for the whole run: a signal that arrives mid-reconcile is not lost.
-        let shutdown = shutdown();
+        let shutdown = evpn_telemetry::shutdown_signal();
         tokio::pin!(shutdown);
         loop {
             // A change touches only the networks that changed; the resync compares everything,
@@ -509,20 +509,6 @@ async fn follow<K>(
 
 fn failed(reason: &str, message: String) -> Outcome {
     Outcome::Failed { reason: reason.into(), message }
-}
-
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot listen for SIGTERM: {e}");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// The uplinks after a lookup: each neighbor still configured keeps its interface, the one found

@@ -9,6 +9,9 @@
 //! runtime, so tracing adds no thread.
 
 pub mod serve;
+mod signals;
+
+pub use signals::shutdown_signal;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

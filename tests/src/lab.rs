@@ -239,29 +239,13 @@ where
     eprintln!("ok   {what} (held for {window:?})");
 }
 
-/// The `evpn-agent` binary next to this test binary, brought up to date first: `cargo test`
-/// builds another package's tests but not its binary. `EVPN_LAB_AGENT` names one to use as it
-/// is (inside the VM lab, which cannot build).
+/// The `evpn-agent` binary next to this test binary (see [`crate::workspace_binary`]).
+/// `EVPN_LAB_AGENT` names one to use as it is (inside the VM lab, which cannot build).
 pub fn agent_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("EVPN_LAB_AGENT") {
         return path.into();
     }
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // A benchmark runs from target/release: its agents are release builds too.
-        let mut args = vec!["build", "-p", "evpn-agent"];
-        if dir.ends_with("release") {
-            args.push("--release");
-        }
-        let mut build = std::process::Command::new(cargo);
-        build.args(args);
-        let status = crate::without_cargo_test_env(&mut build).status().unwrap();
-        assert!(status.success(), "building evpn-agent");
-    });
-    dir.join("evpn-agent")
+    crate::workspace_binary("evpn-agent")
 }
 
 /// One node's agent, killed when dropped.

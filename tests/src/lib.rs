@@ -307,6 +307,29 @@ pub fn without_cargo_test_env(cmd: &mut std::process::Command) -> &mut std::proc
 }
 
 /// The status code of a failed API call, if the apiserver answered.
+/// The binary of workspace package `package` (named like it) next to this test binary, brought
+/// up to date first, once per test binary: `cargo test` builds another package's tests but not
+/// its binaries. A benchmark runs from target/release and gets a release build.
+pub fn workspace_binary(package: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").to_owned();
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|p| p == package) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec!["build", "-p", package];
+        if dir.ends_with("release") {
+            args.push("--release");
+        }
+        let mut build = std::process::Command::new(cargo);
+        build.args(args);
+        let status = without_cargo_test_env(&mut build).status();
+        assert!(status.is_ok_and(|s| s.success()), "building {package}");
+        built.push(package.to_owned());
+    }
+    dir.join(package)
+}
+
 pub fn api_status(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),

@@ -29,9 +29,14 @@ fn ports() -> Vec<u16> {
     (1..=5).map(|i| PORT_BASE + i).collect()
 }
 
+/// `hack/demo.sh ARG` with SIGINT at its default action, whatever this test inherited: started in
+/// the background by a non-interactive shell (CI runners, nohup) it inherits SIGINT ignored, bash
+/// cannot trap a signal ignored on entry, and the Ctrl-C of `interrupt_up_when` would go unheard.
 fn demo_command(arg: &str) -> Command {
-    let mut cmd = Command::new("bash");
-    cmd.arg(repo_root().join("hack/demo.sh"))
+    let mut cmd = Command::new("env");
+    cmd.arg("--default-signal=INT")
+        .arg("bash")
+        .arg(repo_root().join("hack/demo.sh"))
         .arg(arg)
         .env("EVPN_DEMO_DIR", DIR)
         .env("EVPN_DEMO_PREFIX", PREFIX)
