@@ -11,6 +11,15 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 /// The largest VNI a 24-bit VXLAN header can carry.
 pub const VNI_MAX: u32 = 16_777_215;
 
+/// The route-distinguisher indexes the operator hands out (the 2-byte number of an IPv4-address
+/// RD). FRR gives every VNI and VRF it knows an automatic RD `<router ID>:<n>`, n counting up from
+/// 1, even while the explicit RD of its configuration is not applied yet (as when FRR starts from
+/// a saved configuration). The router ID is the VTEP IP, so an index in that low range equals
+/// another VNI's automatic RD: both then originate the same type-3 route, and when one of them
+/// moves to its configured RD it withdraws the other's. Only the upper half, which FRR would
+/// reach with more than 32,767 VNIs on one node, is ours.
+pub const RD_INDEX_RANGE: std::ops::RangeInclusive<u32> = 32768..=65535;
+
 /// The OVN-Kubernetes network kinds an EVPN can extend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 pub enum NetworkKind {
@@ -30,11 +39,11 @@ pub struct NetworkRef {
     /// Kind of the network object.
     pub kind: NetworkKind,
     /// Name of the network object.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
     /// Namespace of a UserDefinedNetwork; must be empty for a ClusterUserDefinedNetwork.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAMESPACE_PATTERN))]
     pub namespace: Option<String>,
 }
 
@@ -69,6 +78,24 @@ pub struct RouteTargets {
 
 /// Shape of a route target; [`crate::validation::parse_route_target`] also checks the ranges.
 pub const ROUTE_TARGET_PATTERN: &str = r"^([0-9]{1,10}|[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}):[0-9]{1,10}$";
+
+// The names below reach FRR's configuration (one command per line, words split at spaces) and
+// the kernel's device names (`dev_valid_name`, sysfs paths), verbatim. Each pattern admits only
+// characters neither can misread; `validation` holds the same rule as a function, for the
+// webhook (older apiservers) and for the agent (objects written past the webhook).
+
+/// A Linux interface name FRR can be given: 1-15 characters (`IFNAMSIZ`), letters, digits, `_`,
+/// `.` and `-`, not starting with `.` or `-` (so never `.` or `..`, an option or a sysfs path).
+pub const INTERFACE_NAME_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$";
+
+/// A name of an FRR object (a BFD profile): 1-63 characters (bfdd's limit) of the same set.
+pub const FRR_NAME_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$";
+
+/// A Kubernetes object name (DNS subdomain, RFC 1123).
+pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A Kubernetes namespace name (DNS label, RFC 1123).
+pub const NAMESPACE_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// Whether a label set matches a selector (`matchLabels` and `matchExpressions` ANDed). A
 /// selector with an unknown operator matches nothing, so a typo never selects every node.

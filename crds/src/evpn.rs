@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, LabelSelector, NetworkRef, RouteTargets};
+use crate::common::{Condition, INTERFACE_NAME_PATTERN, LabelSelector, NetworkRef, OBJECT_NAME_PATTERN, RouteTargets};
 
 /// Extends one OVN-Kubernetes primary network into the data-centre fabric with BGP-EVPN: a
 /// Layer2 network as a MAC-VRF (L2VNI), a Layer3 network as an IP-VRF (L3VNI), or a Layer2
@@ -42,7 +42,7 @@ pub struct EvpnSpec {
     pub network: NetworkRef,
 
     /// Name of the VTEP whose nodes, addresses, VNI pool and BGP sessions this EVPN uses. Immutable.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("vtep is immutable: delete and recreate the EVPN to move it"))]
     pub vtep: String,
 
@@ -64,15 +64,26 @@ pub struct EvpnSpec {
 /// One VRF of the network (MAC-VRF or IP-VRF).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(oldSelf.vni) || (has(self.vni) && self.vni == oldSelf.vni)")
-    .message("vni is immutable once set: FRR cannot change a VRF's VNI in place")
-    .reason(Reason::FieldValueForbidden))]
+#[x_kube(
+    validation = Rule::new("!has(oldSelf.vni) || (has(self.vni) && self.vni == oldSelf.vni)")
+        .message("vni is immutable once set: FRR cannot change a VRF's VNI in place")
+        .reason(Reason::FieldValueForbidden),
+    validation = Rule::new("!has(oldSelf.routeDistinguisherIndex) || (has(self.routeDistinguisherIndex) && self.routeDistinguisherIndex == oldSelf.routeDistinguisherIndex)")
+        .message("routeDistinguisherIndex is immutable once set: the fabric knows the VRF's routes by it")
+        .reason(Reason::FieldValueForbidden)
+)]
 pub struct Vrf {
     /// The VXLAN network identifier. Left out, the operator allocates one from the VTEP's
-    /// vniRanges. Immutable once set.
+    /// vniRanges and records it here (as a Service's clusterIP is recorded in its spec), so a
+    /// restore without status or a re-apply that leaves it out keeps it. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16777215))]
     pub vni: Option<u32>,
+    /// Every node's route distinguisher for this VRF is `<its VTEP IP>:<this index>`, 32768-65535.
+    /// Left out, the operator allocates one and records it here, like vni. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 32768, max = 65535))]
+    pub route_distinguisher_index: Option<u32>,
     /// Route targets. Left out, both directions use `ASN:VNI`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_targets: Option<RouteTargets>,
@@ -97,18 +108,20 @@ pub struct EthernetSegment {
     /// Name of the segment, unique within the EVPN.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    /// The node-side interface attached to the segment (the same name on every node).
-    #[schemars(length(min = 1, max = 15))]
+    /// The node-side interface attached to the segment (the same name on every node): a Linux
+    /// interface name, 1-15 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`.
+    #[schemars(length(min = 1, max = 15), regex(pattern = INTERFACE_NAME_PATTERN))]
     pub interface: String,
     /// Nodes attached to the segment.
     pub node_selector: LabelSelector,
-    /// The Ethernet segment identifier: `auto` (type-3, derived by the operator from a
-    /// cluster-wide system MAC and a discriminator) or ten colon-separated hex bytes of a
-    /// type-0 ESI (`00:...`).
+    /// The Ethernet segment identifier: `auto` or ten colon-separated hex bytes of a type-0
+    /// (`00:...`) or type-3 (`03:...`) ESI. The operator replaces `auto` with the type-3 ESI it
+    /// derives from a cluster-wide system MAC and a discriminator, recorded here so the segment
+    /// keeps it through a restore (even into a cluster whose system MAC differs).
     #[serde(default = "default_esi")]
     #[schemars(regex(pattern = ESI_PATTERN))]
-    #[x_kube(validation = Rule::new("self == 'auto' || self.startsWith('00:')")
-        .message("an explicit ESI must be type 0 (first byte 00); use auto for a derived type-3 ESI"))]
+    #[x_kube(validation = Rule::new("self == 'auto' || self.startsWith('00:') || self.startsWith('03:')")
+        .message("an explicit ESI must be type 0 (first byte 00) or type 3 (03); use auto for a derived type-3 ESI"))]
     pub esi: String,
     /// Redundancy mode of the segment.
     #[serde(default)]
@@ -122,8 +135,11 @@ pub struct EthernetSegment {
 /// Shape of an ESI value.
 pub const ESI_PATTERN: &str = r"^(auto|[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){9})$";
 
+/// The `esi` that asks the operator for a derived type-3 ESI.
+pub const AUTO_ESI: &str = "auto";
+
 fn default_esi() -> String {
-    "auto".into()
+    AUTO_ESI.into()
 }
 
 /// How the nodes of a segment share its traffic.

@@ -9,8 +9,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 
-use crate::common::{NetworkKind, NetworkRef, RouteTargets, VNI_MAX};
-use crate::evpn::{EthernetSegment, EvpnSpec, RedundancyMode, Vrf};
+use crate::common::{NetworkKind, NetworkRef, RD_INDEX_RANGE, RouteTargets, VNI_MAX};
+use crate::evpn::{AUTO_ESI, EthernetSegment, EvpnSpec, RedundancyMode, Vrf};
 use crate::vtep::{Bgp, VtepSpec};
 
 /// One problem with one field.
@@ -39,6 +39,91 @@ pub fn join(errors: &[FieldError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
+/// Characters of a value quoted in a message: enough to recognise it, too few to fill a status.
+const QUOTED_CHARS: usize = 32;
+
+/// A value from an object, quoted for a message: escaped (a newline shows as `\n`, never as a
+/// line break) and cut to its first characters, so a hostile value neither breaks the message
+/// (or the FRR output it ends up next to) nor fills it.
+pub fn quote(value: &str) -> String {
+    let mut chars = value.chars();
+    let head: String = chars.by_ref().take(QUOTED_CHARS).collect();
+    let more = chars.count();
+    if more == 0 { format!("{head:?}") } else { format!("{head:?} (and {more} more characters)") }
+}
+
+/// Whether `name` is `first` followed by up to `max - 1` of `rest`, over ASCII letters, digits
+/// and the given punctuation: the one shape [`crate::common::INTERFACE_NAME_PATTERN`] and
+/// [`crate::common::FRR_NAME_PATTERN`] describe.
+fn is_word(name: &str, max: usize) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    first_ok && name.len() <= max && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A Linux interface name that FRR's configuration and the kernel take verbatim (see
+/// [`crate::common::INTERFACE_NAME_PATTERN`]).
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    if is_word(name, 15) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a usable interface name: 1-15 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+        quote(name)
+    ))
+}
+
+/// A name FRR's configuration takes as one word (see [`crate::common::FRR_NAME_PATTERN`]).
+pub fn check_frr_name(name: &str) -> Result<(), String> {
+    if is_word(name, 63) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a usable name: 1-63 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+        quote(name)
+    ))
+}
+
+/// The longest TCP MD5 key the kernel takes (`TCP_MD5SIG_MAXKEYLEN`).
+pub const PASSWORD_MAX_LEN: usize = 80;
+
+/// A BGP (TCP MD5) password FRR's configuration takes as one word: 1-80 printable ASCII
+/// characters, no space. The error never contains the password, not even a part of it.
+pub fn check_password(password: &[u8]) -> Result<(), String> {
+    if password.is_empty() || password.len() > PASSWORD_MAX_LEN {
+        return Err(format!("the password is {} bytes long; it must be 1-{PASSWORD_MAX_LEN}", password.len()));
+    }
+    if let Some(at) = password.iter().position(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "the password has a space, control or non-ASCII character at byte {at}; it must be printable ASCII without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// A Kubernetes object name (see [`crate::common::OBJECT_NAME_PATTERN`]).
+pub fn check_object_name(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        return Ok(());
+    }
+    Err(format!("{} is not an object name: lowercase letters, digits, '-' and '.' (RFC 1123)", quote(name)))
+}
+
+/// A key of a Secret's data (see [`crate::vtep::SECRET_KEY_PATTERN`]).
+fn check_secret_key(key: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if !key.is_empty() && key.len() <= 253 && key.chars().all(ok) {
+        return Ok(());
+    }
+    Err(format!("{} is not a Secret key: letters, digits, '-', '.' and '_'", quote(key)))
+}
+
 /// A BGP route target (extended community), parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RouteTarget {
@@ -62,35 +147,36 @@ impl fmt::Display for RouteTarget {
 
 /// Parses `ASN:NN` (2- or 4-byte ASN) or `A.B.C.D:NN`, checking every range.
 pub fn parse_route_target(s: &str) -> Result<RouteTarget, String> {
+    let q = quote(s);
     let (admin, number) =
-        s.rsplit_once(':').ok_or_else(|| format!("route target {s:?} is not ASN:NN or A.B.C.D:NN"))?;
+        s.rsplit_once(':').ok_or_else(|| format!("route target {q} is not ASN:NN or A.B.C.D:NN"))?;
     let number: u64 =
-        number.parse().map_err(|_| format!("route target {s:?}: {number:?} after ':' is not a number"))?;
+        number.parse().map_err(|_| format!("route target {q}: the part after ':' is not a number"))?;
     if admin.contains('.') {
         let addr: Ipv4Addr =
-            admin.parse().map_err(|_| format!("route target {s:?}: {admin:?} is not an IPv4 address"))?;
+            admin.parse().map_err(|_| format!("route target {q}: the part before ':' is not an IPv4 address"))?;
         let number = u16::try_from(number)
-            .map_err(|_| format!("route target {s:?}: with an IPv4 address the number must be at most 65535"))?;
+            .map_err(|_| format!("route target {q}: with an IPv4 address the number must be at most 65535"))?;
         return Ok(RouteTarget::Ipv4 { addr, number });
     }
     let asn: u64 =
-        admin.parse().map_err(|_| format!("route target {s:?}: {admin:?} is not an AS number or IPv4 address"))?;
+        admin.parse().map_err(|_| format!("route target {q}: the part before ':' is not an AS number or IPv4 address"))?;
     if asn == 0 {
-        return Err(format!("route target {s:?}: AS number 0 is reserved"));
+        return Err(format!("route target {q}: AS number 0 is reserved"));
     }
     match (u16::try_from(asn), u32::try_from(asn)) {
         (Ok(asn), _) => {
             let number = u32::try_from(number).map_err(|_| {
-                format!("route target {s:?}: with a 2-byte AS number the number must be at most 4294967295")
+                format!("route target {q}: with a 2-byte AS number the number must be at most 4294967295")
             })?;
             Ok(RouteTarget::As2 { asn, number })
         }
         (Err(_), Ok(asn)) => {
             let number = u16::try_from(number)
-                .map_err(|_| format!("route target {s:?}: with a 4-byte AS number the number must be at most 65535"))?;
+                .map_err(|_| format!("route target {q}: with a 4-byte AS number the number must be at most 65535"))?;
             Ok(RouteTarget::As4 { asn, number })
         }
-        _ => Err(format!("route target {s:?}: AS number {asn} is larger than 4294967295")),
+        _ => Err(format!("route target {q}: AS number {asn} is larger than 4294967295")),
     }
 }
 
@@ -99,7 +185,7 @@ pub fn parse_route_target(s: &str) -> Result<RouteTarget, String> {
 pub enum EsiSpec {
     /// Derived by the operator (type 3).
     Auto,
-    /// Given by the admin (type 0).
+    /// Given by the admin (type 0), or recorded by the operator (type 3).
     Explicit([u8; 10]),
 }
 
@@ -119,26 +205,32 @@ pub fn colon_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Parses `auto` or ten colon-separated hex bytes of a type-0 ESI.
+/// Parses `auto` or ten colon-separated hex bytes of a type-0 or type-3 ESI.
 pub fn parse_esi(s: &str) -> Result<EsiSpec, String> {
+    let q = quote(s);
     if s == "auto" {
         return Ok(EsiSpec::Auto);
     }
     let Some(bytes) = esi_bytes(s) else {
         return Err(if s.split(':').count() > 10 {
-            format!("ESI {s:?} has more than ten bytes")
+            format!("ESI {q} has more than ten bytes")
         } else {
-            format!("ESI {s:?} is not ten colon-separated hex bytes (00:11:22:33:44:55:66:77:88:99) or auto")
+            format!("ESI {q} is not ten colon-separated hex bytes (00:11:22:33:44:55:66:77:88:99) or auto")
         });
     };
-    if bytes[0] != 0 {
-        return Err(format!(
-            "ESI {s:?} is type {:#04x}; only type 0 may be given explicitly, use auto for a derived type-3 ESI",
-            bytes[0]
-        ));
+    match bytes[0] {
+        0 => {}
+        // A type-3 ESI is a system MAC and a 3-byte discriminator, and FRR needs both non-zero.
+        3 if bytes[1..7].iter().any(|b| *b != 0) && bytes[7..].iter().any(|b| *b != 0) => {}
+        3 => return Err(format!("ESI {q} is type 3 with a zero system MAC or discriminator")),
+        kind => {
+            return Err(format!(
+                "ESI {q} is type {kind:#04x}; only types 0 and 3 may be given explicitly, or auto for a derived type-3 ESI"
+            ));
+        }
     }
     if bytes[1..].iter().all(|b| *b == 0) || bytes[1..].iter().all(|b| *b == 0xff) {
-        return Err(format!("ESI {s:?} is reserved (all zeros or all ones)"));
+        return Err(format!("ESI {q} is reserved (all zeros or all ones)"));
     }
     Ok(EsiSpec::Explicit(bytes))
 }
@@ -154,14 +246,15 @@ pub struct Cidr {
 
 /// Parses `ADDR/LEN`, rejecting host bits, so `10.0.0.1/24` is an error that names `10.0.0.0/24`.
 pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX-LENGTH"))?;
-    let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IP address"))?;
+    let q = quote(s);
+    let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("{q} is not ADDRESS/PREFIX-LENGTH"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("{q}: the address is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 =
-        prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?;
+        prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| format!("{q}: prefix length must be 0..={max}"))?;
     let network = mask(addr, prefix);
     if network != addr {
-        return Err(format!("{s:?} has host bits set; did you mean {network}/{prefix}?"));
+        return Err(format!("{q} has host bits set; did you mean {network}/{prefix}?"));
     }
     Ok(Cidr { addr, prefix })
 }
@@ -196,8 +289,11 @@ fn check_route_targets(field: &str, rts: &RouteTargets, errors: &mut Vec<FieldEr
 }
 
 fn check_network(field: &str, network: &NetworkRef, errors: &mut Vec<FieldError>) {
-    if network.name.is_empty() {
-        errors.push(FieldError::new(format!("{field}.name"), "must not be empty"));
+    if let Err(e) = check_object_name(&network.name) {
+        errors.push(FieldError::new(format!("{field}.name"), e));
+    }
+    if let Some(Err(e)) = network.namespace.as_deref().map(check_object_name) {
+        errors.push(FieldError::new(format!("{field}.namespace"), e));
     }
     match (network.kind, &network.namespace) {
         (NetworkKind::UserDefinedNetwork, None) => errors.push(FieldError::new(
@@ -219,6 +315,14 @@ fn check_vrf(field: &str, vrf: &Vrf, errors: &mut Vec<FieldError>) {
     if let Some(rts) = &vrf.route_targets {
         check_route_targets(&format!("{field}.routeTargets"), rts, errors);
     }
+    if let Some(index) = vrf.route_distinguisher_index
+        && !RD_INDEX_RANGE.contains(&index)
+    {
+        errors.push(FieldError::new(
+            format!("{field}.routeDistinguisherIndex"),
+            format!("{index} is outside {RD_INDEX_RANGE:?}"),
+        ));
+    }
 }
 
 fn check_segments(segments: &[EthernetSegment], errors: &mut Vec<FieldError>) {
@@ -226,13 +330,10 @@ fn check_segments(segments: &[EthernetSegment], errors: &mut Vec<FieldError>) {
     for (i, seg) in segments.iter().enumerate() {
         let field = format!("spec.multiHoming.ethernetSegments[{i}]");
         if segments[..i].iter().any(|s| s.name == seg.name) {
-            errors.push(FieldError::new(format!("{field}.name"), format!("segment name {:?} is used twice", seg.name)));
+            errors.push(FieldError::new(format!("{field}.name"), format!("segment name {} is used twice", quote(&seg.name))));
         }
-        if seg.interface.is_empty() || seg.interface.len() > 15 {
-            errors.push(FieldError::new(
-                format!("{field}.interface"),
-                "must be a Linux interface name (1-15 characters)",
-            ));
+        if let Err(e) = check_interface_name(&seg.interface) {
+            errors.push(FieldError::new(format!("{field}.interface"), e));
         }
         match parse_esi(&seg.esi) {
             Ok(EsiSpec::Explicit(esi)) => {
@@ -264,8 +365,8 @@ impl EvpnSpec {
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         check_network("spec.network", &self.network, &mut errors);
-        if self.vtep.is_empty() {
-            errors.push(FieldError::new("spec.vtep", "must name a VTEP"));
+        if let Err(e) = check_object_name(&self.vtep) {
+            errors.push(FieldError::new("spec.vtep", format!("must name a VTEP: {e}")));
         }
         if self.mac_vrf.is_none() && self.ip_vrf.is_none() {
             errors.push(FieldError::new(
@@ -312,23 +413,65 @@ impl EvpnSpec {
         if self.vtep != old.vtep {
             errors.push(FieldError::new(
                 "spec.vtep",
-                format!("is immutable (was {:?}): delete and recreate the EVPN to move it", old.vtep),
+                format!("is immutable (was {}): delete and recreate the EVPN to move it", quote(&old.vtep)),
             ));
         }
-        for (field, new, old) in
-            [("spec.macVRF.vni", &self.mac_vrf, &old.mac_vrf), ("spec.ipVRF.vni", &self.ip_vrf, &old.ip_vrf)]
+        for (field, new, old) in [("spec.macVRF", &self.mac_vrf, &old.mac_vrf), ("spec.ipVRF", &self.ip_vrf, &old.ip_vrf)]
         {
-            let (new, old) = (new.as_ref().and_then(|v| v.vni), old.as_ref().and_then(|v| v.vni));
-            if let Some(old) = old
-                && new != Some(old)
-            {
-                errors.push(FieldError::new(
-                    field,
-                    format!("is immutable once set (was {old}): FRR cannot change a VRF's VNI in place; delete and recreate the EVPN"),
-                ));
+            let kept = [
+                ("vni", "FRR cannot change a VRF's VNI in place", new.as_ref().and_then(|v| v.vni), old.as_ref().and_then(|v| v.vni)),
+                (
+                    "routeDistinguisherIndex",
+                    "the fabric knows the VRF's routes by it",
+                    new.as_ref().and_then(|v| v.route_distinguisher_index),
+                    old.as_ref().and_then(|v| v.route_distinguisher_index),
+                ),
+            ];
+            for (name, why, new, old) in kept {
+                if let Some(old) = old
+                    && new != Some(old)
+                {
+                    errors.push(FieldError::new(
+                        format!("{field}.{name}"),
+                        format!("is immutable once set (was {old}): {why}; delete and recreate the EVPN"),
+                    ));
+                }
             }
         }
         errors
+    }
+
+    /// Whether `self` is `old` with allocations recorded: VNIs and route-distinguisher indexes
+    /// that `old` left out, type-3 ESIs where `old` said `auto`, and nothing else changed. The
+    /// operator's writes of an EVPN spec are exactly these.
+    pub fn records_allocations_of(&self, old: &EvpnSpec) -> bool {
+        let mut unrecorded = self.clone();
+        for (vrf, old_vrf) in [(&mut unrecorded.mac_vrf, &old.mac_vrf), (&mut unrecorded.ip_vrf, &old.ip_vrf)] {
+            if let (Some(vrf), Some(old_vrf)) = (vrf.as_mut(), old_vrf) {
+                if old_vrf.vni.is_none() {
+                    vrf.vni = None;
+                }
+                if old_vrf.route_distinguisher_index.is_none() {
+                    vrf.route_distinguisher_index = None;
+                }
+            }
+        }
+        let old_segments = old.multi_homing.iter().flat_map(|m| &m.ethernet_segments);
+        let segments = unrecorded.multi_homing.iter_mut().flat_map(|m| &mut m.ethernet_segments);
+        for (seg, old_seg) in segments.zip(old_segments) {
+            if old_seg.esi == AUTO_ESI && matches!(parse_esi(&seg.esi), Ok(EsiSpec::Explicit([3, ..]))) {
+                seg.esi = AUTO_ESI.into();
+            }
+        }
+        unrecorded == *old
+    }
+}
+
+impl VtepSpec {
+    /// Whether `self` is `old` with only `nodeAddresses` changed: the operator's writes of a VTEP
+    /// spec are exactly these.
+    pub fn changes_only_node_addresses(&self, old: &VtepSpec) -> bool {
+        VtepSpec { node_addresses: old.node_addresses.clone(), ..self.clone() } == *old
     }
 }
 
@@ -340,10 +483,13 @@ fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new("spec.bgp.neighbors", "needs at least one fabric peer"));
     }
     for (i, p) in bgp.bfd_profiles.iter().enumerate() {
+        if let Err(e) = check_frr_name(&p.name) {
+            errors.push(FieldError::new(format!("spec.bgp.bfdProfiles[{i}].name"), e));
+        }
         if bgp.bfd_profiles[..i].iter().any(|q| q.name == p.name) {
             errors.push(FieldError::new(
                 format!("spec.bgp.bfdProfiles[{i}].name"),
-                format!("{:?} is defined twice", p.name),
+                format!("{} is defined twice", quote(&p.name)),
             ));
         }
     }
@@ -352,10 +498,14 @@ fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
         match (&n.address, &n.interface) {
             (Some(addr), None) => {
                 if addr.parse::<IpAddr>().is_err() {
-                    errors.push(FieldError::new(format!("{field}.address"), format!("{addr:?} is not an IP address")));
+                    errors.push(FieldError::new(format!("{field}.address"), format!("{} is not an IP address", quote(addr))));
                 }
             }
-            (None, Some(_)) => {}
+            (None, Some(interface)) => {
+                if let Err(e) = check_interface_name(interface) {
+                    errors.push(FieldError::new(format!("{field}.interface"), e));
+                }
+            }
             _ => errors.push(FieldError::new(field.clone(), "set exactly one of address and interface")),
         }
         if n.asn.is_some() == n.dynamic_asn.is_some() {
@@ -364,14 +514,51 @@ fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
         if n.asn == Some(0) {
             errors.push(FieldError::new(format!("{field}.asn"), "AS number 0 is reserved"));
         }
+        if let Some(secret) = &n.password_secret {
+            let checks = [
+                ("name", check_object_name(&secret.name)),
+                ("namespace", check_object_name(&secret.namespace)),
+                ("key", check_secret_key(&secret.key)),
+            ];
+            for (part, check) in checks {
+                if let Err(e) = check {
+                    errors.push(FieldError::new(format!("{field}.passwordSecret.{part}"), e));
+                }
+            }
+        }
         if let Some(profile) = &n.bfd_profile
             && !bgp.bfd_profiles.iter().any(|p| &p.name == profile)
         {
             errors.push(FieldError::new(
                 format!("{field}.bfdProfile"),
-                format!("no BFD profile named {profile:?} in spec.bgp.bfdProfiles"),
+                format!("no BFD profile named {} in spec.bgp.bfdProfiles", quote(profile)),
             ));
         }
+    }
+}
+
+fn check_node_addresses(spec: &VtepSpec, errors: &mut Vec<FieldError>) {
+    let cidrs: Vec<Cidr> = spec.cidrs.iter().filter_map(|c| parse_cidr(c).ok()).collect();
+    let mut seen: Vec<(&str, IpAddr)> = Vec::new();
+    for (i, entry) in spec.node_addresses.iter().enumerate() {
+        let field = format!("spec.nodeAddresses[{i}]");
+        if let Err(e) = check_object_name(&entry.node) {
+            errors.push(FieldError::new(format!("{field}.node"), e));
+        }
+        if seen.iter().any(|(node, _)| *node == entry.node) {
+            errors.push(FieldError::new(format!("{field}.node"), format!("{} has two entries", quote(&entry.node))));
+        }
+        let Ok(ip) = entry.ip.parse::<IpAddr>() else {
+            errors.push(FieldError::new(format!("{field}.ip"), format!("{} is not an IP address", quote(&entry.ip))));
+            continue;
+        };
+        if !cidrs.iter().any(|c| mask(ip, c.prefix) == c.addr && ip.is_ipv4() == c.addr.is_ipv4()) {
+            errors.push(FieldError::new(format!("{field}.ip"), format!("{ip} is inside none of spec.cidrs")));
+        }
+        if let Some((other, _)) = seen.iter().find(|(_, other_ip)| *other_ip == ip) {
+            errors.push(FieldError::new(format!("{field}.ip"), format!("{ip} is also node {}'s address", quote(other))));
+        }
+        seen.push((&entry.node, ip));
     }
 }
 
@@ -408,6 +595,7 @@ impl VtepSpec {
                 errors.push(FieldError::new(field, format!("overlaps spec.vniRanges[{j}]")));
             }
         }
+        check_node_addresses(self, &mut errors);
         if self.udp_port == 0 {
             errors.push(FieldError::new("spec.udpPort", "must be 1..=65535"));
         }
@@ -469,13 +657,39 @@ mod tests {
             parse_esi("00:11:22:33:44:55:66:77:88:99"),
             Ok(EsiSpec::Explicit([0, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99]))
         );
-        let type3 = parse_esi("03:11:22:33:44:55:66:77:88:99").unwrap_err();
-        assert!(type3.contains("type 0x03"), "{type3}");
+        assert_eq!(
+            parse_esi("03:11:22:33:44:55:66:77:88:99"),
+            Ok(EsiSpec::Explicit([3, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99])),
+            "type 3, as the operator records a derived one"
+        );
+        assert!(parse_esi("03:00:00:00:00:00:00:00:00:01").unwrap_err().contains("zero system MAC"));
+        let type1 = parse_esi("01:11:22:33:44:55:66:77:88:99").unwrap_err();
+        assert!(type1.contains("type 0x01"), "{type1}");
         assert!(parse_esi("00:00:00:00:00:00:00:00:00:00").unwrap_err().contains("reserved"));
         assert!(parse_esi("00:ff:ff:ff:ff:ff:ff:ff:ff:ff").unwrap_err().contains("reserved"));
         assert!(parse_esi("00:11:22:33:44:55:66:77:88").is_err());
         assert!(parse_esi("00:11:22:33:44:55:66:77:88:99:aa").is_err());
         assert!(parse_esi("00:11:22:33:44:55:66:77:88:9").is_err());
+    }
+
+    #[test]
+    fn quoted_values_are_escaped_and_bounded() {
+        assert_eq!(quote("bond0"), "\"bond0\"");
+        let hostile = format!("x\nrouter bgp 65099\u{2028}{}", "a".repeat(100));
+        let quoted = quote(&hostile);
+        assert!(quoted.starts_with("\"x\\nrouter bgp 65099\\u{2028}"), "{quoted}");
+        assert!(quoted.ends_with("(and 87 more characters)"), "{quoted}");
+        assert!(!quoted.contains('\n') && !quoted.contains('\u{2028}'));
+    }
+
+    #[test]
+    fn passwords_are_one_word_and_never_echoed() {
+        assert_eq!(check_password(b"s3cr#t!pass"), Ok(()));
+        for bad in [&b""[..], b"two words", b"line\nrouter bgp 1", b"nul\0", &[b'a'; 81], "p\u{e9}".as_bytes()] {
+            let e = check_password(bad).unwrap_err();
+            let text = String::from_utf8_lossy(bad);
+            assert!(bad.len() < 4 || !e.contains(text.as_ref()), "{e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, LabelSelector};
+use crate::common::{
+    Condition, FRR_NAME_PATTERN, INTERFACE_NAME_PATTERN, LabelSelector, NAMESPACE_PATTERN, OBJECT_NAME_PATTERN,
+};
 
 /// A pool of VXLAN tunnel endpoints: the underlay addresses, the VNI pool and the BGP sessions
 /// that the selected nodes use for every EVPN that names this VTEP.
@@ -67,6 +69,15 @@ pub struct VtepSpec {
     #[schemars(range(min = 1280, max = 9216))]
     pub mtu: Option<u32>,
 
+    /// The VTEP IP of each selected node (Managed mode). The operator allocates an address from
+    /// cidrs to every node without one and records it here (as a Service's clusterIP is recorded
+    /// in its spec), so a restore without status or a re-apply that leaves this out keeps every
+    /// node's address; an entry given by hand pins that node's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5000))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["node".into()]))]
+    pub node_addresses: Vec<NodeAddress>,
+
     /// BGP driven directly by the agent's FRR. Exclusive with frrConfigurationSelector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<Bgp>,
@@ -83,6 +94,17 @@ fn default_udp_port() -> u16 {
 
 /// Shape of an IPv4 or IPv6 prefix; [`crate::validation::parse_cidr`] checks it properly.
 pub const CIDR_PATTERN: &str = r"^[0-9a-fA-F.:]+/[0-9]{1,3}$";
+
+/// A node's VTEP IP.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub struct NodeAddress {
+    /// Name of the Node.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub node: String,
+    /// Its VTEP IP, inside one of cidrs.
+    #[schemars(length(min = 2, max = 45), regex(pattern = IP_ADDRESS_PATTERN))]
+    pub ip: String,
+}
 
 /// How the VTEP IP gets onto a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -109,6 +131,9 @@ pub struct VniRange {
 /// BGP towards the fabric, configured in the node's FRR by the agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.neighbors.all(n, !has(n.bfdProfile) || (has(self.bfdProfiles) && self.bfdProfiles.exists(p, p.name == n.bfdProfile)))")
+    .message("a neighbor's bfdProfile must name one of bfdProfiles")
+    .reason(Reason::FieldValueInvalid))]
 pub struct Bgp {
     /// The nodes' own AS number.
     #[schemars(range(min = 1))]
@@ -136,11 +161,12 @@ pub struct Bgp {
 pub struct BgpNeighbor {
     /// IPv4 or IPv6 address of the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 45))]
+    #[schemars(length(min = 2, max = 45), regex(pattern = IP_ADDRESS_PATTERN))]
     pub address: Option<String>,
-    /// Interface of an unnumbered (IPv6 link-local) session.
+    /// Interface of an unnumbered (IPv6 link-local) session: a Linux interface name, 1-15
+    /// letters, digits, `_`, `.` or `-`, not starting with `.` or `-`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 15))]
+    #[schemars(length(min = 1, max = 15), regex(pattern = INTERFACE_NAME_PATTERN))]
     pub interface: Option<String>,
     /// The peer's AS number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +180,7 @@ pub struct BgpNeighbor {
     pub password_secret: Option<SecretKeyRef>,
     /// Name of a BFD profile of this VTEP to run on the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = FRR_NAME_PATTERN))]
     pub bfd_profile: Option<String>,
 }
 
@@ -167,17 +194,28 @@ pub enum DynamicAsn {
     External,
 }
 
-/// A key in a Secret.
+/// Shape of an IP address; [`crate::validation`] parses it properly.
+pub const IP_ADDRESS_PATTERN: &str = r"^[0-9a-fA-F.:]+$";
+
+/// A key in a Secret. The value must be 1-80 printable ASCII characters without spaces (the
+/// kernel's TCP MD5 key limit, and one word of FRR's configuration); the agent refuses the
+/// VTEP's sessions otherwise, without quoting the value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretKeyRef {
     /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
     /// Namespace of the Secret.
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAMESPACE_PATTERN))]
     pub namespace: String,
     /// Key in the Secret's data.
     #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
     pub key: String,
 }
+
+/// Shape of a key in a Secret's data, as the apiserver allows it.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 fn default_password_key() -> String {
     "password".into()
@@ -187,8 +225,9 @@ fn default_password_key() -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BfdProfile {
-    /// Name the neighbors refer to.
-    #[schemars(length(min = 1, max = 63))]
+    /// Name the neighbors refer to: 1-63 letters, digits, `_`, `.` or `-`, not starting with `.`
+    /// or `-`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = FRR_NAME_PATTERN))]
     pub name: String,
     /// Minimum interval between received control packets, in milliseconds.
     #[serde(default = "default_bfd_interval")]

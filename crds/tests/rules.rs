@@ -114,8 +114,15 @@ fn evpn_segment_rules() {
     check_evpn("auto ESI", with_segments(json!([seg("a", "auto")])), None, Accepts, Accepts);
     check_evpn("type-0 ESI", with_segments(json!([seg("a", "00:11:22:33:44:55:66:77:88:99")])), None, Accepts, Accepts);
     check_evpn(
-        "type-3 ESI given explicitly",
+        "type-3 ESI given explicitly (recorded by the operator, or restored)",
         with_segments(json!([seg("a", "03:11:22:33:44:55:66:77:88:99")])),
+        None,
+        Accepts,
+        Accepts,
+    );
+    check_evpn(
+        "type-1 ESI given explicitly",
+        with_segments(json!([seg("a", "01:11:22:33:44:55:66:77:88:99")])),
         None,
         Rejects,
         Rejects,
@@ -144,6 +151,43 @@ fn evpn_update_rules() {
     let mut rts = l2(Some(100));
     rts["macVRF"]["routeTargets"] = json!({"import": ["65000:5"]});
     check_evpn("route targets changed", rts, Some(l2(Some(100))), Accepts, Accepts);
+    let with_rd = |rd: Option<u32>| {
+        let mut spec = l2(Some(100));
+        if let Some(rd) = rd {
+            spec["macVRF"]["routeDistinguisherIndex"] = json!(rd);
+        }
+        spec
+    };
+    check_evpn("RD index recorded", with_rd(Some(32768)), Some(with_rd(None)), Accepts, Accepts);
+    check_evpn("RD index changed", with_rd(Some(32769)), Some(with_rd(Some(32768))), Rejects, Rejects);
+    check_evpn("RD index removed", with_rd(None), Some(with_rd(Some(32768))), Rejects, Rejects);
+}
+
+/// Strings that reach FRR's configuration or a device name: the webhook's functions refuse
+/// what the schema patterns refuse (the patterns themselves are checked in `patterns_agree`).
+#[test]
+fn hostile_names_are_refused() {
+    let attack = "x\nrouter bgp 65099\n neighbor 1.2.3.4 remote-as 1";
+    let mut bfd = direct_vtep();
+    bfd["bgp"]["bfdProfiles"] = json!([{"name": attack}]);
+    bfd["bgp"]["neighbors"][0]["bfdProfile"] = json!(attack);
+    let parsed: Vtep = serde_json::from_value(vtep(bfd)).unwrap();
+    let message = evpn_crds::validation::join(&parsed.spec.validate());
+    assert!(message.contains("spec.bgp.bfdProfiles[0].name"), "{message}");
+    assert!(!message.contains('\n') && !message.contains("remote-as 1"), "the value is quoted, escaped and cut: {message}");
+    let mut unnumbered = direct_vtep();
+    unnumbered["bgp"]["neighbors"] = json!([{"interface": "eth0\n!", "asn": 65000}]);
+    let parsed: Vtep = serde_json::from_value(vtep(unnumbered)).unwrap();
+    assert!(evpn_crds::validation::join(&parsed.spec.validate()).contains("spec.bgp.neighbors[0].interface"));
+    let mut segment = l2(None);
+    segment["multiHoming"] =
+        json!({"ethernetSegments": [{"name": "s", "interface": "..", "nodeSelector": {}, "esi": "auto"}]});
+    let parsed: Evpn = serde_json::from_value(evpn(segment)).unwrap();
+    assert!(evpn_crds::validation::join(&parsed.spec.validate()).contains("interface"));
+    let mut network = l2(None);
+    network["network"]["name"] = json!("blue\nvrf red");
+    let parsed: Evpn = serde_json::from_value(evpn(network)).unwrap();
+    assert!(evpn_crds::validation::join(&parsed.spec.validate()).contains("spec.network.name"));
 }
 
 fn direct_vtep() -> Value {
@@ -178,10 +222,38 @@ fn vtep_rules() {
     neighbor["bgp"]["neighbors"] = json!([{"interface": "eth0", "asn": 65000, "dynamicASN": "external"}]);
     check_vtep("neighbor with asn and dynamicASN", neighbor.clone(), Rejects, Rejects);
     neighbor["bgp"]["neighbors"] = json!([{"interface": "eth0", "dynamicASN": "external", "bfdProfile": "fast"}]);
-    check_vtep("unknown BFD profile", neighbor.clone(), Rejects, Accepts);
+    check_vtep("unknown BFD profile", neighbor.clone(), Rejects, Rejects);
     neighbor["bgp"]["bfdProfiles"] = json!([{"name": "fast"}]);
     check_vtep("unnumbered neighbor with BFD", neighbor, Accepts, Accepts);
     let mut host_bits = direct_vtep();
     host_bits["cidrs"] = json!(["198.18.0.1/24"]);
     check_vtep("CIDR with host bits", host_bits, Rejects, Accepts);
+}
+
+/// Each schema pattern and the function that the webhook and the agent use say the same of the
+/// same strings: the pattern is run by CEL's `matches` (RE2, as the apiserver runs patterns).
+#[test]
+fn patterns_agree() {
+    use evpn_crds::common::{FRR_NAME_PATTERN, INTERFACE_NAME_PATTERN, NAMESPACE_PATTERN, OBJECT_NAME_PATTERN};
+    use evpn_crds::validation::{check_frr_name, check_interface_name, check_object_name};
+    let samples = [
+        "eth0", "bond0.100", "enp1s0f0", "_x", "a-b_c.d", ".", "..", "-x", ".x", "a/b", "a b", "a:b", "a\nb", "a\rb",
+        "a\u{0}b", "a!", "#a", "a\u{2028}b", "é", "", "abcdefghijklmno", "abcdefghijklmnop", "blue", "Blue", "a.b.c",
+        "a..b", "a-", "x\nrouter bgp 65099",
+    ];
+    let long = "a".repeat(64);
+    let checks: [(&str, &dyn Fn(&str) -> bool); 4] = [
+        (INTERFACE_NAME_PATTERN, &|s| check_interface_name(s).is_ok()),
+        (FRR_NAME_PATTERN, &|s| check_frr_name(s).is_ok()),
+        (OBJECT_NAME_PATTERN, &|s| check_object_name(s).is_ok()),
+        (NAMESPACE_PATTERN, &|s| check_object_name(s).is_ok() && !s.contains('.')),
+    ];
+    for (pattern, function) in checks {
+        let schema = json!({"type": "object", "properties": {"s": {"type": "string"}},
+            "x-kubernetes-validations": [{"rule": format!("self.s.matches('{}')", pattern.replace('\\', "\\\\"))}]});
+        for sample in samples.iter().copied().chain([long.as_str()]) {
+            let by_pattern = Validator::new().validate(&schema, &json!({"s": sample}), None).is_ok();
+            assert_eq!(by_pattern, function(sample), "{pattern} and its function disagree on {sample:?}");
+        }
+    }
 }
