@@ -5,13 +5,16 @@
 //! underlay BGP, `Some(evpn)` for what one network added. A network's `vni` block lives inside the
 //! node-wide `router bgp`, so ownership is per stanza, not per top-level block; lines belong to the
 //! owner of their stanza. The same tree is rendered to frr.conf text (full reload), diffed into
-//! vtysh commands (incremental change), and parsed back from `show running-config` to check what
-//! FRR really took.
+//! vtysh commands, and parsed back from `show running-config` to check what FRR really took and
+//! to find, in a configuration FRR shares with the node's admin, the part that is the agent's.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
+
 /// A context header with its lines and sub-stanzas.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stanza {
     /// The command that enters the context, e.g. `router bgp 65001 vrf red`.
     pub header: String,
@@ -107,10 +110,29 @@ impl Stanza {
             child.collect_owners(owners);
         }
     }
+
+    /// Adds the lines and sub-stanzas of `other` (the same context) that this one lacks.
+    fn merge(&mut self, other: &Stanza) {
+        for line in &other.lines {
+            if !self.lines.contains(line) {
+                self.lines.push(line.clone());
+            }
+        }
+        merge_stanzas(&mut self.children, &other.children);
+    }
+}
+
+fn merge_stanzas(mine: &mut Vec<Stanza>, other: &[Stanza]) {
+    for stanza in other {
+        match mine.iter_mut().find(|s| s.header == stanza.header) {
+            Some(same) => same.merge(stanza),
+            None => mine.push(stanza.clone()),
+        }
+    }
 }
 
 /// The whole configuration the agent wants in FRR.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     /// Written on the `hostname` line, which frr-reload.py would otherwise remove.
     pub hostname: String,
@@ -157,6 +179,15 @@ impl Config {
     /// Puts the top-level stanzas in FRR's order (stable: stanzas of one rank keep theirs).
     pub fn sort(&mut self) {
         self.stanzas.sort_by_key(top_level_rank);
+    }
+
+    /// Everything of this configuration and of `other`, with this one's owners where both have a
+    /// stanza.
+    pub fn merged(&self, other: &Config) -> Config {
+        let mut config = self.clone();
+        merge_stanzas(&mut config.stanzas, &other.stanzas);
+        config.sort();
+        config
     }
 
     /// This configuration without anything `owner` added.
@@ -239,6 +270,16 @@ pub struct RunningConfig {
     pub stanzas: Vec<Stanza>,
 }
 
+/// The agent's part of a running configuration FRR shares with the node's admin.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    /// The running lines and contexts the agent's reference has, with its owners.
+    pub config: Config,
+    /// Top-level contexts that also hold what is not the agent's: emptied of the agent's lines,
+    /// never deleted.
+    pub shared: BTreeSet<String>,
+}
+
 impl RunningConfig {
     /// Parses by indentation: a line followed by deeper-indented lines is a stanza header; exit
     /// lines and `!` separators close nothing we need, indentation says it all.
@@ -251,6 +292,54 @@ impl RunningConfig {
         let mut pos = 0;
         RunningConfig { stanzas: parse_children(&lines, &mut pos, 0).1 }
     }
+
+    /// What of this running configuration `reference` (what the agent holds or wants) accounts
+    /// for: a line is the agent's where the reference has it in the same context. Everything
+    /// else is the admin's and stays out, so nothing built from the result can touch it.
+    pub fn claimed_by(&self, reference: &Config) -> Claimed {
+        let mut claimed = Claimed {
+            config: Config { hostname: reference.hostname.clone(), stanzas: Vec::new() },
+            ..Default::default()
+        };
+        for running in &self.stanzas {
+            let Some(ours) = reference.stanzas.iter().find(|s| s.header == running.header) else { continue };
+            let (stanza, whole) = claim(running, ours);
+            if !whole {
+                claimed.shared.insert(running.header.clone());
+            }
+            claimed.config.stanzas.push(stanza);
+        }
+        claimed.config.sort();
+        claimed
+    }
+}
+
+/// The part of `running` that `ours` (the same context) has, with `ours`' owners, and whether
+/// that is all of `running`.
+fn claim(running: &Stanza, ours: &Stanza) -> (Stanza, bool) {
+    let mut stanza = Stanza::new(running.header.clone(), ours.owner.as_deref());
+    let mut whole = true;
+    for line in &running.lines {
+        if ours.lines.contains(line) {
+            stanza.lines.push(line.clone());
+        } else if let Some(empty) = ours.children.iter().find(|c| &c.header == line) {
+            // A context FRR shows without lines (`profile fast` with default timers).
+            stanza.children.push(Stanza::new(line.clone(), empty.owner.as_deref()));
+        } else {
+            whole = false;
+        }
+    }
+    for child in &running.children {
+        match ours.children.iter().find(|c| c.header == child.header) {
+            Some(mine) => {
+                let (claimed, all) = claim(child, mine);
+                whole &= all;
+                stanza.children.push(claimed);
+            }
+            None => whole = false,
+        }
+    }
+    (stanza, whole)
 }
 
 /// Parses the lines at `depth` starting at `pos`: returns (plain lines, stanzas).
@@ -302,6 +391,41 @@ mod tests {
             desired.missing_from(&running, &Some("blue".into())),
             ["router bgp 65001 > address-family l2vpn evpn > vni 100 > route-target import 65000:1"]
         );
+    }
+
+    /// The admin's lines, in contexts of their own or in the agent's, are not the agent's.
+    #[test]
+    fn claims_only_what_the_agent_accounts_for() {
+        let running = RunningConfig::parse(
+            "frr version 8.4.4\nip prefix-list ADMIN seq 5 permit 10.99.0.0/16\n!\nroute-map ADMIN permit 10\n match ip address prefix-list ADMIN\nexit\n!\n\
+             vrf red\n vni 4000\nexit-vrf\n!\nrouter bgp 65001\n bgp router-id 198.18.0.1\n neighbor 198.18.255.99 remote-as 65099\n neighbor 198.18.1.1 remote-as 65000\n !\n \
+             address-family l2vpn evpn\n  advertise-all-vni\n  vni 100\n   rd 198.18.0.1:1\n  exit-vni\n exit-address-family\nexit\n!\nbfd\n profile fast\n exit\nexit\n!\nend\n",
+        );
+        let reference = Config {
+            hostname: "n1".into(),
+            stanzas: vec![
+                Stanza::new("vrf red", Some("red")).line("vni 4000"),
+                Stanza::new("bfd", None).child(Stanza::new("profile fast", None)),
+                Stanza::new("router bgp 65001", None)
+                    .line("bgp router-id 198.18.0.1")
+                    .line("neighbor 198.18.1.1 remote-as 65000")
+                    .child(
+                        Stanza::new("address-family l2vpn evpn", None)
+                            .line("advertise-all-vni")
+                            .child(Stanza::new("vni 100", Some("blue")).line("rd 198.18.0.1:1")),
+                    ),
+            ],
+        };
+        let claimed = running.claimed_by(&reference);
+        assert_eq!(claimed.config.stanzas, reference.stanzas, "the agent's lines, with its owners, in FRR's order");
+        assert_eq!(claimed.shared, BTreeSet::from(["router bgp 65001".to_owned()]));
+
+        let mut fewer = reference.clone();
+        fewer.stanzas.retain(|s| s.header.starts_with("router bgp"));
+        fewer.stanzas[0].lines.pop();
+        let claimed = running.claimed_by(&fewer);
+        assert_eq!(claimed.config.stanzas[0].lines, ["bgp router-id 198.18.0.1"]);
+        assert_eq!(claimed.config.stanzas.len(), 1, "what the reference lacks stays out");
     }
 
     #[test]

@@ -17,11 +17,15 @@
 //! - a `netns` line is never removed and a netns-bound `vrf` is never deleted: 8.4.4 cannot bind
 //!   it again ("Invalid NSID");
 //! - an `interface` is never deleted, only emptied of our lines: the device is not ours, and
-//!   zebra refuses to delete an interface the kernel has.
+//!   zebra refuses to delete an interface the kernel has;
+//! - nor is `bfd`, nor any context the running configuration shows holding the admin's lines too
+//!   (FRR is shared: the agent only takes out what it put in).
 //!
 //! Node-wide additions form the first group (networks hang their `vni` blocks inside the
 //! underlay `router bgp`), node-wide removals the last (`no router bgp 65001` fails while VRF
 //! instances exist).
+
+use std::collections::BTreeSet;
 
 use super::config::{Config, Stanza};
 
@@ -43,11 +47,22 @@ struct Change<'a> {
 
 /// The commands that change FRR from `old` to `new`.
 pub fn diff(old: &Config, new: &Config) -> Vec<CommandGroup> {
+    diff_sharing(old, new, &BTreeSet::new())
+}
+
+/// [`diff`], where the top-level contexts `shared` also hold what is not the agent's.
+pub fn diff_sharing(old: &Config, new: &Config, shared: &BTreeSet<String>) -> Vec<CommandGroup> {
     let mut removals = Vec::new();
     let mut deferred_vrf_deletions = Vec::new();
     for stanza in &old.stanzas {
+        let never_deleted = stanza.header.starts_with("interface ") || stanza.header == "bfd";
         match new.stanzas.iter().find(|s| s.header == stanza.header) {
             Some(kept) => removals_within(stanza, kept, &mut Vec::new(), &mut removals),
+            // Not only ours (a bond, an uplink, the admin's BFD peers or neighbors): only our
+            // lines leave it.
+            None if never_deleted || shared.contains(&stanza.header) => {
+                emptied_stanza(stanza, &mut Vec::new(), &mut removals)
+            }
             None if stanza.header.starts_with("vrf ") => {
                 // Empty the VRF now, delete it after its BGP instance, or keep it if netns-bound.
                 let path = vec![stanza.header.as_str()];
@@ -56,13 +71,6 @@ pub fn diff(old: &Config, new: &Config) -> Vec<CommandGroup> {
                 }
                 if stanza.netns_line().is_none() {
                     deferred_vrf_deletions.push(change(stanza, Vec::new(), Some(format!("no {}", stanza.header))));
-                }
-            }
-            // The interface is not ours (a bond, an uplink): only our lines leave it.
-            None if stanza.header.starts_with("interface ") => {
-                let path = vec![stanza.header.as_str()];
-                for line in stanza.lines.iter().rev() {
-                    removals.push(change(stanza, path.clone(), Some(format!("no {line}"))));
                 }
             }
             None => removed_stanza(stanza, &mut Vec::new(), &mut removals),
@@ -148,6 +156,23 @@ fn removals_within<'a>(old: &'a Stanza, new: &'a Stanza, path: &mut Vec<&'a str>
         if !new.lines.contains(line) && !line.starts_with("netns ") && !replaced(line) {
             out.push(change(old, path.clone(), Some(format!("no {line}"))));
         }
+    }
+    path.pop();
+}
+
+/// The `no` of each line of `stanza`, deepest first; a sub-stanza goes whole, except an
+/// address family, which FRR has no `no` for.
+fn emptied_stanza<'a>(stanza: &'a Stanza, path: &mut Vec<&'a str>, out: &mut Vec<Change<'a>>) {
+    path.push(&stanza.header);
+    for child in stanza.children.iter().rev() {
+        if child.header.starts_with("address-family ") {
+            emptied_stanza(child, path, out);
+        } else {
+            removed_stanza(child, path, out);
+        }
+    }
+    for line in stanza.lines.iter().rev().filter(|l| !l.starts_with("netns ")) {
+        out.push(change(stanza, path.clone(), Some(format!("no {line}"))));
     }
     path.pop();
 }
@@ -412,6 +437,32 @@ mod tests {
             group(None, "interface eth1\nno evpn mh uplink\nexit"),
         ];
         assert_eq!(diff(&multihomed(&[true]), &multihomed(&[])), expected);
+    }
+
+    /// The admin's lines share the underlay instance and `bfd`: removing the agent's leaves both
+    /// contexts, emptied of the agent's lines only.
+    #[test]
+    fn shared_contexts_are_emptied_never_deleted() {
+        let mut bgp = underlay_bgp();
+        bgp.bfd_profiles.push(evpn_crds::vtep::BfdProfile {
+            name: "fast".into(),
+            receive_interval: 100,
+            transmit_interval: 300,
+            detect_multiplier: 3,
+        });
+        let full =
+            config(&node(vec![network("blue", Some(segment(100, 1, &[], &[])), None)], bgp), VrfBackend::KernelVrf);
+        let shared = BTreeSet::from(["router bgp 65001".to_owned()]);
+        let groups = diff_sharing(&full, &Config::default(), &shared);
+        let commands: Vec<&str> = groups.iter().flat_map(|g| g.commands.iter().map(String::as_str)).collect();
+        assert!(!commands.contains(&"no router bgp 65001") && !commands.contains(&"no bfd"), "{commands:?}");
+        for expected in
+            ["no neighbor 198.18.1.1 remote-as 65000", "no bgp router-id 198.18.0.1", "no profile fast", "no vni 100"]
+        {
+            assert!(commands.contains(&expected), "{expected} missing from {commands:?}");
+        }
+        let unshared = diff(&full, &Config::default());
+        assert!(unshared.iter().any(|g| g.commands.contains(&"no router bgp 65001".to_owned())), "{unshared:?}");
     }
 
     #[test]

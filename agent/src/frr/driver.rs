@@ -1,17 +1,28 @@
 //! Applies a [`Config`] to a running FRR and reads its state back.
 //!
-//! FRR is driven through its own tools, never through a shell: `vtysh [-N ns] -c ...` for
-//! incremental changes and state queries, `frr-reload.py --reload` for full reloads.
+//! FRR is driven through vtysh, never through a shell: configuration commands go to vtysh's
+//! standard input, never its arguments (every user of the node can read a process's arguments,
+//! and the commands carry BGP passwords); state queries go as `vtysh [-N ns] -c ...`.
+//!
+//! FRR is shared with the node's admin, so the agent changes only what it owns: the lines it
+//! applied. Every change is a diff of the agent's own lines: against the last applied
+//! configuration (the baseline) while FRR still holds it, or else (the first sync after the agent
+//! started, after FRR restarted, after a node-wide failure) against the part of FRR's running
+//! configuration that the agent accounts for ([`RunningConfig::claimed_by`]: what it wants now,
+//! plus what it held before, which survives an agent restart in a private file of FRR's state
+//! directory). A line of the admin's is in no diff, so no command touches it, and a context that
+//! holds the admin's lines too is only emptied of the agent's, never deleted.
 //!
 //! Two facts of FRR 8.4.4 shape the error handling. vtysh keeps executing after a rejected command
 //! and its exit status says little (0 after "% Malformed Route Target list", 1 after the harmless
 //! "% Specified VNI does not exist"): a group fails on a `%` line attributed to it, or when vtysh
-//! stopped before its last command. frr-reload.py may exit 0 although lines were rejected: after a
-//! full reload the running configuration is read back and each owner's lines are looked up in it.
+//! stopped before its last command. vtysh also takes some lines without applying them: after a
+//! full sync the running configuration is read back and each owner's lines are looked up in it.
+//! FRR echoes a rejected line, which may be a password line: every text from FRR that goes into
+//! an error passes [`redact`] first.
 //!
-//! FRR restarts are detected by the daemons' pid files: a restarted FRR loads the file the last
-//! full reload wrote (frr-reload.py `-N` always does `write memory`), not the incremental changes
-//! made since, so the next sync must be a full reload again.
+//! FRR restarts are detected by the daemons' pid files: a restarted FRR loads its saved file,
+//! which the agent never writes (it is the admin's), so the next sync is a full one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -21,15 +32,14 @@ use std::time::Duration;
 
 use evpn_crds::nodestate::{BgpSessionState, VniState};
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use super::config::{Config, RunningConfig};
-use super::diff::{CommandGroup, diff};
+use super::diff::{CommandGroup, diff, diff_sharing};
 
 /// Longest a vtysh run may take; a wedged daemon must not wedge the agent.
 const VTYSH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest one frr-reload.py pass may take (it reads and compares the whole configuration).
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// What vtysh says when asked to remove what is already gone, or what is not ours to remove: the
 /// goal is met. A removal is retried after a partial failure, so this is expected (and 8.4.4 then
 /// exits 1). A kernel VRF whose device still exists (OVN-Kubernetes' device) stays in FRR as an
@@ -41,6 +51,11 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The daemons whose restart loses configuration the agent applied; zebra and bgpd first, they
 /// always run.
 const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
+/// What the agent holds in FRR, in its state directory: after an agent restart it says which of
+/// the running lines are the agent's to change or remove.
+const HELD_FILE: &str = "evpn-agent-held.json";
+/// What stands in for a password in every text that leaves the driver.
+pub const REDACTED: &str = "<redacted>";
 
 /// Why talking to FRR failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +66,10 @@ pub enum FrrError {
     Timeout { program: String, timeout: Duration },
     #[error("FRR rejected the commands of {group}: {output}")]
     CommandFailed { group: String, output: String },
-    #[error("frr-reload.py failed: {output}")]
-    ReloadFailed { output: String },
+    #[error("cannot compare with FRR's running configuration: {output}")]
+    RunningConfigUnreadable { output: String },
     #[error("FRR did not take {} line(s), first: {}", missing.len(), missing.first().map(String::as_str).unwrap_or_default())]
     NotApplied { missing: Vec<String> },
-    #[error("cannot write the configuration to {path}: {source}")]
-    WriteConfig { path: PathBuf, source: std::io::Error },
     #[error("vtysh `{command}` failed: {output}")]
     Query { command: String, output: String },
     #[error("unexpected output of vtysh `{command}`: {reason}")]
@@ -68,9 +81,9 @@ pub enum FrrError {
 pub enum SyncMethod {
     /// FRR already had it.
     NoChange,
-    /// Only the changed lines were sent through vtysh.
+    /// Only the lines changed since the baseline were sent.
     Incremental,
-    /// frr-reload.py compared and applied the whole configuration.
+    /// Compared with FRR's running configuration, read first, and checked against it afterwards.
     FullReload,
 }
 
@@ -115,16 +128,20 @@ struct Baseline {
 /// be read.
 type DaemonIdentity = Vec<Option<String>>;
 
+/// Owners whose commands failed, each with its error.
+type Failures = Vec<(Option<String>, FrrError)>;
+
 /// One FRR instance (a pathspace, for FRR running as `-N <name>`, or the default one).
 #[derive(Clone, Debug)]
 pub struct Frr {
     /// FRR's `-N` pathspace: sockets and pid files in `<run_dir>/<pathspace>/`.
     pub pathspace: Option<String>,
     pub vtysh: PathBuf,
-    pub reload_script: PathBuf,
     /// FRR's state directory (`/var/run/frr`).
     pub run_dir: PathBuf,
     baseline: Option<Baseline>,
+    /// What the held file last recorded (written again only when this changes).
+    recorded: Option<Config>,
 }
 
 impl Frr {
@@ -133,9 +150,9 @@ impl Frr {
         Frr {
             pathspace,
             vtysh: "/usr/bin/vtysh".into(),
-            reload_script: "/usr/lib/frr/frr-reload.py".into(),
             run_dir: "/var/run/frr".into(),
             baseline: None,
+            recorded: None,
         }
     }
 
@@ -144,26 +161,26 @@ impl Frr {
         self.baseline.as_ref().map(|b| &b.config)
     }
 
-    /// Makes the next sync a full reload.
+    /// Makes the next sync a full one.
     pub fn forget_baseline(&mut self) {
         self.baseline = None;
     }
 
     /// Brings FRR to `desired`: incrementally when FRR still holds the baseline, else by a full
-    /// reload. The baseline afterwards holds only what FRR took.
+    /// sync. The baseline afterwards holds only what FRR took.
     pub async fn sync(&mut self, desired: &Config) -> SyncReport {
         let daemons = self.daemon_identity().await;
         let previous = self.baseline.take();
         let zebra_and_bgpd_known = daemons[..2].iter().all(Option::is_some);
         // A new ASN means a new default BGP instance, which FRR refuses while the old one and
-        // its VRF instances exist: only a full reload can replace them in the right order.
+        // its VRF instances exist: only a full sync removes them first.
         let same_asn = |b: &Baseline| underlay_instance(&b.config) == underlay_instance(desired);
         let (current, stale) = match previous {
             Some(b) if b.daemons == daemons && zebra_and_bgpd_known && same_asn(&b) => (Some(b), None),
             other => (None, other),
         };
         // Netns-bound VRFs outlive their network (see `Config::retaining_netns_vrfs`).
-        let (method, owners, applied, effective) = match current {
+        let (method, owners, applied, old, effective) = match current {
             Some(current) => {
                 let effective = desired.retaining_netns_vrfs(&current.config.stanzas);
                 let mut old = current.config;
@@ -172,23 +189,43 @@ impl Frr {
                     old = old.with_owner_from(&current.unsure, owner);
                 }
                 let (method, owners, applied) = self.sync_incremental(&old, &effective).await;
-                (method, owners, applied, effective)
+                (method, owners, applied, old, effective)
             }
             None => {
-                // Without a valid baseline, FRR itself says which VRFs are bound (after an agent
-                // restart), and so does the stale baseline (incremental additions that FRR's
-                // saved file, loaded by a restarted FRR, lacks).
-                let mut bound = self.running_config().await.map(|r| r.stanzas).unwrap_or_default();
-                bound.extend(stale.into_iter().flat_map(|b| b.config.stanzas));
+                // What FRR may hold of the agent's: the stale baseline (with what was added since
+                // FRR last loaded its file), or after an agent restart what the last run recorded.
+                let held = match stale {
+                    Some(b) => b.config.merged(&b.unsure),
+                    None => self.read_held().await,
+                };
+                let running = self.running_config().await;
+                // Held first: a retained VRF keeps its network as owner, so its L3VNI is
+                // unbound in the network's group, before its BGP instance goes.
+                let mut bound = held.stanzas.clone();
+                bound.extend(running.as_ref().map(|r| r.stanzas.clone()).unwrap_or_default());
                 let effective = desired.retaining_netns_vrfs(&bound);
-                let (method, owners, applied) = self.sync_full(&effective).await;
-                (method, owners, applied, effective)
+                let (method, owners, applied) = match running {
+                    Ok(running) => self.sync_full(&running, &held, &effective).await,
+                    Err(e) => {
+                        let output = e.to_string();
+                        let owners = effective.merged(&held).owners().into_iter();
+                        let error = || FrrError::RunningConfigUnreadable { output: output.clone() };
+                        let results = owners.map(|owner| OwnerResult { owner, result: Err(error()) }).collect();
+                        (SyncMethod::FullReload, results, None)
+                    }
+                };
+                (method, owners, applied, held, effective)
             }
         };
         let mut unsure = Config::default();
         for failed in owners.iter().filter(|o| o.result.is_err()) {
             unsure = unsure.with_owner_from(&effective, &failed.owner);
         }
+        let held = match &applied {
+            Some(config) => config.merged(&unsure),
+            None => old.merged(&effective),
+        };
+        self.record_held(held).await;
         self.baseline = applied.map(|config| Baseline { config, daemons, unsure });
         SyncReport { method, owners }
     }
@@ -199,83 +236,108 @@ impl Frr {
             // Not even a vtysh start: an unchanged resync costs nothing in FRR.
             return (SyncMethod::NoChange, owner_results(new, &groups, Vec::new()), Some(new.clone()));
         }
-        let method = SyncMethod::Incremental;
+        let failed = self.run_changes(&groups).await;
+        let baseline = baseline_after(old, new, &failed);
+        (SyncMethod::Incremental, owner_results(new, &groups, failed), baseline)
+    }
+
+    /// Brings the agent's part of `running` to `desired`. The agent's part is what `desired` and
+    /// `held` account for; the rest is the admin's and is in no command.
+    async fn sync_full(
+        &self,
+        running: &RunningConfig,
+        held: &Config,
+        desired: &Config,
+    ) -> (SyncMethod, Vec<OwnerResult>, Option<Config>) {
+        let claimed = running.claimed_by(&desired.merged(held));
+        let old = &claimed.config;
+        // A new ASN: FRR takes the new default instance only once the old one and its VRF
+        // instances are gone, so every removal runs before the first addition.
+        let detached = (underlay_instance(old).is_some() && underlay_instance(old) != underlay_instance(desired))
+            .then(|| without_bgp(old));
+        // The old instance goes even where the admin has lines in it: FRR runs one ASN.
+        let mut detaching = claimed.shared.clone();
+        detaching.retain(|header| Some(header.as_str()) != underlay_instance(old));
+        let steps = match &detached {
+            Some(detached) => vec![(old, detached, &detaching), (detached, desired, &claimed.shared)],
+            None => vec![(old, desired, &claimed.shared)],
+        };
+        let mut groups = Vec::new();
         let mut failed = Vec::new();
-        for (group, outcome) in groups.iter().zip(self.run_groups(&groups).await) {
+        for (from, to, shared) in steps {
+            let step = diff_sharing(from, to, shared);
+            failed.extend(self.run_changes(&step).await);
+            groups.extend(step);
+        }
+        let mut baseline = baseline_after(old, desired, &failed);
+        // vtysh takes some lines without applying them: what FRR holds decides.
+        if baseline.is_some() {
+            match self.running_config().await {
+                Ok(running) => {
+                    for owner in desired.owners() {
+                        let missing = desired.missing_from(&running, &owner);
+                        if missing.is_empty() || failed.iter().any(|(o, _)| *o == owner) {
+                            continue;
+                        }
+                        baseline = match owner {
+                            Some(_) => baseline.map(|b| b.without_owner(&owner)),
+                            None => None,
+                        };
+                        let missing = missing.iter().map(|line| redact(line, &[])).collect();
+                        failed.push((owner, FrrError::NotApplied { missing }));
+                    }
+                }
+                Err(e) => {
+                    baseline = None;
+                    failed.push((None, e));
+                }
+            }
+        }
+        (SyncMethod::FullReload, owner_results(desired, &groups, failed), baseline)
+    }
+
+    /// Runs `groups`; returns the owners whose group failed, each logged.
+    async fn run_changes(&self, groups: &[CommandGroup]) -> Failures {
+        let mut failed = Vec::new();
+        for (group, outcome) in groups.iter().zip(self.run_groups(groups).await) {
             if let Err(e) = outcome {
                 tracing::warn!(owner = ?group.owner, error = %e, "FRR command group failed; retried next sync");
                 failed.push((group.owner.clone(), e));
             }
         }
-        let mut baseline = new.clone();
-        for (owner, _) in &failed {
-            if owner.is_none() {
-                // The underlay holds everything else: start over with a full reload.
-                return (method, owner_results(new, &groups, failed), None);
-            }
-            // A failed addition is retried as a whole; a failed removal is retried from the old.
-            baseline = if new.owners().contains(owner) {
-                baseline.without_owner(owner)
-            } else {
-                baseline.with_owner_from(old, owner)
-            };
-        }
-        (method, owner_results(new, &groups, failed), Some(baseline))
+        failed
     }
 
-    async fn sync_full(&self, desired: &Config) -> (SyncMethod, Vec<OwnerResult>, Option<Config>) {
-        let running = match self.full_reload(desired).await {
-            Ok(running) => running,
+    /// What the last run recorded as held in FRR; nothing when it recorded nothing (FRR then holds
+    /// nothing of the agent's but what it wants now, unless a node restart took the file).
+    async fn read_held(&self) -> Config {
+        let path = self.state_dir().join(HELD_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable record of the agent's FRR lines; ignored");
+                Config::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(e) => {
-                // Without the underlay nothing applied can be trusted: every owner gets the error.
-                let message = e.to_string();
-                let owners = desired.owners().into_iter();
-                let results = owners
-                    .map(|owner| OwnerResult { owner, result: Err(FrrError::ReloadFailed { output: message.clone() }) })
-                    .collect();
-                return (SyncMethod::FullReload, results, None);
-            }
-        };
-        let mut baseline = desired.clone();
-        let mut failed = Vec::new();
-        for owner in desired.owners() {
-            let missing = desired.missing_from(&running, &owner);
-            if !missing.is_empty() {
-                baseline = baseline.without_owner(&owner);
-                failed.push((owner, FrrError::NotApplied { missing }));
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the record of the agent's FRR lines");
+                Config::default()
             }
         }
-        (SyncMethod::FullReload, owner_results(desired, &[], failed), Some(baseline))
     }
 
-    /// frr-reload.py, a second time when the first reported errors: removing an L3VNI together
-    /// with its VRF's BGP instance needs two passes ("Please unconfigure l3vni"). Returns the
-    /// running configuration afterwards; fails when the node-wide lines did not make it (the
-    /// caller checks each network's lines).
-    async fn full_reload(&self, desired: &Config) -> Result<RunningConfig, FrrError> {
-        let path = self.state_dir().join("evpn-agent-frr.conf");
-        write_private(&path, &desired.text())
-            .await
-            .map_err(|source| FrrError::WriteConfig { path: path.clone(), source })?;
-        let mut args: Vec<String> = vec!["--reload".into()];
-        if let Some(ns) = &self.pathspace {
-            args.extend(["-N".into(), ns.clone()]);
+    /// Records `held` for the next agent run, when it changed.
+    async fn record_held(&mut self, held: Config) {
+        if self.recorded.as_ref() == Some(&held) {
+            return;
         }
-        args.extend(["--stdout".into(), path.display().to_string()]);
-        let mut last_error = String::new();
-        for _pass in 0..2 {
-            let (ok, output) = run(&self.reload_script, &args, RELOAD_TIMEOUT).await?;
-            let errors = error_lines(&output);
-            if ok && errors.is_empty() {
-                return self.running_config().await;
-            }
-            last_error = if errors.is_empty() { tail(&output) } else { errors };
-        }
-        let running = self.running_config().await?;
-        if desired.missing_from(&running, &None).is_empty() {
-            Ok(running)
-        } else {
-            Err(FrrError::ReloadFailed { output: last_error })
+        let path = self.state_dir().join(HELD_FILE);
+        let written = match serde_json::to_string(&held) {
+            Ok(text) => write_private(&path, &text).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match written {
+            Ok(()) => self.recorded = Some(held),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot record the agent's FRR lines"),
         }
     }
 
@@ -283,22 +345,28 @@ impl Frr {
     /// daemon) costs more than a one-VNI change, and a thousand groups must not mean a thousand
     /// vtysh runs. Each group is wrapped in `configure terminal` ... `end`, so one whose failure
     /// leaves vtysh in an unexpected context cannot derail the next; `--echo` prints each command
-    /// before its output, which attributes every error line to its group.
+    /// before its output, which attributes every error line to its group. The commands go to
+    /// vtysh's standard input, one a line: a group with a line break or another control
+    /// character inside a command (a value from outside) is not sent at all.
     async fn run_groups(&self, groups: &[CommandGroup]) -> Vec<Result<(), FrrError>> {
-        let session = Session::new(groups);
+        let unsendable = |g: &CommandGroup| g.commands.iter().any(|c| c.chars().any(char::is_control));
+        let sendable: Vec<CommandGroup> = groups.iter().filter(|g| !unsendable(g)).cloned().collect();
+        let session = Session::new(&sendable);
         let mut args = self.vtysh_prefix();
         args.push("--echo".into());
-        for (_, command) in &session.commands {
-            args.extend(["-c".into(), (*command).to_owned()]);
-        }
-        let outcomes = match run(&self.vtysh, &args, VTYSH_TIMEOUT).await {
+        let input: String = session.commands.iter().map(|(_, command)| format!("{command}\n")).collect();
+        let mut outcomes = match run(&self.vtysh, &args, Some(&input), VTYSH_TIMEOUT).await {
             Ok((_, output)) => session.outcomes(&output),
-            Err(e) => vec![Err(e.to_string()); groups.len()],
-        };
+            Err(e) => vec![Err(e.to_string()); sendable.len()],
+        }
+        .into_iter();
         groups
             .iter()
-            .zip(outcomes)
-            .map(|(group, outcome)| {
+            .map(|group| {
+                let outcome = match unsendable(group) {
+                    true => Err("a command holds a control character; not sent".to_owned()),
+                    false => outcomes.next().unwrap_or_else(|| Err("vtysh gave no outcome".to_owned())),
+                };
                 outcome.map_err(|output| FrrError::CommandFailed {
                     group: match &group.owner {
                         Some(evpn) => format!("network {evpn}"),
@@ -312,13 +380,21 @@ impl Frr {
 
     /// Runs a vtysh show command; fails on a non-zero exit or a `%` error line.
     pub async fn show(&self, command: &str) -> Result<String, FrrError> {
+        self.show_each(command, &[command]).await
+    }
+
+    /// Runs show `commands` in one vtysh run (their outputs one after the other); `label` names
+    /// them in an error.
+    async fn show_each(&self, label: &str, commands: &[&str]) -> Result<String, FrrError> {
         let mut args = self.vtysh_prefix();
-        args.extend(["-c".into(), command.into()]);
-        let (ok, output) = run(&self.vtysh, &args, VTYSH_TIMEOUT).await?;
+        for command in commands {
+            args.extend(["-c".into(), (*command).to_owned()]);
+        }
+        let (ok, output) = run(&self.vtysh, &args, None, VTYSH_TIMEOUT).await?;
         let errors = error_lines(&output);
         if !ok || !errors.is_empty() {
             let output = if errors.is_empty() { tail(&output) } else { errors };
-            return Err(FrrError::Query { command: command.into(), output });
+            return Err(FrrError::Query { command: label.into(), output: redact(&output, &[]) });
         }
         Ok(output)
     }
@@ -391,12 +467,16 @@ impl Frr {
         &self,
         l3vnis: &BTreeMap<String, u32>,
     ) -> Result<BTreeMap<String, BTreeSet<Ipv4Addr>>, FrrError> {
-        const ROUTES: &str = "show ip route vrf all json";
+        const ROUTES: &str = "show ip route vrf <each IP-VRF> json";
         const NEXT_HOPS: &str = "show evpn next-hops vni all json";
         if l3vnis.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let routes = serde_json::Deserializer::from_str(&self.show(ROUTES).await?)
+        // Only the agent's VRFs: `vrf all` includes the default VRF, a full routing table on
+        // some nodes.
+        let queries: Vec<String> = l3vnis.keys().map(|vrf| format!("show ip route vrf {vrf} json")).collect();
+        let queries: Vec<&str> = queries.iter().map(String::as_str).collect();
+        let routes = serde_json::Deserializer::from_str(&self.show_each(ROUTES, &queries).await?)
             .into_iter::<serde_json::Value>()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| FrrError::ParseState { command: ROUTES.into(), reason: e.to_string() })?;
@@ -539,11 +619,68 @@ fn underlay_instance(config: &Config) -> Option<&str> {
     config.stanzas.iter().map(|s| s.header.as_str()).find(is_underlay)
 }
 
+/// `config` without its BGP instances and the L3VNI bindings that FRR wants gone before a VRF's
+/// instance ("Please unconfigure l3vni"): the first step of an ASN change.
+fn without_bgp(config: &Config) -> Config {
+    let mut detached = config.clone();
+    detached.stanzas.retain(|s| !s.header.starts_with("router bgp "));
+    for vrf in detached.stanzas.iter_mut().filter(|s| s.header.starts_with("vrf ")) {
+        vrf.lines.retain(|l| !l.starts_with("vni "));
+    }
+    detached
+}
+
+/// What FRR holds of the agent's after changing `old` to `new` with `failed` groups: a failed
+/// addition is retried as a whole, a failed removal from the old; `None` when the node-wide group
+/// failed (the underlay holds everything else: start over with a full sync).
+fn baseline_after(old: &Config, new: &Config, failed: &Failures) -> Option<Config> {
+    let mut baseline = new.clone();
+    for (owner, _) in failed {
+        if owner.is_none() {
+            return None;
+        }
+        baseline = if new.owners().contains(owner) {
+            baseline.without_owner(owner)
+        } else {
+            baseline.with_owner_from(old, owner)
+        };
+    }
+    Some(baseline)
+}
+
+/// The password a configuration command sets or removes (`[no] neighbor X password VALUE`).
+fn password_in(command: &str) -> Option<&str> {
+    let (_, value) = command.split_once(" password ")?;
+    Some(value.trim()).filter(|v| !v.is_empty())
+}
+
+/// `text` with every password replaced by [`REDACTED`]: each of `secrets`, and on any line
+/// whatever follows ` password ` (FRR echoes a rejected line, and the status, Events and logs
+/// are readable by far more people than the Secret).
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut redacted: String = text
+        .split_inclusive('\n')
+        .map(|line| match line.split_once(" password ") {
+            Some((before, rest)) => {
+                let end = if rest.ends_with('\n') { "\n" } else { "" };
+                format!("{before} password {REDACTED}{end}")
+            }
+            None => line.to_owned(),
+        })
+        .collect();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        redacted = redacted.replace(secret, REDACTED);
+    }
+    redacted
+}
+
 /// The flat command list of one vtysh session, each command with the index of its group.
 struct Session<'a> {
     commands: Vec<(usize, &'a str)>,
     /// Per group, the index of its last command (its `end`).
     group_ends: Vec<usize>,
+    /// The passwords the commands carry.
+    secrets: Vec<&'a str>,
 }
 
 impl<'a> Session<'a> {
@@ -556,20 +693,23 @@ impl<'a> Session<'a> {
             commands.push((i, "end"));
             group_ends.push(commands.len() - 1);
         }
-        Session { commands, group_ends }
+        let secrets = commands.iter().filter_map(|(_, c)| password_in(c)).collect();
+        Session { commands, group_ends, secrets }
     }
 
     /// Each group's outcome from vtysh's echoed output: an error with its lines when one of them
     /// is a rejection (`% ...`, except removals of what is already gone), or when vtysh stopped
     /// before the group's last command. vtysh stops after some of those answers ("% Can't find
     /// BGP instance", "% Only inactive VRFs can be deleted"): when one answered the group's last
-    /// command, the group is done.
+    /// command, the group is done. Everything is read redacted, so no error carries a password.
     fn outcomes(&self, output: &str) -> Vec<Result<(), String>> {
+        let output = redact(output, &self.secrets);
+        let commands: Vec<String> = self.commands.iter().map(|(_, c)| redact(c, &self.secrets)).collect();
         let mut lines: Vec<Vec<&str>> = vec![Vec::new(); self.group_ends.len()];
         let mut echoed = 0;
         for line in output.lines() {
-            if let Some((_, command)) = self.commands.get(echoed)
-                && line.strip_suffix(command).is_some_and(|prompt| prompt.ends_with("# "))
+            if let Some(command) = commands.get(echoed)
+                && line.strip_suffix(command.as_str()).is_some_and(|prompt| prompt.ends_with("# "))
             {
                 echoed += 1;
                 continue;
@@ -590,7 +730,7 @@ impl<'a> Session<'a> {
                 let last_was_absent =
                     echoed == self.group_ends[group] && lines.last().is_some_and(|l| ALREADY_ABSENT.contains(l));
                 if echoed <= self.group_ends[group] && !last_was_absent {
-                    Err(format!("vtysh stopped before the group ran: {}", tail(output)))
+                    Err(format!("vtysh stopped before the group ran: {}", tail(&output)))
                 } else if rejected {
                     Err(lines.join("; "))
                 } else {
@@ -623,21 +763,36 @@ fn owner_results(
         .collect()
 }
 
-/// Runs `program` without a shell; returns whether it exited 0 and its stdout + stderr.
-async fn run(program: &Path, args: &[String], timeout: Duration) -> Result<(bool, String), FrrError> {
+/// Runs `program` without a shell, `input` on its standard input; returns whether it exited 0
+/// and its stdout + stderr.
+async fn run(
+    program: &Path,
+    args: &[String],
+    input: Option<&str>,
+    timeout: Duration,
+) -> Result<(bool, String), FrrError> {
     let name = program.display().to_string();
-    let child = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| FrrError::Spawn { program: name.clone(), source })?;
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
+    let stdin = child.stdin.take();
+    // Written while the output is read: vtysh answers as it reads, and a full pipe either way
+    // would stall both.
+    let feed = async move {
+        if let (Some(mut stdin), Some(input)) = (stdin, input) {
+            // A vtysh that stopped early closes its end; its output says what it did.
+            let _ = stdin.write_all(input.as_bytes()).await;
+        }
+    };
+    let (_, output) = tokio::time::timeout(timeout, async { tokio::join!(feed, child.wait_with_output()) })
         .await
-        .map_err(|_| FrrError::Timeout { program: name.clone(), timeout })?
-        .map_err(|source| FrrError::Spawn { program: name, source })?;
+        .map_err(|_| FrrError::Timeout { program: name.clone(), timeout })?;
+    let output = output.map_err(|source| FrrError::Spawn { program: name, source })?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     Ok((output.status.success(), text))
@@ -725,6 +880,50 @@ mod tests {
         assert_eq!(outcomes[0], Err("% Configuration failed.; Error description: VNI 300 is bad".into()));
         assert_eq!(outcomes[1], Ok(()), "removing what is gone is no failure");
         assert!(outcomes[2].as_ref().is_err_and(|e| e.starts_with("vtysh stopped")), "{outcomes:?}");
+    }
+
+    /// FRR 8.4.4 echoes a line it rejects whole ("% Unknown command: <line>"): a mistyped
+    /// password line would carry the password into the node status. A password in other output
+    /// (a stop before the group ran) is redacted too.
+    #[test]
+    fn no_error_carries_a_password() {
+        let groups = [
+            CommandGroup {
+                owner: None,
+                commands: vec![
+                    "router bgp 65001".into(),
+                    "neighbor 198.18.1.1 password s3cret".into(),
+                    "neighbor 198.18.1.1 passwrd s3cret".into(),
+                    "exit".into(),
+                ],
+            },
+            CommandGroup {
+                owner: Some("blue".into()),
+                commands: vec!["no neighbor 198.18.1.2 password old-one".into()],
+            },
+        ];
+        let session = Session::new(&groups);
+        let output = "\nHello, this is FRRouting (version 8.4.4).\n\
+            n1# configure terminal\nn1(config)# router bgp 65001\n\
+            n1(config-router)# neighbor 198.18.1.1 password s3cret\n\
+            n1(config-router)# neighbor 198.18.1.1 passwrd s3cret\n\
+            % Unknown command: neighbor 198.18.1.1 passwrd s3cret\n\
+            n1(config-router)# exit\nn1(config)# end\nn1# configure terminal\n\
+            n1(config)# no neighbor 198.18.1.2 password old-one\n";
+        let outcomes = session.outcomes(output);
+        assert_eq!(outcomes[0], Err(format!("% Unknown command: neighbor 198.18.1.1 passwrd {REDACTED}")));
+        let stopped = outcomes[1].as_ref().expect_err("vtysh stopped before the group's end");
+        assert!(stopped.starts_with("vtysh stopped") && stopped.contains(REDACTED), "{stopped}");
+        for outcome in &outcomes {
+            let text = format!("{outcome:?}");
+            assert!(!text.contains("s3cret") && !text.contains("old-one"), "{text}");
+        }
+        assert_eq!(
+            redact("a\n neighbor x password q w\n% b q\n", &["q"]),
+            format!("a\n neighbor x password {REDACTED}\n% b {REDACTED}\n")
+        );
+        assert_eq!(password_in("no neighbor eth1 password  x y "), Some("x y"));
+        assert_eq!(password_in("neighbor eth1 remote-as 65000"), None);
     }
 
     /// What FRR 8.4.4 answers when a network's kernel VRF, whose device still exists, is deleted.

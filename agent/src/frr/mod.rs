@@ -1,12 +1,13 @@
 //! The agent's FRR driver: renders the node plan to FRR configuration and applies it.
 //!
-//! The first apply, and any apply after FRR restarted, is a full hot reload with frr-reload.py
-//! (no daemon restart). Every later one diffs the new configuration against the last applied one
-//! (the baseline) and sends only the changed lines through vtysh, one command group per network,
-//! all groups in one vtysh session: with a thousand VNIs a one-VNI change costs one short vtysh
-//! run instead of a full reload that re-reads and compares the whole running configuration. A
+//! FRR is shared with the node's admin: the agent changes only the lines it owns (see
+//! docs/architecture.md, "What the agent owns in FRR"). Every apply is a diff of the agent's own
+//! lines, sent through one vtysh run on its standard input, one command group per network. While
+//! FRR holds what the agent last applied (the baseline), the diff is against that: with a
+//! thousand VNIs a one-VNI change costs one short vtysh run. After an agent start, an FRR restart
+//! or a node-wide failure, the diff is against the agent's part of the running configuration. A
 //! group's errors are its network's alone, and the baseline only claims what FRR took, so a
-//! failed network is retried on the next sync.
+//! failed network is retried on the next sync. No password reaches argv, an error or a log line.
 
 mod config;
 mod diff;
@@ -14,7 +15,7 @@ mod driver;
 mod next_hops;
 pub(crate) mod render;
 
-pub use config::{Config, RunningConfig, Stanza};
-pub use diff::{CommandGroup, diff};
-pub use driver::{Frr, FrrError, OwnerResult, SyncMethod, SyncReport, ZebraSegment};
+pub use config::{Claimed, Config, RunningConfig, Stanza};
+pub use diff::{CommandGroup, diff, diff_sharing};
+pub use driver::{Frr, FrrError, OwnerResult, REDACTED, SyncMethod, SyncReport, ZebraSegment, redact};
 pub use render::{RenderOptions, neighbor_name, render};
