@@ -4,13 +4,20 @@
 //! here so the data plane and the FRR renderer agree on every name. A network whose spec this
 //! agent cannot realise (its VTEP is missing, it names a second VTEP) becomes a [`PlanError`]
 //! for that network only; the others are planned as usual.
+//!
+//! Every string that reaches FRR's configuration or a device name is checked here with the
+//! webhook's own functions ([`evpn_crds::validation`]), so an object written past the webhook
+//! (or before the rules existed) fails its network or VTEP with a reason, and never becomes an
+//! FRR command: FRR reads one command per line and splits words at spaces.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use evpn_crds::common::RouteTargets;
 use evpn_crds::evpn::RedundancyMode;
 use evpn_crds::nodestate::{DesiredNode, NodeNetwork, NodeSegment, NodeVrf, NodeVtep};
-use evpn_crds::validation::{colon_hex, esi_bytes};
+use evpn_crds::validation::{
+    check_frr_name, check_interface_name, check_password, colon_hex, esi_bytes, parse_cidr, parse_route_target, quote,
+};
 use evpn_crds::vtep::{Bgp, VtepMode};
 
 /// Prefix of the interface alias that marks a device as created by this agent. The data plane
@@ -154,8 +161,10 @@ pub enum PlanError {
     InvalidSubnet { subnet: String },
     #[error("Ethernet segment {segment:?} has ESI {esi:?}, which FRR cannot be given: {detail}")]
     InvalidEsi { segment: String, esi: String, detail: String },
-    #[error("Ethernet segment {segment:?} names interface {interface:?}, which is not a valid interface name")]
-    InvalidSegmentInterface { segment: String, interface: String },
+    #[error("Ethernet segment {segment:?}: {detail}")]
+    InvalidSegmentInterface { segment: String, detail: String },
+    #[error("{field}: {detail}")]
+    InvalidValue { field: String, detail: String },
     #[error("Ethernet segment {segment:?} needs a MAC-VRF: its interface becomes a port of the MAC-VRF's bridge")]
     SegmentWithoutMacVrf { segment: String },
     #[error(
@@ -181,6 +190,7 @@ impl PlanError {
             PlanError::InvalidSubnet { .. } => "InvalidSubnet",
             PlanError::InvalidEsi { .. } => "EsiInvalid",
             PlanError::InvalidSegmentInterface { .. } => "SegmentInterfaceInvalid",
+            PlanError::InvalidValue { .. } => "InvalidValue",
             PlanError::SegmentWithoutMacVrf { .. } => "SegmentWithoutMacVrf",
             PlanError::SingleActiveUnsupported { .. } => "SingleActiveUnsupported",
             PlanError::SegmentInterfaceInUse { .. } => "SegmentInterfaceInUse",
@@ -255,6 +265,31 @@ fn vtep_plan(v: &NodeVtep) -> Result<VtepPlan, PlanError> {
         }
         (VtepMode::Unmanaged, _) => None,
     };
+    let invalid = |field: String, detail: String| PlanError::InvalidValue { field, detail };
+    for (i, cidr) in v.cidrs.iter().enumerate() {
+        parse_cidr(cidr).map_err(|e| invalid(format!("VTEP {:?} cidrs[{i}]", v.name), e))?;
+    }
+    if let Some(bgp) = &v.bgp {
+        for (i, profile) in bgp.bfd_profiles.iter().enumerate() {
+            check_frr_name(&profile.name).map_err(|e| invalid(format!("bgp.bfdProfiles[{i}].name"), e))?;
+        }
+        for (i, n) in bgp.neighbors.iter().enumerate() {
+            let field = |name: &str| format!("bgp.neighbors[{i}].{name}");
+            if let Some(address) = &n.address {
+                address
+                    .parse::<IpAddr>()
+                    .map_err(|_| invalid(field("address"), format!("{} is not an IP address", quote(address))))?;
+            }
+            if let Some(interface) = &n.interface {
+                check_interface_name(interface).map_err(|e| invalid(field("interface"), e))?;
+            }
+            if let Some(profile) = &n.bfd_profile
+                && !bgp.bfd_profiles.iter().any(|p| &p.name == profile)
+            {
+                return Err(invalid(field("bfdProfile"), format!("no BFD profile named {}", quote(profile))));
+            }
+        }
+    }
     Ok(VtepPlan {
         name: v.name.clone(),
         mode: v.mode,
@@ -301,6 +336,15 @@ fn network_plan(
             });
         }
     }
+    check_interface_name(&n.entry.vrf)
+        .map_err(|e| PlanError::InvalidValue { field: "the network's VRF name".into(), detail: e })?;
+    for (side, vrf) in [("macVRF", &n.entry.mac_vrf), ("ipVRF", &n.entry.ip_vrf)] {
+        let targets = vrf.iter().flat_map(|v| v.route_targets.import.iter().chain(&v.route_targets.export));
+        for rt in targets {
+            parse_route_target(rt)
+                .map_err(|e| PlanError::InvalidValue { field: format!("{side} route targets"), detail: e })?;
+        }
+    }
     let segment = |vrf: &NodeVrf| SegmentPlan {
         vni: vrf.vni,
         bridge: bridge_name(vrf.vni),
@@ -339,9 +383,8 @@ fn segment_plan(s: &NodeSegment) -> Result<EthernetSegmentPlan, PlanError> {
     if s.mode == RedundancyMode::SingleActive {
         return Err(PlanError::SingleActiveUnsupported { segment: s.name.clone() });
     }
-    if !is_interface_name(&s.interface) {
-        return Err(PlanError::InvalidSegmentInterface { segment: s.name.clone(), interface: s.interface.clone() });
-    }
+    check_interface_name(&s.interface)
+        .map_err(|detail| PlanError::InvalidSegmentInterface { segment: s.name.clone(), detail })?;
     let invalid =
         |detail: &str| PlanError::InvalidEsi { segment: s.name.clone(), esi: s.esi.clone(), detail: detail.into() };
     let bytes = esi_bytes(&s.esi).ok_or_else(|| invalid("not ten colon-separated hex bytes"))?;
@@ -370,13 +413,11 @@ fn segment_plan(s: &NodeSegment) -> Result<EthernetSegmentPlan, PlanError> {
     })
 }
 
-/// What the kernel accepts as an interface name (`dev_valid_name`): 1-15 bytes, not `.` or `..`,
-/// no `/`, `:` or whitespace.
-fn is_interface_name(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+/// A BGP password as read from its Secret, checked before it can reach FRR's configuration:
+/// the error says what is wrong without any part of the password.
+pub fn bgp_password(value: Vec<u8>) -> Result<String, String> {
+    check_password(&value)?;
+    String::from_utf8(value).map_err(|_| "the password is not UTF-8".into())
 }
 
 /// The gateway of a subnet: its first host address, with the subnet's prefix length.
@@ -615,6 +656,50 @@ mod tests {
             [("blue", "SingleActiveUnsupported"), ("red", "SegmentWithoutMacVrf"), ("yellow", "SegmentInterfaceInUse")]
         );
         assert!(p.rejected[2].1.to_string().contains("green/s1"), "{}", p.rejected[2].1);
+    }
+
+    #[test]
+    fn a_hostile_bfd_profile_refuses_the_vtep_with_its_value_escaped_and_cut() {
+        let attack = format!("x\nrouter bgp 65099\n neighbor 1.2.3.4 remote-as 1{}", "q".repeat(200));
+        let mut fabric = vtep("fabric", Some("198.18.0.1"));
+        let bgp = fabric.bgp.as_mut().unwrap();
+        bgp.bfd_profiles = vec![evpn_crds::vtep::BfdProfile {
+            name: attack.clone(),
+            receive_interval: 300,
+            transmit_interval: 300,
+            detect_multiplier: 3,
+        }];
+        let spec = DesiredNode { vteps: vec![fabric], networks: vec![network("blue", "fabric", Some(10000), None)] };
+        let p = plan(&spec);
+        assert!(p.vtep.is_none() && p.networks.is_empty());
+        let (evpn, error) = &p.rejected[0];
+        assert_eq!((evpn.as_str(), error.reason()), ("blue", "InvalidValue"));
+        let message = error.to_string();
+        assert!(message.starts_with("bgp.bfdProfiles[0].name: \"x\\nrouter bgp 65099"), "{message}");
+        assert!(!message.contains('\n') && message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn a_hostile_vrf_name_or_route_target_refuses_its_network_alone() {
+        let mut bad_vrf = network("blue", "fabric", Some(10000), None);
+        bad_vrf.entry.vrf = "blue\nvrf red".into();
+        let mut bad_rt = network("red", "fabric", Some(10001), None);
+        bad_rt.entry.mac_vrf.as_mut().unwrap().route_targets.import = vec!["65000:1\nrouter bgp 1".into()];
+        let spec = DesiredNode {
+            vteps: vec![vtep("fabric", Some("198.18.0.1"))],
+            networks: vec![bad_vrf, bad_rt, network("green", "fabric", Some(10002), None)],
+        };
+        let p = plan(&spec);
+        assert_eq!(p.networks.iter().map(|n| n.evpn.as_str()).collect::<Vec<_>>(), ["green"]);
+        let reasons: Vec<(&str, &str)> = p.rejected.iter().map(|(e, r)| (e.as_str(), r.reason())).collect();
+        assert_eq!(reasons, [("blue", "InvalidValue"), ("red", "InvalidValue")]);
+    }
+
+    #[test]
+    fn a_password_that_would_split_its_line_is_refused_without_being_echoed() {
+        assert_eq!(bgp_password(b"s3cret!".to_vec()).as_deref(), Ok("s3cret!"));
+        let e = bgp_password(b"pw\nrouter bgp 65099".to_vec()).unwrap_err();
+        assert!(!e.contains("pw") && !e.contains("router"), "{e}");
     }
 
     #[test]
