@@ -253,8 +253,11 @@ impl Frr {
         let old = &claimed.config;
         // A new ASN: FRR takes the new default instance only once the old one and its VRF
         // instances are gone, so every removal runs before the first addition.
-        let detached = (underlay_instance(old).is_some() && underlay_instance(old) != underlay_instance(desired))
-            .then(|| without_bgp(old));
+        let asn_changed = match (underlay_instance(old), underlay_instance(desired)) {
+            (Some(old), Some(new)) => old != new,
+            _ => false,
+        };
+        let detached = asn_changed.then(|| without_bgp(old));
         // The old instance goes even where the admin has lines in it: FRR runs one ASN.
         let mut detaching = claimed.shared.clone();
         detaching.retain(|header| Some(header.as_str()) != underlay_instance(old));
