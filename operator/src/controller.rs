@@ -6,11 +6,11 @@
 //! rounds. A round writes, in this order: finalizers, EVPN statuses (where allocations are
 //! recorded), network sets, node specs, VTEP statuses; each only where the object differs from
 //! the plan. A write that fails is retried with per-object exponential backoff, never in a hot
-//! loop. A status change that only moves node counts waits until `status_refresh` has passed
+//! loop, and only while a round still wants it: a write whose answer was lost may have landed. A status change that only moves node counts waits until `status_refresh` has passed
 //! since that EVPN's last write, so nodes reporting one after another cost a few writes per
 //! EVPN, not one per node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -410,13 +410,72 @@ impl Observed {
 /// What a write targets: the kind of write and the object's name.
 type WriteKey = (&'static str, String);
 
+/// Which writes failed and when each may be tried again, kept only while the write is wanted.
+///
+/// A failed write can still have landed (the apiserver committed it, then the answer was lost),
+/// and the plan can change its mind before the retry is due. Either way the next round finds
+/// nothing to write, so an entry removed only by a successful write would stay forever: a stale
+/// entry that, through `next_retry`, wakes the loop at an instant already past (a hot loop) and
+/// that could close a stage's gate. So each round records the writes it wants, and a stage,
+/// once planned, forgets the failures of its kinds that it no longer wants. Only-progress status
+/// writes deferred by `status_refresh` count as not wanted: the refresh already paces them.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: HashMap<WriteKey, Failure>,
+    /// Writes the current round wanted, attempted or not.
+    wanted: HashSet<WriteKey>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    due: Instant,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn begin_round(&mut self) {
+        self.wanted.clear();
+    }
+
+    /// Records that this round wants the write; whether it may be attempted now.
+    fn may_write(&mut self, key: &WriteKey, now: Instant) -> bool {
+        self.wanted.insert(key.clone());
+        self.failures.get(key).is_none_or(|f| f.due <= now)
+    }
+
+    fn succeeded(&mut self, key: &WriteKey) {
+        self.failures.remove(key);
+    }
+
+    /// Records a failure; how long until the retry.
+    fn failed(&mut self, key: WriteKey, now: Instant) -> Duration {
+        let attempts = self.failures.get(&key).map_or(0, |f| f.attempts) + 1;
+        let delay = BACKOFF_MIN.saturating_mul(1 << attempts.min(10)).min(BACKOFF_MAX);
+        self.failures.insert(key, Failure { due: now + delay, attempts });
+        delay
+    }
+
+    /// Forgets the failures of `kinds` that this round does not want written.
+    fn settle(&mut self, kinds: &[&'static str]) {
+        let wanted = &self.wanted;
+        self.failures.retain(|key, _| !kinds.contains(&key.0) || wanted.contains(key));
+    }
+
+    /// The next retry still ahead. A retry already due belongs to a stage this round did not
+    /// reach (a settled stage leaves only retries ahead); the gate that stopped the round has
+    /// one ahead of its own, and the stage is retried when that opens.
+    fn next_retry(&self, now: Instant) -> Option<Instant> {
+        self.failures.values().map(|f| f.due).filter(|due| *due > now).min()
+    }
+}
+
 /// Applies plans, with per-object backoff after failures.
 struct Writer {
     client: Client,
     concurrency: usize,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    backoff: Mutex<HashMap<WriteKey, (Instant, u32)>>,
+    backoff: Mutex<Backoff>,
     status_refresh: Duration,
     frr_namespace: String,
     /// When each EVPN's status was last written.
@@ -445,8 +504,9 @@ impl Writer {
 
     /// Writes what differs; returns when the next retry is due, if any write failed.
     async fn apply(&self, plan: Plan, observed: Observed) -> Option<Instant> {
+        self.lock_backoff().begin_round();
         let evpns: Api<Evpn> = Api::all(self.client.clone());
-        let mut writes: Vec<BoxFuture<'_, bool>> = Vec::new();
+        let mut writes: Vec<Option<BoxFuture<'_, bool>>> = Vec::new();
         let finalizer_changes =
             plan.add_finalizer.iter().map(|n| (n, true)).chain(plan.remove_finalizer.iter().map(|n| (n, false)));
         for (name, add) in finalizer_changes {
@@ -460,11 +520,11 @@ impl Writer {
             // first in a round, while the observed version is still current.
             let body = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
             let (evpns, name) = (evpns.clone(), name.clone());
-            writes.extend(self.write("EVPN/finalizer", name.clone(), async move {
+            writes.push(self.write("EVPN/finalizer", name.clone(), async move {
                 evpns.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map(drop)
             }));
         }
-        self.run_all(std::mem::take(&mut writes)).await;
+        self.run_stage(&["EVPN/finalizer"], std::mem::take(&mut writes)).await;
 
         let mut deferred: Option<Instant> = None;
         for (name, status) in &plan.evpn_statuses {
@@ -480,12 +540,9 @@ impl Writer {
                 deferred = Some(deferred.map_or(due, |d| d.min(due)));
                 continue;
             }
-            writes.extend(self.write_status(&evpns, obj, status));
+            writes.push(self.write_status(&evpns, obj, status));
         }
-        let status_writes = writes.len();
-        let statuses_written = self.run_all(std::mem::take(&mut writes)).await == status_writes
-            && plan.evpn_statuses.keys().all(|n| !self.backing_off("EVPN/status", n));
-        if !statuses_written {
+        if !self.run_stage(&["EVPN/status"], std::mem::take(&mut writes)).await {
             // Nodes may only be told allocations their EVPNs record: try again next round.
             return earliest(self.next_retry(), deferred);
         }
@@ -506,12 +563,11 @@ impl Writer {
             let mut object = EvpnNetworkSet::new(vtep, set.spec.clone());
             object.metadata.owner_references = Some(vec![owner]);
             let (sets, vtep) = (sets.clone(), vtep.clone());
-            writes.extend(self.write("EVPNNetworkSet", vtep.clone(), async move {
+            writes.push(self.write("EVPNNetworkSet", vtep.clone(), async move {
                 sets.patch(&vtep, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object)).await.map(drop)
             }));
         }
-        let set_writes = writes.len();
-        if self.run_all(std::mem::take(&mut writes)).await != set_writes {
+        if !self.run_stage(&["EVPNNetworkSet"], std::mem::take(&mut writes)).await {
             // A node must not be pointed at a VTEP whose set is not written yet.
             return earliest(self.next_retry(), deferred);
         }
@@ -533,11 +589,11 @@ impl Writer {
             let mut state = EvpnNodeState::new(node, desired.spec.clone());
             state.metadata.owner_references = Some(vec![owner]);
             let (states, node) = (states.clone(), node.clone());
-            writes.extend(self.write("EVPNNodeState", node.clone(), async move {
+            writes.push(self.write("EVPNNodeState", node.clone(), async move {
                 states.patch(&node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&state)).await.map(drop)
             }));
         }
-        self.run_all(std::mem::take(&mut writes)).await;
+        self.run_stage(&["EVPNNodeState"], std::mem::take(&mut writes)).await;
 
         let frr: Api<FrrConfiguration> = Api::namespaced(self.client.clone(), &self.frr_namespace);
         for (name, desired) in &plan.frr_configurations {
@@ -546,19 +602,19 @@ impl Writer {
                 continue;
             }
             let (frr, name, desired) = (frr.clone(), name.clone(), desired.clone());
-            writes.extend(self.write("FRRConfiguration", name.clone(), async move {
+            writes.push(self.write("FRRConfiguration", name.clone(), async move {
                 frr.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired)).await.map(drop)
             }));
         }
         for (name, current) in &observed.frr_configurations {
             if frrk8s::is_ours(&current.metadata) && !plan.frr_configurations.contains_key(name) {
                 let (frr, name) = (frr.clone(), name.clone());
-                writes.extend(self.write("FRRConfiguration/delete", name.clone(), async move {
+                writes.push(self.write("FRRConfiguration/delete", name.clone(), async move {
                     frr.delete(&name, &Default::default()).await.map(drop)
                 }));
             }
         }
-        self.run_all(std::mem::take(&mut writes)).await;
+        self.run_stage(&["FRRConfiguration", "FRRConfiguration/delete"], std::mem::take(&mut writes)).await;
 
         let vteps: Api<Vtep> = Api::all(self.client.clone());
         for (name, status) in &plan.vtep_statuses {
@@ -568,11 +624,11 @@ impl Writer {
             }
             let body = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP", "status": status});
             let (vteps, name) = (vteps.clone(), name.clone());
-            writes.extend(self.write("VTEP/status", name.clone(), async move {
+            writes.push(self.write("VTEP/status", name.clone(), async move {
                 vteps.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map(drop)
             }));
         }
-        self.run_all(writes).await;
+        self.run_stage(&["VTEP/status"], writes).await;
         earliest(self.next_retry(), deferred)
     }
 
@@ -600,21 +656,26 @@ impl Writer {
         })
     }
 
+    fn lock_backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn next_retry(&self) -> Option<Instant> {
-        self.backoff.lock().unwrap_or_else(PoisonError::into_inner).values().map(|(at, _)| *at).min()
+        self.lock_backoff().next_retry(Instant::now())
     }
 
-    fn backing_off(&self, kind: &'static str, name: &str) -> bool {
-        self.backoff.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&(kind, name.to_owned()))
-    }
-
-    /// Runs writes, a bounded number at a time; returns how many succeeded.
-    async fn run_all(&self, writes: Vec<BoxFuture<'_, bool>>) -> usize {
-        futures::stream::iter(writes)
+    /// Runs one stage's wanted writes (`None`: backing off), a bounded number at a time, and
+    /// forgets the failures of `kinds` the stage no longer wants; whether every wanted write
+    /// succeeded, the gate of the stages after it.
+    async fn run_stage(&self, kinds: &[&'static str], writes: Vec<Option<BoxFuture<'_, bool>>>) -> bool {
+        self.lock_backoff().settle(kinds);
+        let wanted = writes.len();
+        let succeeded = futures::stream::iter(writes.into_iter().flatten())
             .buffer_unordered(self.concurrency)
             .filter(|ok| std::future::ready(*ok))
             .count()
-            .await
+            .await;
+        succeeded == wanted
     }
 
     /// One write, skipped while its object is backing off; failures extend the backoff.
@@ -625,8 +686,7 @@ impl Writer {
         write: impl Future<Output = Result<(), kube::Error>> + Send + 'a,
     ) -> Option<BoxFuture<'a, bool>> {
         let key = (kind, name);
-        let due = self.backoff.lock().unwrap_or_else(PoisonError::into_inner).get(&key).map(|(at, _)| *at);
-        if due.is_some_and(|at| at > Instant::now()) {
+        if !self.lock_backoff().may_write(&key, Instant::now()) {
             return None;
         }
         let span = tracing::debug_span!("write", kind, name = %key.1);
@@ -641,16 +701,12 @@ impl Writer {
                     .get_or_create(&WriteLabels { kind, result: if result.is_ok() { "ok" } else { "error" } })
                     .inc();
                 let ok = result.is_ok();
-                let mut backoff = self.backoff.lock().unwrap_or_else(PoisonError::into_inner);
                 match result {
-                    Ok(()) => {
-                        backoff.remove(&key);
-                    }
+                    Ok(()) => self.lock_backoff().succeeded(&key),
                     Err(e) => {
-                        let attempts = backoff.get(&key).map_or(0, |(_, n)| *n) + 1;
-                        let delay = BACKOFF_MIN.saturating_mul(1 << attempts.min(10)).min(BACKOFF_MAX);
-                        tracing::warn!(kind, name = %key.1, error = %e, retry_in = ?delay, "write failed");
-                        backoff.insert(key, (Instant::now() + delay, attempts));
+                        let name = key.1.clone();
+                        let delay = self.lock_backoff().failed(key, Instant::now());
+                        tracing::warn!(kind, %name, error = %e, retry_in = ?delay, "write failed");
                     }
                 }
                 ok
@@ -712,4 +768,69 @@ fn transitions(old: &Evpn, new: &evpn_crds::EvpnStatus) -> Vec<KubeEvent> {
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &'static str, name: &str) -> WriteKey {
+        (kind, name.to_owned())
+    }
+
+    #[test]
+    fn a_failed_write_that_landed_is_forgotten_once_no_round_wants_it() {
+        let (mut b, t0) = (Backoff::default(), Instant::now());
+        let status = key("EVPN/status", "blue");
+        b.begin_round();
+        assert!(b.may_write(&status, t0));
+        b.failed(status.clone(), t0);
+        b.settle(&["EVPN/status"]);
+        assert_eq!(b.next_retry(t0), Some(t0 + BACKOFF_MIN * 2));
+        // The write had landed: the next round finds the status as planned and wants nothing.
+        b.begin_round();
+        b.settle(&["EVPN/status"]);
+        assert!(b.failures.is_empty(), "{b:?}");
+        assert_eq!(b.next_retry(t0), None);
+    }
+
+    #[test]
+    fn a_wanted_write_backs_off_exponentially_and_stays_until_it_succeeds() {
+        let (mut b, t0) = (Backoff::default(), Instant::now());
+        let set = key("EVPNNetworkSet", "vtep");
+        let mut now = t0;
+        for delay in [400, 800, 1600] {
+            b.begin_round();
+            assert!(b.may_write(&set, now));
+            assert_eq!(b.failed(set.clone(), now), Duration::from_millis(delay));
+            b.settle(&["EVPNNetworkSet"]);
+            b.begin_round();
+            assert!(!b.may_write(&set, now + Duration::from_millis(delay - 1)), "not before it is due");
+            b.settle(&["EVPNNetworkSet"]);
+            now += Duration::from_millis(delay);
+        }
+        b.begin_round();
+        assert!(b.may_write(&set, now));
+        b.succeeded(&set);
+        assert_eq!(b.next_retry(now), None);
+    }
+
+    #[test]
+    fn a_stage_settles_only_its_own_kinds_and_no_retry_is_in_the_past() {
+        let (mut b, t0) = (Backoff::default(), Instant::now());
+        let (status, node) = (key("EVPN/status", "blue"), key("EVPNNodeState", "n1"));
+        b.begin_round();
+        b.may_write(&status, t0);
+        b.may_write(&node, t0);
+        b.failed(node.clone(), t0);
+        b.failed(status.clone(), t0);
+        // A later round stops at the status gate: the node's retry is due but not reached.
+        let later = t0 + Duration::from_secs(1);
+        b.begin_round();
+        assert!(b.may_write(&status, later));
+        b.failed(status.clone(), later);
+        b.settle(&["EVPN/status"]);
+        assert!(b.failures.contains_key(&node), "a stage not reached keeps its failures");
+        assert_eq!(b.next_retry(later), Some(later + BACKOFF_MIN * 4), "the gate's retry, not the past one");
+    }
 }

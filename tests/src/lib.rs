@@ -25,6 +25,7 @@ use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource};
 use tokio::sync::OnceCell;
 
+pub mod faults;
 pub mod frrk8s;
 pub mod lab;
 pub mod leaf;
