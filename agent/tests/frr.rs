@@ -587,8 +587,7 @@ async fn netns_lab_with_red(tag: &str) -> (Lab, Frr, RenderOptions) {
 /// The netns VRF traps of FRR 8.4.4, with a live L3VNI (its VXLAN device and bridge in the VRF):
 /// the VRF is configured only once zebra bound its netns; removing the network unbinds the VNI
 /// before deleting the VRF's BGP instance, and keeps the `vrf` stanza with its `netns` line so the
-/// network can come back (a VRF unbound from its netns cannot be bound again: "Invalid NSID");
-/// frr-reload.py needs its second pass to remove a live L3VNI.
+/// network can come back (a VRF unbound from its netns cannot be bound again: "Invalid NSID").
 #[tokio::test(flavor = "current_thread")]
 async fn netns_vrf_survives_removal_and_comes_back() {
     if let Some(reason) = skip_reason() {
@@ -657,6 +656,139 @@ async fn reattaches_an_l3vni() {
     assert!(running.contains("vrf red\n vni 4000\n"), "{running}");
     let report = frr.sync(&render(&node(vec![l3_network("red", 4000, None)]), VTEP, &opts)).await;
     assert_eq!(report.method, SyncMethod::NoChange, "the baseline still holds: {report:?}");
+}
+
+/// The admin's configuration on a node whose FRR the agent drives: prefix lists, a route map,
+/// a BFD peer, another BGP instance, and a neighbor (with its address-family lines) in the very
+/// instance the agent runs the underlay in.
+const FOREIGN: [&str; 6] = [
+    "ip prefix-list ADMIN seq 5 permit 10.99.0.0/16\n",
+    "route-map ADMIN-IN permit 10\n match ip address prefix-list ADMIN\nexit\n",
+    "bfd\n peer 198.18.9.9\n exit\n",
+    "router bgp 65001 vrf admin\n bgp router-id 10.99.0.1\n neighbor 10.99.0.2 remote-as 65099\nexit\n",
+    " neighbor 198.18.255.99 remote-as 65099\n",
+    "  neighbor 198.18.255.99 route-map ADMIN-IN in\n",
+];
+
+/// Sends configuration `lines` to the lab's FRR the way an admin's tool would, on vtysh's stdin.
+fn configure(lab: &Lab, lines: &str) {
+    use std::io::Write as _;
+    let mut vtysh = Command::new("vtysh")
+        .args(["-N", &lab.name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("vtysh");
+    let mut stdin = vtysh.stdin.take().expect("stdin");
+    stdin.write_all(format!("configure terminal\n{lines}end\n").as_bytes()).expect("commands");
+    drop(stdin);
+    let out = vtysh.wait_with_output().expect("vtysh ran");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("% "), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+async fn sync(frr: &mut Frr, networks: Vec<NetworkPlan>, opts: &RenderOptions) -> evpn_agent::frr::SyncReport {
+    frr.sync(&render(&node(networks), VTEP, opts)).await
+}
+
+/// Every process's argv that holds `secret`.
+fn argv_holding(secret: &str) -> Vec<String> {
+    let commands = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    commands
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|argv| String::from_utf8_lossy(&argv).replace('\0', " "))
+        .filter(|argv| argv.contains(secret))
+        .collect()
+}
+
+/// FRR shared with the admin: the admin's configuration stays byte for byte through the
+/// agent's first sync, networks added and removed, a password change, FRR restarting from the
+/// admin's saved file, an agent restart, and the agent taking all of its own out (the node left
+/// the VTEP). Meanwhile no process's argv ever holds a password.
+#[tokio::test(flavor = "current_thread")]
+async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let lab = Lab::start("share");
+    configure(
+        &lab,
+        "ip prefix-list ADMIN seq 5 permit 10.99.0.0/16\nroute-map ADMIN-IN permit 10\n\
+         match ip address prefix-list ADMIN\nexit\nbfd\npeer 198.18.9.9\nexit\nexit\n\
+         router bgp 65001 vrf admin\nbgp router-id 10.99.0.1\nneighbor 10.99.0.2 remote-as 65099\nexit\n\
+         router bgp 65001\nneighbor 198.18.255.99 remote-as 65099\naddress-family ipv4 unicast\n\
+         neighbor 198.18.255.99 route-map ADMIN-IN in\nexit-address-family\nexit\n",
+    );
+    sh("vtysh", &["-N", &lab.name, "-c", "write memory"]).expect("the admin saves");
+    let foreign_intact = |when: &str| {
+        let running = lab.running_config();
+        for block in FOREIGN {
+            assert!(running.contains(block), "{when}: the admin's {block:?} is gone from\n{running}");
+        }
+    };
+    foreign_intact("before the agent");
+
+    // A neighbor with a password; a watcher reads every process's argv while the agent works.
+    let secrets = ["s3cret-first", "s3cret-second"];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.extend(secrets.iter().flat_map(|s| argv_holding(s)));
+            }
+            seen
+        })
+    };
+    let mut frr = Frr::new(Some(lab.name.clone()));
+    let mut opts = options(&lab);
+    opts.passwords.insert("198.18.1.1".into(), secrets[0].into());
+    let blue = || vec![l2_network("blue", 100, "65000:100")];
+    let report = sync(&mut frr, Vec::new(), &opts).await;
+    assert_eq!(report.method, SyncMethod::FullReload);
+    assert!(report.is_ok(), "{report:?}");
+    foreign_intact("after the agent's first sync");
+    assert!(lab.running_config().contains(&format!(" neighbor 198.18.1.1 password {}\n", secrets[0])));
+
+    let report = sync(&mut frr, blue(), &opts).await;
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::Incremental, true), "{report:?}");
+    opts.passwords.insert("198.18.1.1".into(), secrets[1].into());
+    let report = sync(&mut frr, blue(), &opts).await;
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::Incremental, true), "{report:?}");
+    assert!(lab.running_config().contains(&format!(" neighbor 198.18.1.1 password {}\n", secrets[1])));
+    foreign_intact("after a network was added and the password changed");
+    let report = sync(&mut frr, Vec::new(), &opts).await;
+    assert!(report.is_ok(), "{report:?}");
+    assert!(!lab.running_config().contains("vni 100"), "{}", lab.running_config());
+    foreign_intact("after the network was removed");
+
+    // FRR restarts from the admin's saved file, which lacks the agent's lines.
+    lab.restart_daemons();
+    sh("vtysh", &["-N", &lab.name, "-b"]).expect("FRR loads its saved file");
+    let report = sync(&mut frr, blue(), &opts).await;
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::FullReload, true), "{report:?}");
+    foreign_intact("after FRR restarted");
+    assert!(lab.running_config().contains("  vni 100\n"), "{}", lab.running_config());
+
+    // The agent restarts; meanwhile the network went away. Its lines are still the agent's.
+    let mut frr = Frr::new(Some(lab.name.clone()));
+    let report = sync(&mut frr, Vec::new(), &opts).await;
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::FullReload, true), "{report:?}");
+    assert!(!lab.running_config().contains("vni 100"), "{}", lab.running_config());
+    foreign_intact("after the agent restarted");
+
+    // The node leaves the VTEP: the agent takes out all of its own, the admin's stays.
+    let report = frr.sync(&Config::default()).await;
+    assert!(report.is_ok(), "{report:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let running = lab.running_config();
+    for ours in ["198.18.1.1", "advertise-all-vni", "198.18.0.1"] {
+        assert!(!running.contains(ours), "the agent's {ours} stayed:\n{running}");
+    }
+    foreign_intact("after the agent removed its configuration");
+    let seen = watcher.join().expect("watcher");
+    assert!(seen.is_empty(), "a password in a process's argv: {seen:?}");
 }
 
 /// Timing of one incremental one-VNI change against a full frr-reload.py, with ~1000 L2VNIs.
