@@ -11,19 +11,28 @@
 //! controller writes before any node spec that uses them; VTEP IPs live in the node's own
 //! EVPNNodeState spec. A new leader rebuilds its pools from those objects before its first
 //! decision (see docs/architecture.md).
+//!
+//! Statuses and node states do not survive everything: a restore without status (what common
+//! backup tools do by default) or a re-created cluster loses them. So every allocation is also
+//! recorded in the spec field the user left empty, the way a Service's clusterIP is: the EVPN's
+//! `vni`, `routeDistinguisherIndex` and `esi` (a type-3 ESI in place of `auto`), the VTEP's
+//! `nodeAddresses`. A re-apply of the user's YAML, which leaves those fields out, keeps them (a
+//! field no apply ever set is not removed), and the pools are rebuilt from specs first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use evpn_crds::common::RD_INDEX_RANGE;
 use evpn_crds::common::{Condition, NetworkKind, NetworkRef, RouteTargets, selector_matches};
+use evpn_crds::evpn::AUTO_ESI;
 use evpn_crds::evpn::{NodeCounts, NodeFailure, ResolvedSegment, ResolvedVrf, condition};
 use evpn_crds::frrk8s::{BgpSessionStateStatus, FrrConfiguration, FrrNodeStateStatus};
 use evpn_crds::networkset::SetNetwork;
 use evpn_crds::nodestate::{DesignatedForwarderRole, NetworkPhase, NodeSegment, NodeVrf, NodeVtep, SegmentState};
 use evpn_crds::validation::{EsiSpec, colon_hex, esi_bytes, parse_cidr, parse_esi};
-use evpn_crds::vtep::VtepMode;
-use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNetworkSetSpec, EvpnNodeStateSpec, EvpnStatus, Vtep, VtepStatus};
+use evpn_crds::vtep::{NodeAddress, VtepMode};
+use evpn_crds::{Evpn, EvpnNetworkSet, EvpnNetworkSetSpec, EvpnNodeStateSpec, EvpnSpec, EvpnStatus, Vtep, VtepStatus};
 use evpn_webhook::index::{NetworkFacts, NetworkKey, VrfSide};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -33,14 +42,8 @@ use crate::frrk8s;
 /// Finalizer that holds an EVPN until every node has removed it.
 pub const FINALIZER: &str = "evpn.k8s.ovn.org/node-cleanup";
 
-/// Route-distinguisher indexes handed out (the 2-byte number of an IPv4-address RD). FRR gives
-/// every VNI and VRF it knows an automatic RD `<router ID>:<n>`, n counting up from 1, even while
-/// the explicit RD of its configuration is not applied yet (as when FRR starts from a saved
-/// configuration). The router ID is the VTEP IP, so an index in that low range equals another
-/// VNI's automatic RD: both then originate the same type-3 route, and when one of them moves to
-/// its configured RD it withdraws the other's. Only the upper half, which FRR would reach with
-/// more than 32,767 VNIs on one node, is ours.
-const RD_INDEXES: (u32, u32) = (32768, 65535);
+/// Route-distinguisher indexes handed out (see [`RD_INDEX_RANGE`]).
+const RD_INDEXES: (u32, u32) = (*RD_INDEX_RANGE.start(), *RD_INDEX_RANGE.end());
 /// Discriminators of type-3 ESIs (3 bytes).
 const ESI_DISCRIMINATORS: (u32, u32) = (1, 0x00ff_ffff);
 /// Addresses per CIDR the IP pool can address; larger prefixes are used up to this many.
@@ -197,6 +200,11 @@ pub struct Plan {
     pub vtep_statuses: BTreeMap<String, VtepStatus>,
     /// frr-k8s mode: every FRRConfiguration the operator wants, by name; others it wrote go.
     pub frr_configurations: BTreeMap<String, FrrConfiguration>,
+    /// EVPN specs with the allocations they left out recorded, where they differ from the
+    /// observed spec.
+    pub evpn_specs: BTreeMap<String, EvpnSpec>,
+    /// Managed VTEPs' `nodeAddresses` as they should be, where they differ from the observed spec.
+    pub vtep_addresses: BTreeMap<String, Vec<NodeAddress>>,
     pub add_finalizer: Vec<String>,
     pub remove_finalizer: Vec<String>,
 }
@@ -296,6 +304,22 @@ impl Planner {
                 plan.remove_finalizer.push(n.to_owned());
             }
         }
+        for evpn in &evpns {
+            let n = name(&evpn.metadata);
+            if rejections.contains_key(n) || evpn.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let recorded = self.recorded_spec(evpn);
+            if recorded != evpn.spec {
+                plan.evpn_specs.insert(n.to_owned(), recorded);
+            }
+        }
+        for (vtep_name, vtep) in &vteps {
+            let addresses = self.node_addresses(vtep_name, vtep);
+            if vtep.spec.mode == VtepMode::Managed && addresses != vtep.spec.node_addresses {
+                plan.vtep_addresses.insert((*vtep_name).to_owned(), addresses);
+            }
+        }
         plan.node_specs = self.node_specs(&carried, &vteps, snap);
         for (vtep_name, vtep) in &vteps {
             let underlay = underlays.get(vtep_name).and_then(|u| u.as_ref().err());
@@ -314,6 +338,7 @@ impl Planner {
         self.rd_indexes.retain(|o| wanted(o, evpns));
         self.owned_vni.retain(|o, _| wanted(o, evpns));
         self.owned_rd.retain(|o, _| wanted(o, evpns));
+        let mac = self.system_mac;
         self.esis.retain(|(e, seg)| {
             evpns.iter().any(|x| {
                 name(&x.metadata) == e
@@ -321,11 +346,42 @@ impl Planner {
                         .multi_homing
                         .iter()
                         .flat_map(|m| &m.ethernet_segments)
-                        .any(|s| &s.name == seg && s.esi == "auto")
+                        .any(|s| &s.name == seg && (s.esi == AUTO_ESI || discriminator_of(&s.esi, mac).is_some()))
             })
         });
 
-        // 1. What the objects already record: a restarted leader learns its pools from these.
+        let mut rejections = HashMap::new();
+        // 1. What the objects already record: a restarted leader learns its pools from these,
+        // specs first (they survive a restore), then statuses (written before specs recorded).
+        for evpn in evpns {
+            let n = name(&evpn.metadata);
+            for side in [VrfSide::Mac, VrfSide::Ip] {
+                let owner = (n.to_owned(), side);
+                let Some(want) = vrf(evpn, side).and_then(|v| v.route_distinguisher_index) else { continue };
+                if self.owned_rd.get(&owner).is_some_and(|held| *held != want) {
+                    self.rd_indexes.retain(|o| o != &owner);
+                    self.owned_rd.remove(&owner);
+                }
+                match self.rd_indexes.claim(want, &owner) {
+                    Ok(()) => {
+                        self.owned_rd.insert(owner, want);
+                    }
+                    Err((holder, _)) => {
+                        rejections.entry(n.to_owned()).or_insert_with(|| {
+                            Rejection::Conflict(format!(
+                                "spec.{}.routeDistinguisherIndex {want} is held by EVPN {holder:?}; leave it empty to have one allocated",
+                                side.field()
+                            ))
+                        });
+                    }
+                }
+            }
+            for seg in evpn.spec.multi_homing.iter().flat_map(|m| &m.ethernet_segments) {
+                if let Some(d) = self.discriminator_of(&seg.esi) {
+                    let _ = self.esis.claim(d, &(n.to_owned(), seg.name.clone()));
+                }
+            }
+        }
         for evpn in evpns {
             let n = name(&evpn.metadata);
             for side in [VrfSide::Mac, VrfSide::Ip] {
@@ -344,17 +400,22 @@ impl Planner {
                 }
             }
             for seg in evpn.status.iter().flat_map(|s| &s.ethernet_segments) {
-                if let Some(d) = self.discriminator_of(&seg.esi) {
-                    let _ = self.esis.claim(d, &(n.to_owned(), seg.name.clone()));
+                let owner = (n.to_owned(), seg.name.clone());
+                if let Some(d) = self.discriminator_of(&seg.esi)
+                    && !self.esis.iter().any(|(_, o)| o == &owner)
+                {
+                    let _ = self.esis.claim(d, &owner);
                 }
             }
         }
 
-        let mut rejections = HashMap::new();
         // 2. Explicit VNIs: a VNI somebody holds stays theirs; the loser is told who holds it.
         for evpn in evpns {
             let n = name(&evpn.metadata);
             let errors = evpn.spec.validate();
+            if rejections.contains_key(n) {
+                continue;
+            }
             if !errors.is_empty() {
                 rejections.insert(n.to_owned(), Rejection::InvalidSpec(evpn_crds::validation::join(&errors)));
                 continue;
@@ -428,7 +489,7 @@ impl Planner {
             }
             for seg in evpn.spec.multi_homing.iter().flat_map(|m| &m.ethernet_segments) {
                 let owner = (n.to_owned(), seg.name.clone());
-                if seg.esi == "auto" && !self.esis.iter().any(|(_, o)| o == &owner) {
+                if seg.esi == AUTO_ESI && !self.esis.iter().any(|(_, o)| o == &owner) {
                     let _ = self.esis.allocate(&[ESI_DISCRIMINATORS], &owner);
                 }
             }
@@ -437,9 +498,43 @@ impl Planner {
     }
 
     fn discriminator_of(&self, esi: &str) -> Option<u32> {
-        let bytes = esi_bytes(esi)?;
-        (bytes[0] == 0x03 && bytes[1..7] == self.system_mac)
-            .then(|| u32::from_be_bytes([0, bytes[7], bytes[8], bytes[9]]))
+        discriminator_of(esi, self.system_mac)
+    }
+
+    /// `evpn`'s spec with what it left out recorded: the VNIs, route-distinguisher indexes and
+    /// type-3 ESIs allocated to it.
+    fn recorded_spec(&self, evpn: &Evpn) -> EvpnSpec {
+        let n = name(&evpn.metadata);
+        let mut spec = evpn.spec.clone();
+        for (side, vrf) in [(VrfSide::Mac, &mut spec.mac_vrf), (VrfSide::Ip, &mut spec.ip_vrf)] {
+            let Some(vrf) = vrf.as_mut() else { continue };
+            let owner = (n.to_owned(), side);
+            vrf.vni = vrf.vni.or_else(|| self.owned_vni.get(&owner).copied());
+            vrf.route_distinguisher_index =
+                vrf.route_distinguisher_index.or_else(|| self.owned_rd.get(&owner).copied());
+        }
+        for seg in spec.multi_homing.iter_mut().flat_map(|m| &mut m.ethernet_segments) {
+            if seg.esi != AUTO_ESI {
+                continue;
+            }
+            if let Some((d, _)) = self.esis.iter().find(|(_, o)| o.0 == n && o.1 == seg.name) {
+                seg.esi = self.type3_esi(d);
+            }
+        }
+        spec
+    }
+
+    /// A Managed VTEP's node addresses as allocated, by node name.
+    fn node_addresses(&self, vtep_name: &str, vtep: &Vtep) -> Vec<NodeAddress> {
+        let Some(pool) = self.ips.get(vtep_name) else { return Vec::new() };
+        let mut addresses: Vec<NodeAddress> = pool
+            .iter()
+            .filter_map(|(_, node)| {
+                Some(NodeAddress { node: node.clone(), ip: self.vtep_ip(vtep_name, node, &vtep.spec)? })
+            })
+            .collect();
+        addresses.sort();
+        addresses
     }
 
     fn type3_esi(&self, discriminator: u32) -> String {
@@ -469,9 +564,12 @@ impl Planner {
             let selected: BTreeSet<&str> = selected_nodes(vtep, snap.nodes).map(|n| n.name.as_str()).collect();
             let pool = self.ips.entry((*vtep_name).to_owned()).or_default();
             pool.retain(|node| selected.contains(node.as_str()));
-            // Addresses already written into node states are the record: keep them.
-            for (node, state) in snap.node_states {
-                if let Some(ip) = state.vtep_ip(vtep_name)
+            // Addresses recorded in the VTEP's spec, then (written before specs recorded them) in
+            // node states, are the record: keep them.
+            let recorded = vtep.spec.node_addresses.iter().map(|a| (&a.node, Some(a.ip.as_str())));
+            let in_states = snap.node_states.iter().map(|(node, state)| (node, state.vtep_ip(vtep_name)));
+            for (node, ip) in recorded.chain(in_states) {
+                if let Some(ip) = ip
                     && selected.contains(node.as_str())
                     && pool.iter().all(|(_, o)| o != node)
                     && let Ok(ip) = ip.parse::<IpAddr>()
@@ -993,6 +1091,12 @@ fn selected_nodes<'a>(vtep: &'a Vtep, nodes: &'a [NodeInfo]) -> impl Iterator<It
 
 fn name(meta: &kube::api::ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or_default()
+}
+
+/// The discriminator of a type-3 ESI built on `system_mac`.
+fn discriminator_of(esi: &str, system_mac: [u8; 6]) -> Option<u32> {
+    let bytes = esi_bytes(esi)?;
+    (bytes[0] == 0x03 && bytes[1..7] == system_mac).then(|| u32::from_be_bytes([0, bytes[7], bytes[8], bytes[9]]))
 }
 
 fn vrf(evpn: &Evpn, side: VrfSide) -> Option<&evpn_crds::evpn::Vrf> {

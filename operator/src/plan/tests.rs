@@ -514,3 +514,91 @@ fn segment_status_says_where_it_is_up_and_who_forwards() {
         (&["n2".to_owned()][..], &["n2".to_owned()][..])
     );
 }
+
+/// What a restore without status gives back: the objects' specs only (nothing else survives),
+/// created again in `order`.
+fn restored(recorded: &BTreeMap<String, Arc<Evpn>>, order: &[&str], vtep: &Vtep) -> Cluster {
+    let evpns = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| evpn(n, i as i64, serde_json::to_value(&recorded[*n].spec).unwrap()))
+        .collect();
+    let mut c = Cluster::new(evpns);
+    let mut v = vtep.clone();
+    v.status = None;
+    c.vteps = vec![Arc::new(v)];
+    c
+}
+
+#[test]
+fn allocations_are_recorded_in_specs_and_come_back_after_a_restore_without_status() {
+    let mut with_segment = l2("blue", None);
+    with_segment["multiHoming"] = json!({"ethernetSegments": [{"name": "s1", "interface": "bond1", "nodeSelector": {"matchLabels": {"evpn": "on"}}}]});
+    let mut c = Cluster::new(vec![evpn("blue", 0, with_segment), evpn("red", 1, l2("red", None))]);
+    let mac = [2, 0, 0, 0, 0, 1];
+    let mut planner = Planner::new(mac);
+    let first = c.plan(&mut planner);
+    let recorded: BTreeMap<String, Arc<Evpn>> = c
+        .evpns
+        .iter()
+        .map(|e| {
+            let n = e.metadata.name.clone().unwrap();
+            let mut e = (**e).clone();
+            e.spec = first.evpn_specs[&n].clone();
+            (n, Arc::new(e))
+        })
+        .collect();
+    let blue = recorded["blue"].spec.mac_vrf.as_ref().unwrap();
+    assert_eq!((blue.vni, blue.route_distinguisher_index), (Some(100), Some(RD_INDEXES.0)));
+    let esi = &recorded["blue"].spec.multi_homing.as_ref().unwrap().ethernet_segments[0].esi;
+    assert_eq!(esi, "03:02:00:00:00:00:01:00:00:01");
+    assert!(recorded["blue"].spec.records_allocations_of(&c.evpns[0].spec), "what the webhook lets the operator write");
+    let addresses = &first.vtep_addresses["fabric"];
+    assert_eq!(
+        addresses.iter().map(|a| (a.node.as_str(), a.ip.as_str())).collect::<Vec<_>>(),
+        [("n1", "198.18.0.1"), ("n2", "198.18.0.2")]
+    );
+    let mut vtep = (*c.vteps[0]).clone();
+    vtep.spec.node_addresses = addresses.clone();
+
+    // Restored in the other order, without statuses or node states, into a cluster whose
+    // system MAC differs, and with the nodes listed the other way round: every allocation
+    // comes back from the specs, and nothing is left to record.
+    let mut back = restored(&recorded, &["red", "blue"], &vtep);
+    back.nodes.reverse();
+    let mut fresh = Planner::new([2, 9, 9, 9, 9, 9]);
+    let again = back.plan(&mut fresh);
+    for (n, status) in &first.evpn_statuses {
+        assert_eq!(again.evpn_statuses[n].mac_vrf, status.mac_vrf, "{n}'s MAC-VRF");
+        assert_eq!(again.evpn_statuses[n].ethernet_segments, status.ethernet_segments, "{n}'s segments");
+    }
+    for node in ["n1", "n2"] {
+        assert_eq!(again.node_specs[node].spec.vteps, first.node_specs[node].spec.vteps, "{node}'s VTEP IP");
+    }
+    assert!(again.evpn_specs.is_empty() && again.vtep_addresses.is_empty(), "{:?}", again.evpn_specs);
+
+    // Without the record in the specs, the same restore hands the VNIs out the other way round.
+    let unrecorded: BTreeMap<String, Arc<Evpn>> =
+        c.evpns.iter().map(|e| (e.metadata.name.clone().unwrap(), e.clone())).collect();
+    let lost = restored(&unrecorded, &["red", "blue"], &c.vteps[0]).plan(&mut Planner::new(mac));
+    assert_ne!(lost.evpn_statuses["blue"].mac_vrf, first.evpn_statuses["blue"].mac_vrf);
+}
+
+#[test]
+fn a_recorded_route_distinguisher_index_held_by_another_evpn_is_a_conflict() {
+    let with_rd = |network: &str, rd: u32| {
+        let mut spec = l2(network, None);
+        spec["macVRF"]["routeDistinguisherIndex"] = json!(rd);
+        spec
+    };
+    let c = Cluster::new(vec![evpn("blue", 0, with_rd("blue", 40000)), evpn("red", 1, with_rd("red", 40000))]);
+    let plan = c.plan(&mut Planner::new([2, 0, 0, 0, 0, 1]));
+    assert_eq!(plan.evpn_statuses["blue"].mac_vrf.as_ref().unwrap().route_distinguisher_index, Some(40000));
+    let accepted = condition(&plan.evpn_statuses["red"], "Accepted");
+    assert_eq!(accepted.reason, "Conflict");
+    assert!(
+        accepted.message.contains("routeDistinguisherIndex 40000 is held by EVPN \"blue\""),
+        "{}",
+        accepted.message
+    );
+}
