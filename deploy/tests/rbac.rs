@@ -36,7 +36,7 @@ fn typed<K: kube::Resource<DynamicType = ()>>() -> (String, String) {
 /// themselves (the Rust type is the kind in other letter case); built-in kinds from their
 /// k8s-openapi types; dynamic APIs from the function that builds their resource.
 fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
-    use k8s_openapi::api::{apps, coordination, core, events};
+    use k8s_openapi::api::{apps, authorization, coordination, core, events};
     if let Some(crd) = evpn_crds::crds().iter().find(|c| c.spec.names.kind.eq_ignore_ascii_case(&call.kind)) {
         return Ok(vec![(crd.spec.group.clone(), crd.spec.names.plural.clone())]);
     }
@@ -51,6 +51,7 @@ fn resources_of(call: &Call) -> Result<Vec<(String, String)>, String> {
         "Namespace" => typed::<core::v1::Namespace>(),
         "Node" => typed::<core::v1::Node>(),
         "Secret" => typed::<core::v1::Secret>(),
+        "SubjectAccessReview" => typed::<authorization::v1::SubjectAccessReview>(),
         "DynamicObject" => {
             use evpn_crds::NetworkKind::{ClusterUserDefinedNetwork, UserDefinedNetwork};
             let network = |kind| {

@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let listener = serve::bind(args.metrics_listen).await?;
     let client = kube::Client::try_default().await?;
-    let webhook_state = (!args.no_webhook).then(|| Arc::new(evpn_webhook::server::State::new(args.webhook.policy())));
+    let webhook_state = (!args.no_webhook).then(|| Arc::new(args.webhook.state(client.clone())));
     let mut metrics = Metrics::default();
     if let Some(state) = &webhook_state {
         metrics.include_webhook(&state.metrics);

@@ -10,10 +10,11 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use evpn_crds::{Evpn, EvpnNodeState, NetworkKind, Vtep};
 use evpn_tests::{TestCa, api_status, apply, control_plane, eventually, unique_name};
-use evpn_webhook::server::State;
+use evpn_webhook::server::{Limits, State};
 use evpn_webhook::{Webhook, WebhookArgs, configuration};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
@@ -54,6 +55,26 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The webhook's settings as deployed, but for its files, port and what a client may hold.
+fn webhook_args(cert: &std::path::Path, key: &std::path::Path, limits: Limits) -> WebhookArgs {
+    WebhookArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_file: cert.to_owned(),
+        tls_key_file: key.to_owned(),
+        tls_reload_seconds: 1,
+        admin_groups: evpn_webhook::rules::DEFAULT_ADMIN_GROUPS.map(String::from).into(),
+        access_review_timeout: Duration::from_secs(2),
+        access_review_cache: Duration::from_secs(10),
+        webhook_handshake_timeout: limits.handshake_timeout,
+        webhook_idle_timeout: limits.idle_timeout,
+        webhook_request_timeout: limits.request_timeout,
+        webhook_max_connections: limits.max_connections,
+        operator_user: evpn_webhook::rules::DEFAULT_OPERATOR_USER.into(),
+        unknown_gateway_mode: evpn_webhook::rules::UnknownGatewayMode::Warn,
+        ovnkube_config_namespace: "ovn-kubernetes".into(),
+    }
+}
+
 async fn start() -> (Fixture, Webhook, Client) {
     let cp = control_plane().await.unwrap();
     let client = cp.admin().await.unwrap();
@@ -64,17 +85,8 @@ async fn start() -> (Fixture, Webhook, Client) {
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert, cert_pem).unwrap();
     std::fs::write(&key, key_pem).unwrap();
-    let args = WebhookArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert_file: cert.clone(),
-        tls_key_file: key.clone(),
-        tls_reload_seconds: 1,
-        admin_groups: vec!["system:masters".into()],
-        operator_user: evpn_webhook::rules::DEFAULT_OPERATOR_USER.into(),
-        unknown_gateway_mode: evpn_webhook::rules::UnknownGatewayMode::Warn,
-        ovnkube_config_namespace: "ovn-kubernetes".into(),
-    };
-    let state = Arc::new(State::new(args.policy()));
+    let args = webhook_args(&cert, &key, Limits::default());
+    let state = Arc::new(args.state(client.clone()));
     let webhook = Webhook::bind(&args, state.clone()).await.unwrap();
     let addr = webhook.local_addr().unwrap();
 
@@ -222,36 +234,136 @@ async fn duplicate_vni_is_denied_naming_the_holder() {
     assert_denied(create(&client, &second).await, &["spec.macVRF.vni", &format!("VNI {vni}"), &first]);
 }
 
-#[tokio::test]
-async fn non_admin_is_denied_even_when_rbac_allows() {
-    let cp = control_plane().await.unwrap();
-    let client = admin().await;
-    let w = world(&client, "local").await;
-    // Grant evpn-user the evpn-admin role: RBAC now lets it through, the webhook must not.
-    let binding = unique_name("grant");
-    apply(&client, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": binding},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "evpn-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "evpn-user"}]}))
-    .await
-    .unwrap();
-    let user = cp.user().await.unwrap();
-    let obj = evpn_json(&unique_name("sneaky"), &w.vtep, l2(&w.layer2, None));
+/// A client of the admin kubeconfig's cluster with the identity `auth` sets.
+async fn client_as(auth: impl FnOnce(&mut kube::config::AuthInfo)) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(control_plane().await.unwrap().admin_kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    auth(&mut config.auth_info);
+    Client::try_from(config).unwrap()
+}
+
+/// Creates `obj` as `client` until RBAC has caught up with a new binding (or the deadline
+/// passes); the last error, if it never succeeded.
+async fn create_once_bound(client: &Client, obj: &Value) -> Result<(), String> {
     let last = std::sync::Mutex::new(String::new());
-    eventually(|| async {
-        match create(&user, &obj).await {
-            Err(e) if e.to_string().contains("admission webhook") => {
+    let created = eventually(|| async {
+        match create(client, obj).await {
+            Ok(_) => true,
+            Err(e) => {
                 *last.lock().unwrap() = e.to_string();
-                true
+                false
             }
-            _ => false, // RBAC has not caught up with the binding yet
         }
     })
+    .await;
+    created.map_err(|_| last.into_inner().unwrap())
+}
+
+fn cluster_role_binding(name: &str, role: &str, subject: Value) -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [subject]})
+}
+
+#[tokio::test]
+async fn a_gitops_service_account_bound_to_evpn_admin_manages_evpns() {
+    let client = admin().await;
+    let w = world(&client, "local").await;
+    // A service account of its own namespace, as Argo CD or Flux run with, authenticated by a
+    // token the apiserver signs: no group beyond system:serviceaccounts.
+    let namespace = unique_name("gitops");
+    apply(&client, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await.unwrap();
+    apply(
+        &client,
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sync", "namespace": namespace}}),
+    )
     .await
     .unwrap();
-    let last = last.into_inner().unwrap();
-    assert!(last.contains("cluster admins only") && last.contains("evpn-user"), "{last}");
-    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client);
-    bindings.delete(&binding, &DeleteParams::default()).await.unwrap();
+    apply(
+        &client,
+        &cluster_role_binding(
+            &namespace,
+            "evpn-admin",
+            json!({"kind": "ServiceAccount", "name": "sync", "namespace": namespace}),
+        ),
+    )
+    .await
+    .unwrap();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token =
+        accounts.create_token_request("sync", &PostParams::default(), &request).await.unwrap().status.unwrap().token;
+    let gitops =
+        client_as(|auth| *auth = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() }).await;
+
+    let name = unique_name("synced");
+    create_once_bound(&gitops, &evpn_json(&name, &w.vtep, l2(&w.layer2, None)))
+        .await
+        .unwrap_or_else(|last| panic!("the bound service account never created its EVPN: {last}"));
+    let evpns: Api<Evpn> = Api::all(gitops);
+    evpns.delete(&name, &DeleteParams::default()).await.unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings.delete(&namespace, &DeleteParams::default()).await.unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    namespaces.delete(&namespace, &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_who_may_create_udns_is_told_which_permission_is_missing() {
+    let client = admin().await;
+    let (theirs, other) = (world(&client, "local").await, world(&client, "local").await);
+    // A tenant may create networks and EVPNs, and manage EVPNs on one VTEP by name only.
+    let tenant = unique_name("tenant");
+    apply(&client, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": tenant},
+        "rules": [
+            {"apiGroups": ["k8s.ovn.org"], "resources": ["userdefinednetworks"], "verbs": ["create", "get", "list"]},
+            {"apiGroups": ["evpn.k8s.ovn.org"], "resources": ["evpns"], "verbs": ["create", "get", "list"]},
+            {"apiGroups": ["evpn.k8s.ovn.org"], "resources": ["vteps"], "verbs": ["manage"], "resourceNames": [theirs.vtep]}]}))
+    .await
+    .unwrap();
+    apply(
+        &client,
+        &cluster_role_binding(
+            &tenant,
+            &tenant,
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tenant}),
+        ),
+    )
+    .await
+    .unwrap();
+    let as_tenant = client_as(|auth| {
+        auth.impersonate = Some(tenant.clone());
+        auth.impersonate_groups = Some(vec!["system:authenticated".into()]);
+    })
+    .await;
+
+    // Its own VTEP: allowed, once RBAC has the binding.
+    create_once_bound(&as_tenant, &evpn_json(&unique_name("own"), &theirs.vtep, l2(&theirs.layer2, None)))
+        .await
+        .unwrap_or_else(|last| panic!("the tenant never created an EVPN on the VTEP it may manage: {last}"));
+    // Another VTEP: denied, naming the verb, the resource, the VTEP and the role that grants it.
+    let denied = create(&as_tenant, &evpn_json(&unique_name("foreign"), &other.vtep, l2(&other.layer2, None))).await;
+    assert_denied(
+        denied,
+        &[
+            "creating an EVPN",
+            &format!("manage VTEP {:?}", other.vtep),
+            "verb \"manage\" on resource \"vteps\" in API group \"evpn.k8s.ovn.org\"",
+            &format!("user {tenant:?} lacks"),
+            "ClusterRole evpn-admin",
+            &format!("resourceNames: [{:?}]", other.vtep),
+        ],
+    );
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings.delete(&tenant, &DeleteParams::default()).await.unwrap();
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client);
+    roles.delete(&tenant, &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test]
@@ -394,17 +506,9 @@ async fn agents_write_only_their_own_node_state() {
 
 /// The certificate the webhook presents to a fresh TLS connection.
 async fn served_certificate(fx: &Fixture) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::pem_slice_iter(fx.ca.cert_pem.as_bytes()).next().unwrap().unwrap();
-    roots.add(ca).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(fx.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let tls = tls_client(fx, b"h2").connect(name, tcp).await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -467,4 +571,220 @@ async fn certificate_rotates_on_disk_while_requests_keep_succeeding() {
     assert!(ok > 0, "no request ran during the rotation");
     let metrics = fx.state.metrics.encode();
     assert!(metrics.contains(r#"evpn_webhook_tls_reloads_total{result="reloaded"}"#), "{metrics}");
+}
+
+/// A TLS client configuration that trusts the test CA, speaking `alpn`.
+fn tls_client(fx: &Fixture, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::pem_slice_iter(fx.ca.cert_pem.as_bytes()).next().unwrap().unwrap();
+    roots.add(ca).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A webhook of its own with short limits, judging from the fixture's state.
+async fn limited_webhook(limits: Limits) -> std::net::SocketAddr {
+    let fx = fixture();
+    let webhook = Webhook::bind(&webhook_args(&fx.cert, &fx.key, limits), fx.state.clone()).await.unwrap();
+    let addr = webhook.local_addr().unwrap();
+    tokio::spawn(webhook.serve());
+    addr
+}
+
+/// The soft limit on this process's open files, from /proc/self/limits.
+fn open_files_limit() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX)
+}
+
+/// What an attacking connection does once open.
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// Opens TCP and sends nothing: not even a TLS hello.
+    SilentTcp,
+    /// Completes TLS and sends nothing.
+    IdleTls,
+    /// Completes TLS and sends a request's headers a byte every 100 ms, never finishing them.
+    Slowloris,
+    /// Sends complete headers, then the body a byte every 100 ms.
+    SlowBody,
+}
+
+/// Runs `attack` on a fresh connection until the server closes it; how long that took.
+async fn attack_once(addr: std::net::SocketAddr, tls: &tokio_rustls::TlsConnector, attack: Attack) -> Duration {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 512];
+    let until_closed = |opened: Instant| opened.elapsed();
+    match attack {
+        Attack::SilentTcp => {
+            let _ = tcp.read(&mut buf).await;
+            until_closed(opened)
+        }
+        Attack::IdleTls => {
+            let Ok(mut stream) = tls.connect(name, tcp).await else { return until_closed(opened) };
+            while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            until_closed(opened)
+        }
+        Attack::Slowloris | Attack::SlowBody => {
+            let Ok(stream) = tls.connect(name, tcp).await else { return until_closed(opened) };
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            let (head, body): (&[u8], &[u8]) = match attack {
+                Attack::Slowloris => (b"", b"POST /validate/evpns HTTP/1.1\r\nHost: webhook\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+                _ => (b"POST /validate/evpns HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", &[b' '; 1000]),
+            };
+            let trickle = async {
+                writer.write_all(head).await?;
+                for byte in body {
+                    writer.write_all(std::slice::from_ref(byte)).await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                std::future::pending::<std::io::Result<()>>().await
+            };
+            let closed = async { while reader.read(&mut buf).await.is_ok_and(|n| n > 0) {} };
+            tokio::select! { _ = trickle => {}, () = closed => {} }
+            until_closed(opened)
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_do_not_hold_the_webhook() {
+    let client = admin().await;
+    let w = world(&client, "local").await;
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(3),
+        max_connections: 1024,
+    };
+    let addr = limited_webhook(limits).await;
+    // Route this test's objects alone to the limited webhook.
+    let label = format!("{}-limited", selector_value());
+    let selector =
+        LabelSelector { match_labels: Some([(SELECT.to_owned(), label.clone())].into()), ..Default::default() };
+    let client_config = WebhookClientConfig {
+        url: Some(format!("https://{addr}")),
+        ca_bundle: Some(ByteString(fixture().ca.cert_pem.clone().into_bytes())),
+        ..Default::default()
+    };
+    let config_name = format!("evpn-test-webhook-{label}");
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs
+        .patch(
+            &config_name,
+            &PatchParams::apply("evpn-tests").force(),
+            &Patch::Apply(&configuration(&config_name, client_config, Some(selector))),
+        )
+        .await
+        .unwrap();
+    let routed = |name: &str, vtep: &str| {
+        let mut obj = evpn_json(name, vtep, l2(&w.layer2, None));
+        obj["metadata"]["labels"][SELECT] = json!(label);
+        serde_json::from_value::<DynamicObject>(obj).unwrap()
+    };
+    let evpns: Api<DynamicObject> = Api::all_with(client.clone(), &kube::api::ApiResource::erase::<Evpn>(&()));
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    // A denial only this webhook gives proves the apiserver calls it.
+    let probe = || async { evpns.create(&dry_run, &routed(&unique_name("probe"), "no-such-vtep")).await };
+    eventually(|| async { probe().await.is_err_and(|e| e.to_string().contains("\"no-such-vtep\" does not exist")) })
+        .await
+        .expect("the limited webhook never became active");
+
+    // Several hundred connections that do nothing useful, each reopened as soon as it is cut;
+    // both ends are in this process.
+    let per_kind = (open_files_limit().saturating_sub(512) / 8).min(150);
+    assert!(per_kind >= 50, "raise the open-files limit (ulimit -n) to run this test");
+    // Each must be cut within its limit; two seconds of slack, as both ends and the churn of
+    // reopening share this process and two cores.
+    let slack = Duration::from_secs(2);
+    let bound = |attack| {
+        slack
+            + match attack {
+                Attack::SilentTcp => limits.handshake_timeout,
+                Attack::IdleTls | Attack::Slowloris => limits.idle_timeout + Duration::from_secs(1),
+                Attack::SlowBody => limits.request_timeout + Duration::from_secs(1),
+            }
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for attack in [Attack::SilentTcp, Attack::IdleTls, Attack::Slowloris, Attack::SlowBody] {
+        for _ in 0..per_kind {
+            let (stop, tls, bound) = (stop.clone(), tls_client(fixture(), b"http/1.1"), bound(attack));
+            attackers.push(tokio::spawn(async move {
+                let mut lifetimes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match tokio::time::timeout(bound, attack_once(addr, &tls, attack)).await {
+                        Ok(lifetime) => lifetimes.push(lifetime),
+                        Err(_) => return Err(format!("a {attack:?} connection was not cut within {bound:?}")),
+                    }
+                }
+                Ok((attack, lifetimes))
+            }));
+        }
+    }
+
+    // Real admissions meanwhile, through the apiserver: each answered well inside its 5 s.
+    let mut slowest = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut admitted = 0;
+    while Instant::now() < until {
+        let started = Instant::now();
+        let allowed = evpns.create(&dry_run, &routed(&unique_name("busy"), &w.vtep)).await;
+        slowest = slowest.max(started.elapsed());
+        assert!(allowed.is_ok(), "an admission failed under load: {allowed:?}");
+        let started = Instant::now();
+        let denied = probe().await.expect_err("the probe was admitted").to_string();
+        slowest = slowest.max(started.elapsed());
+        assert!(denied.contains("\"no-such-vtep\" does not exist"), "the probe was not judged: {denied}");
+        admitted += 2;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!("{admitted} admissions under {} attacking connections, the slowest took {slowest:?}", 4 * per_kind);
+    assert!(slowest < Duration::from_secs(5), "an admission took {slowest:?}");
+
+    // Idle connections are not cut before the idle timeout either.
+    let mut cut = 0;
+    for attacker in attackers {
+        let (attack, lifetimes) = attacker.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        if let Attack::IdleTls = attack {
+            let early = lifetimes.iter().find(|l| **l < limits.idle_timeout - Duration::from_millis(100));
+            assert!(early.is_none(), "an idle connection was cut after {early:?}");
+        }
+        cut += lifetimes.len();
+    }
+    println!("{cut} attacking connections cut");
+    configs.delete(&config_name, &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let limits = Limits { max_connections: 4, idle_timeout: Duration::from_secs(30), ..Limits::default() };
+    let addr = limited_webhook(limits).await;
+    let tls = tls_client(fixture(), b"h2");
+    let name = || rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        held.push(tls.connect(name(), tcp).await.unwrap());
+    }
+    // The fifth waits in the listen backlog: its handshake does not complete...
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut fifth = Box::pin(tls.connect(name(), tcp));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut fifth).await.is_err(),
+        "a fifth connection was served"
+    );
+    // ...until one of the four closes.
+    drop(held.pop());
+    let served = tokio::time::timeout(Duration::from_secs(3), fifth).await;
+    assert!(matches!(served, Ok(Ok(_))), "the fifth connection was not served once a slot freed: {served:?}");
 }

@@ -1,18 +1,16 @@
 //! Admission webhook for the evpn.k8s.ovn.org API.
 //!
-//! Rules that need other objects (VNI uniqueness, admin-only writes, gateway mode, the network
+//! Rules that need other objects (VNI uniqueness, who manages EVPNs, gateway mode, the network
 //! reference, the network's MTU against the VTEP's underlay, agents writing only their own node's
 //! status) on top of the per-object rules in [`evpn_crds::validation`]. Requests are judged
-//! against an in-memory [`index::Index`] fed by watches, never by API calls of their own, so a
-//! decision takes microseconds and does not depend on the apiserver answering while it waits
-//! for us.
+//! against an in-memory [`index::Index`] fed by watches, so a rule takes microseconds and does
+//! not depend on the apiserver answering while it waits for us.
 //!
-//! Admin-only writes are decided by group membership ([`rules::Policy::admin_groups`]), not by a
-//! SubjectAccessReview: a review per request would put an apiserver round trip (and its
-//! availability) inside every admission call the apiserver is itself waiting on, and RBAC has
-//! already authorized the write by the time we see it. The groups are configuration, visible
-//! and auditable; the default covers upstream, kubeadm and OpenShift cluster admins.
+//! The one exception is who may manage EVPNs: RBAC's call, through a SubjectAccessReview of a
+//! dedicated verb on the VTEP an EVPN names ([`access`]), bounded by a timeout and cached. What
+//! a client may hold of the server is bounded too ([`server::Limits`]).
 
+pub mod access;
 pub mod index;
 pub mod metrics;
 pub mod review;
@@ -51,9 +49,29 @@ pub struct WebhookArgs {
     /// How often to check the certificate files for rotation, in seconds.
     #[arg(long, default_value_t = 2)]
     pub tls_reload_seconds: u64,
-    /// Group whose members may write EVPNs and VTEPs (repeat for several).
+    /// Group whose members manage EVPNs on every VTEP without a SubjectAccessReview, and may
+    /// write any node's EVPNNodeState status (repeat for several; everyone else passes through RBAC).
     #[arg(long = "admin-group", default_values_t = rules::DEFAULT_ADMIN_GROUPS.map(String::from))]
     pub admin_groups: Vec<String>,
+    /// How long to wait for the apiserver's answer to a SubjectAccessReview before denying.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub access_review_timeout: Duration,
+    /// How long an allowing SubjectAccessReview answer is reused for the same identity and VTEP.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub access_review_cache: Duration,
+    /// How long a client may take to finish the TLS handshake.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub webhook_handshake_timeout: Duration,
+    /// How long a connection may stay open with no request being handled, headers still being
+    /// sent included.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub webhook_idle_timeout: Duration,
+    /// How long reading and answering one request may take (the apiserver gives up after 5 s).
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub webhook_request_timeout: Duration,
+    /// Connections open at once; further clients wait until one closes.
+    #[arg(long, default_value_t = 1024)]
+    pub webhook_max_connections: usize,
     /// User name of the operator, the only writer of EVPNNodeState specs.
     #[arg(long, default_value = rules::DEFAULT_OPERATOR_USER)]
     pub operator_user: String,
@@ -74,6 +92,32 @@ impl WebhookArgs {
             unknown_gateway_mode: self.unknown_gateway_mode,
         }
     }
+
+    /// The handlers' state, asking the apiserver through `client` who may manage EVPNs.
+    pub fn state(&self, client: kube::Client) -> State {
+        let reviews = access::Reviews::new(client, self.access_review_timeout, self.access_review_cache);
+        State::new(self.policy()).with_reviews(reviews)
+    }
+
+    /// What a client may hold of the server.
+    pub fn limits(&self) -> server::Limits {
+        server::Limits {
+            handshake_timeout: self.webhook_handshake_timeout,
+            idle_timeout: self.webhook_idle_timeout,
+            request_timeout: self.webhook_request_timeout,
+            max_connections: self.webhook_max_connections,
+        }
+    }
+}
+
+/// A duration flag: a whole number of seconds (`30s`) or milliseconds (`500ms`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let number = |digits: &str| digits.parse::<u64>().map_err(|e| format!("{text:?}: {e}"));
+    match (text.strip_suffix("ms"), text.strip_suffix('s')) {
+        (Some(ms), _) => Ok(Duration::from_millis(number(ms)?)),
+        (None, Some(s)) => Ok(Duration::from_secs(number(s)?)),
+        (None, None) => Err(format!("{text:?} has no unit: write 30s or 500ms")),
+    }
 }
 
 /// A webhook bound to its port, ready to run.
@@ -81,6 +125,7 @@ pub struct Webhook {
     listener: tokio::net::TcpListener,
     certificates: tls::Certificates,
     reload_every: Duration,
+    limits: server::Limits,
     state: Arc<State>,
 }
 
@@ -90,7 +135,8 @@ impl Webhook {
         let certificates = tls::Certificates::load(&args.tls_cert_file, &args.tls_key_file)?;
         let listener =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-        Ok(Self { listener, certificates, reload_every: Duration::from_secs(args.tls_reload_seconds.max(1)), state })
+        let reload_every = Duration::from_secs(args.tls_reload_seconds.max(1));
+        Ok(Self { listener, certificates, reload_every, limits: args.limits(), state })
     }
 
     /// The address actually bound (useful with port 0).
@@ -112,13 +158,13 @@ impl Webhook {
         });
         tracing::info!(addr = %self.listener.local_addr()?, "admission webhook listening");
         self.state.mark_serving();
-        tokio::join!(reloads, server::serve_tls(self.listener, config, server::router(self.state)));
+        tokio::join!(reloads, server::serve_tls(self.listener, config, server::router(self.state), self.limits));
         Ok(())
     }
 }
 
 /// Runs the webhook with its watches until the process ends. `state` (made with
-/// [`State::new`] from `args.policy()`) is the caller's too, for readiness and metrics.
+/// [`WebhookArgs::state`]) is the caller's too, for readiness and metrics.
 pub async fn run(args: &WebhookArgs, client: kube::Client, state: Arc<State>) -> anyhow::Result<()> {
     let webhook = Webhook::bind(args, state.clone()).await?;
     let watches = watch::run(client, state, args.ovnkube_config_namespace.clone());

@@ -1,7 +1,17 @@
 //! The HTTPS server: routes, handlers and the TLS accept loop.
+//!
+//! Anything in the cluster can open a connection to the webhook, so no client may hold one for
+//! long without doing its part ([`Limits`]): the TLS handshake has a deadline; a connection on
+//! which no request is being handled is closed after the idle timeout, which also bounds a client
+//! trickling a request's headers (no request is handled before its headers are complete, for
+//! HTTP/1.1 and HTTP/2 alike); a request, body included, has a deadline inside the apiserver's
+//! 5 s; and the number of open connections is capped, so a flood costs waiting clients time,
+//! not the process its file descriptors. The apiserver multiplexes its reviews over one HTTP/2
+//! connection that keeps working while others are cut.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -11,14 +21,18 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use evpn_crds::{Evpn, GROUP, Vtep};
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::access::{self, Access, Need, Reviews};
 use crate::index::Index;
 use crate::metrics::{KindLabel, Metrics, RequestLabels};
 use crate::review::{self, DecodeError};
@@ -27,8 +41,32 @@ use crate::rules::{self, Policy, Request, Verdict};
 /// Bodies above this are refused: an object is at most 1.5 MiB and a review carries two.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection closed for idling has to send its last bytes (an HTTP/2 GOAWAY).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What a client may hold of the server, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// To finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// A connection with no request being handled (idle, or still sending a request's headers).
+    pub idle_timeout: Duration,
+    /// To read a request's body and answer it; inside the apiserver's 5 s webhook timeout.
+    pub request_timeout: Duration,
+    /// Connections open at once; beyond it new ones wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(4),
+            max_connections: 1024,
+        }
+    }
+}
 
 /// The watches that must have listed once before requests are judged.
 #[derive(Clone, Copy, Debug)]
@@ -49,18 +87,21 @@ pub struct State {
     pub index: RwLock<Index>,
     pub policy: Policy,
     pub metrics: Metrics,
+    access: Access,
     synced: AtomicU8,
     /// Set once the listener is bound with a certificate loaded and the accept loop runs.
     serving: AtomicBool,
 }
 
 impl State {
-    /// A state whose caches still have to sync.
+    /// A state whose caches still have to sync. Without [`State::with_reviews`], only members
+    /// of the policy's admin groups may manage EVPNs.
     pub fn new(policy: Policy) -> Self {
         Self {
             index: RwLock::default(),
             policy,
             metrics: Metrics::default(),
+            access: Access::default(),
             synced: AtomicU8::new(0),
             serving: AtomicBool::new(false),
         }
@@ -68,13 +109,12 @@ impl State {
 
     /// A state judged from a prepared index, with no watches (benchmarks and tests).
     pub fn with_index(policy: Policy, index: Index) -> Self {
-        Self {
-            index: RwLock::new(index),
-            policy,
-            metrics: Metrics::default(),
-            synced: AtomicU8::new(ALL_CACHES),
-            serving: AtomicBool::new(false),
-        }
+        Self { index: RwLock::new(index), synced: AtomicU8::new(ALL_CACHES), ..Self::new(policy) }
+    }
+
+    /// Asks the apiserver (SubjectAccessReviews) who may manage EVPNs on a VTEP.
+    pub fn with_reviews(self, reviews: Reviews) -> Self {
+        Self { access: Access::new(reviews), ..self }
     }
 
     /// Records that a cache listed its objects.
@@ -135,53 +175,67 @@ pub fn router(state: Arc<State>) -> Router {
 }
 
 async fn evpns(Extract(st): Extract<Arc<State>>, body: Body) -> Response {
-    admit::<Evpn>(&st, body, "EVPN", rules::validate_evpn).await
+    admit::<Evpn>(&st, body, "EVPN", access::evpn_needs, rules::validate_evpn).await
 }
 
 async fn vteps(Extract(st): Extract<Arc<State>>, body: Body) -> Response {
-    admit::<Vtep>(&st, body, "VTEP", rules::validate_vtep).await
+    // RBAC's verbs on vteps are the whole authorization of a VTEP write (see crate::access).
+    admit::<Vtep>(&st, body, "VTEP", |_| None, rules::validate_vtep).await
 }
 
 async fn node_states(Extract(st): Extract<Arc<State>>, body: Body) -> Response {
     // Ownership of node states needs no cache, so these are judged even while caches sync.
-    handle(&st, body, "EVPNNodeState", |req| rules::validate_node_state(req, &st.policy)).await
+    handle(&st, body, "EVPNNodeState", |_| None, |req| rules::validate_node_state(req, &st.policy)).await
 }
 
 async fn admit<K>(
     st: &State,
     body: Body,
     kind: &'static str,
+    needs: fn(&Request<'_, K>) -> Option<Need>,
     rule: fn(&Request<'_, K>, &Index, &Policy) -> Verdict,
 ) -> Response
 where
     K: for<'de> serde::Deserialize<'de>,
 {
-    handle(st, body, kind, |req| st.judge(req, rule)).await
+    handle(st, body, kind, needs, |req| st.judge(req, rule)).await
 }
 
+/// Decodes a review, asks RBAC for what the request `needs` on top of the write itself, and
+/// `judge`s what RBAC allows.
 async fn handle<K>(
     st: &State,
     body: Body,
     kind: &'static str,
+    needs: fn(&Request<'_, K>) -> Option<Need>,
     judge: impl FnOnce(&Request<'_, K>) -> Verdict,
 ) -> Response
 where
     K: for<'de> serde::Deserialize<'de>,
 {
     let started = Instant::now();
-    // The span covers reading the body. What is learned later goes to the trace alone
-    // (`set_attribute`): recording it as span fields would make the JSON log layer re-encode the
-    // span's fields on every record, a few µs per request on the webhook's hottest path.
+    // The span covers reading the body and the access review. What is learned later goes to the
+    // trace alone (`set_attribute`): recording it as span fields would make the JSON log layer
+    // re-encode the span's fields on every record, a few µs per request on the webhook's hottest path.
     let span = tracing::info_span!("admission", kind);
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).instrument(span.clone()).await;
+    let decoded = bytes.map(|bytes| review::decode::<K>(&bytes, GROUP, kind));
+    let asked = match &decoded {
+        Ok(Ok(decoded)) => needs(&decoded.request()).map(|need| (decoded.request().user, need)),
+        _ => None,
+    };
+    let denied = match asked {
+        Some((user, need)) => st.access.check(&st.policy, user, &need).instrument(span.clone()).await.err(),
+        None => None,
+    };
     let _entered = span.enter();
-    let (response, operation, result) = match bytes {
+    let (response, operation, result) = match decoded {
         Err(_) => (
             json_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body larger than {MAX_BODY_BYTES} bytes")),
             "unknown",
             "error",
         ),
-        Ok(bytes) => match review::decode::<K>(&bytes, GROUP, kind) {
+        Ok(decoded) => match decoded {
             Err(DecodeError::BadRequest(message)) => {
                 (json_error(StatusCode::BAD_REQUEST, &message), "unknown", "error")
             }
@@ -191,7 +245,10 @@ where
             }
             Ok(decoded) => {
                 span.set_attribute("uid", decoded.uid.clone());
-                let verdict = judge(&decoded.request());
+                let verdict = match denied {
+                    Some(reason) => Verdict::Deny(reason),
+                    None => judge(&decoded.request()),
+                };
                 let result = if matches!(verdict, Verdict::Allow(_)) { "allowed" } else { "denied" };
                 if let Verdict::Deny(reason) = &verdict {
                     tracing::info!(uid = %decoded.uid, operation = decoded.operation().as_str(), %reason, "denied");
@@ -230,9 +287,20 @@ async fn metrics(Extract(st): Extract<Arc<State>>) -> Response {
 }
 
 /// Serves `app` over TLS on `listener` until the task is dropped. HTTP/1.1 and HTTP/2 (ALPN).
-pub async fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Router) {
+pub async fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Router, limits: Limits) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(limit = limits.max_connections, "connection limit reached: new connections wait");
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return, // the semaphore is never closed
+                }
+            }
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -246,18 +314,101 @@ pub async fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Ro
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(tls, app, limits, peer).await;
+            drop(slot);
         });
+    }
+}
+
+/// Whether a connection is handling requests, and since when it has not.
+struct Activity {
+    /// Requests being handled, and when the last one started or ended (or the connection opened).
+    state: Mutex<(usize, Instant)>,
+}
+
+/// One request being handled; ends with its drop.
+struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = (state.0 + 1, Instant::now());
+        InFlight(self.clone())
+    }
+
+    /// Counts from now, as if a request had just ended.
+    fn restart(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = Instant::now();
+    }
+
+    /// When the connection will have idled for `timeout`, unless a request comes first.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        let (in_flight, since) = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if in_flight > 0 { Instant::now() + timeout } else { since + timeout }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = (state.0.saturating_sub(1), Instant::now());
+    }
+}
+
+/// Serves one TLS connection until the client closes it or it idles past the limit.
+async fn serve_connection(tls: TlsStream<TcpStream>, app: Router, limits: Limits, peer: SocketAddr) {
+    let activity = Arc::new(Activity { state: Mutex::new((0, Instant::now())) });
+    let service = {
+        let (activity, app) = (activity.clone(), TowerToHyperService::new(app));
+        hyper::service::service_fn(move |request| {
+            let in_flight = activity.begin();
+            let answer = app.call(request);
+            async move {
+                let response = match tokio::time::timeout(limits.request_timeout, answer).await {
+                    Ok(response) => response,
+                    Err(_) => Ok(json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("the request was not read and answered within {:?}", limits.request_timeout),
+                    )),
+                };
+                drop(in_flight);
+                response
+            }
+        })
+    };
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let result = loop {
+        let limit = if closing { CLOSE_GRACE } else { limits.idle_timeout };
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = tokio::time::sleep_until(activity.idle_deadline(limit).into()) => {
+                if activity.idle_deadline(limit) > Instant::now() {
+                    continue; // a request came meanwhile
+                }
+                if closing {
+                    break Ok(()); // dropping the connection cuts it
+                }
+                tracing::debug!(%peer, "closing an idle connection");
+                // HTTP/2 says GOAWAY and still answers the requests the client sent before it
+                // heard, each within the request timeout; HTTP/1.1 closes at once between
+                // requests. A client half-way through its headers gets no more than the grace.
+                connection.as_mut().graceful_shutdown();
+                activity.restart();
+                closing = true;
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -242,3 +242,14 @@ async fn mutated_reviews_never_crash_the_webhook() {
         assert!(ok, "case {case} on {path}: {status} {body}\ninput: {}", String::from_utf8_lossy(&bytes));
     }
 }
+
+#[tokio::test]
+async fn without_an_api_client_only_admin_groups_manage_evpns() {
+    let mut rev = review("EVPN", evpn_object());
+    rev["request"]["userInfo"] = json!({"username": "bob", "groups": ["system:authenticated"]});
+    let (status, body) = post(&state(), "/validate/evpns", rev.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["response"]["allowed"], false);
+    let message = body["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("verb \"manage\"") && message.contains("\"bob\""), "{body}");
+}
