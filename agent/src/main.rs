@@ -84,8 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let frr = Frr::new(args.frr_pathspace.clone());
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let mut agent = Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds));
-    agent.secrets = Some(client.clone());
+    let agent = Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds));
     let (encode, ready) = (agent.metrics.clone(), agent.metrics.clone());
     let endpoints =
         serve::Endpoints { metrics: Arc::new(move || encode.encode()), ready: Arc::new(move || ready.readiness()) };

@@ -527,9 +527,9 @@ impl Writer {
         self.run_stage(&["EVPN/finalizer"], std::mem::take(&mut writes)).await;
 
         for (kind, name, write) in crate::record::spec_writes(&self.client, &plan, &observed.evpns, &observed.vteps) {
-            writes.extend(self.write(kind, name, write));
+            writes.push(self.write(kind, name, write));
         }
-        self.run_all(std::mem::take(&mut writes)).await;
+        self.run_stage(&["EVPN/spec", "VTEP/spec"], std::mem::take(&mut writes)).await;
 
         let mut deferred: Option<Instant> = None;
         for (name, status) in &plan.evpn_statuses {

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod allocator;
+pub mod bgp_passwords;
 pub mod controller;
 pub mod frrk8s;
 pub mod leader;
@@ -20,7 +21,13 @@ pub async fn run_controllers(
     config: controller::Config,
     metrics: Arc<metrics::Metrics>,
 ) {
-    let work = || controller::run(client.clone(), config.clone(), metrics.clone());
+    let work = || {
+        let controllers = controller::run(client.clone(), config.clone(), metrics.clone());
+        let grants = bgp_passwords::run(client.clone(), election.namespace.clone());
+        async move {
+            futures::join!(controllers, grants);
+        }
+    };
     let record = |leading: bool| {
         metrics.leader.set(i64::from(leading));
     };
