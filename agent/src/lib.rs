@@ -8,6 +8,7 @@
 pub mod dataplane;
 pub mod frr;
 pub mod metrics;
+pub mod passwords;
 pub mod plan;
 pub mod reconcile;
 pub mod report;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use evpn_crds::nodestate::{AgentInfo, AppliedNetworkSet, DesiredNode, FrrDriver, VtepState};
 use evpn_crds::{EvpnNetworkSet, EvpnNodeState, EvpnNodeStateStatus};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -28,6 +27,7 @@ use tracing::{info, warn};
 use crate::dataplane::{ApplyScope, Dataplane};
 use crate::frr::{self, Frr, RenderOptions};
 use crate::metrics::{Metrics, RepairLabels, ResultLabels};
+use crate::passwords::{PasswordSecrets, SecretName, Unavailable};
 use crate::plan::{self, NodePlan};
 use crate::report::{self, Observed, Outcome};
 
@@ -37,8 +37,8 @@ const FIELD_MANAGER: &str = "evpn-agent";
 /// The agent of one node.
 pub struct Agent {
     pub node: String,
-    /// Reads the Secrets that hold BGP passwords; `None` where the agent runs without an API.
-    pub secrets: Option<kube::Client>,
+    /// The Secrets that hold BGP passwords, watched once [`Agent::run`] has a client.
+    password_secrets: PasswordSecrets,
     pub dataplane: Dataplane,
     pub frr: Frr,
     pub render: RenderOptions,
@@ -65,7 +65,7 @@ impl Agent {
     pub fn new(node: String, dataplane: Dataplane, frr: Frr, render: RenderOptions, resync: Duration) -> Self {
         Self {
             node,
-            secrets: None,
+            password_secrets: PasswordSecrets::default(),
             dataplane,
             frr,
             render,
@@ -83,6 +83,8 @@ impl Agent {
     pub async fn run(mut self, client: kube::Client) -> anyhow::Result<()> {
         let api: Api<EvpnNodeState> = Api::all(client.clone());
         let (tx, mut rx) = watch::channel(Inputs::default());
+        let secrets_changed = tx.clone();
+        self.password_secrets = PasswordSecrets::new(Some(client.clone()), move || secrets_changed.send_modify(|_| ()));
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node));
         tokio::spawn(follow(watcher(api.clone(), config), tx.clone(), |inputs, state| {
             inputs.state = Some(state.into_iter().next())
@@ -235,13 +237,21 @@ impl Agent {
         } else {
             vtep_ip
         };
-        let frr_ip = match self.passwords(&plan).await {
+        let frr_ip = match self.passwords(&plan) {
             Ok(passwords) => {
                 self.render.passwords = passwords;
                 frr_ip
             }
-            // Never bring a session up without the password the admin asked for.
-            Err(message) => {
+            // Never bring a session up without the password the admin asked for. A Secret whose
+            // watch has just started is a moment away; its first read starts another reconcile.
+            Err(Unavailable::Pending(message)) => {
+                for n in &frr_plan.networks {
+                    let pending = Outcome::Pending { reason: "BgpPasswordPending".into(), message: message.clone() };
+                    outcomes.insert(n.evpn.clone(), pending);
+                }
+                None
+            }
+            Err(Unavailable::Failed(message)) => {
                 self.metrics.error("bgp_password");
                 for n in &frr_plan.networks {
                     outcomes.insert(n.evpn.clone(), failed("BgpPasswordUnavailable", message.clone()));
@@ -413,24 +423,27 @@ impl Agent {
         self.render.uplinks = self.uplinks.values().cloned().collect();
     }
 
-    /// The TCP MD5 passwords of the VTEP's BGP neighbors, read from their Secrets.
-    async fn passwords(&self, plan: &NodePlan) -> Result<BTreeMap<String, String>, String> {
+    /// The TCP MD5 passwords of the VTEP's BGP neighbors, from the watched Secrets; the
+    /// Secrets watched become exactly those the plan names.
+    fn passwords(&mut self, plan: &NodePlan) -> Result<BTreeMap<String, String>, Unavailable> {
+        let neighbors = || plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);
+        let secrets = neighbors()
+            .filter_map(|n| n.password_secret.as_ref())
+            .map(|s| SecretName { namespace: s.namespace.clone(), name: s.name.clone() })
+            .collect();
+        self.password_secrets.follow(&secrets);
         let mut passwords = BTreeMap::new();
-        let neighbors = plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);
-        for n in neighbors {
+        for n in neighbors() {
             let (Some(secret), Some(name)) = (&n.password_secret, frr::neighbor_name(n)) else { continue };
             let what = format!(
                 "BGP password of neighbor {name} (Secret {}/{} key {:?})",
                 secret.namespace, secret.name, secret.key
             );
-            let client = self.secrets.clone().ok_or_else(|| format!("{what}: no Kubernetes client to read it"))?;
-            let api: Api<Secret> = Api::namespaced(client, &secret.namespace);
-            let found = api.get(&secret.name).await.map_err(|e| format!("{what}: {e}"))?;
-            let value = found
-                .data
-                .and_then(|d| d.get(&secret.key).cloned())
-                .ok_or_else(|| format!("{what}: the key is missing"))?;
-            let password = String::from_utf8(value.0).map_err(|_| format!("{what}: not UTF-8"))?;
+            let at = SecretName { namespace: secret.namespace.clone(), name: secret.name.clone() };
+            let password = self.password_secrets.value(&at, &secret.key).map_err(|e| match e {
+                Unavailable::Pending(e) => Unavailable::Pending(format!("{what}: {e}")),
+                Unavailable::Failed(e) => Unavailable::Failed(format!("{what}: {e}")),
+            })?;
             passwords.insert(name.to_owned(), password);
         }
         Ok(passwords)
