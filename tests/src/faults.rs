@@ -10,9 +10,11 @@
 //! client exactly like the apiserver's connection dying. Connections the proxy closes are reset
 //! (zero linger), the harsher of the two ways a connection ends.
 //!
-//! [`ControlPlane::restart`] stops etcd or kube-apiserver and starts it again with the same
+//! [`ControlPlane::restart`] kills etcd or kube-apiserver and starts it again with the same
 //! command line (same ports, same data directory), recording the new PID where
-//! `hack/control-plane.sh stop` looks for it, so teardown still finds everything.
+//! `hack/control-plane.sh stop` looks for it, so teardown still finds everything. It kills with
+//! SIGKILL, a crash: the harsher case for clients, and an apiserver asked to stop gracefully
+//! waits up to a minute for its open watches.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -261,9 +263,9 @@ impl Component {
 }
 
 impl ControlPlane {
-    /// Stops `component` and returns what [`ControlPlane::start`] needs to start it again as it
+    /// Kills `component` and returns what [`ControlPlane::start`] needs to start it again as it
     /// was. Only for a control plane this process started: others may be sharing it.
-    pub async fn stop(&self, component: Component) -> anyhow::Result<Stopped> {
+    pub async fn kill(&self, component: Component) -> anyhow::Result<Stopped> {
         let pid_file = self.run_dir.join(format!("{}.pid", component.name()));
         let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
         let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))?
@@ -271,9 +273,9 @@ impl ControlPlane {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let status = tokio::process::Command::new("kill").arg(pid.to_string()).status().await?;
+        let status = tokio::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().await?;
         if !status.success() {
-            bail!("could not stop {} ({pid})", component.name());
+            bail!("could not kill {} ({pid})", component.name());
         }
         eventually(|| async { gone(pid) })
             .await
@@ -304,11 +306,11 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops `component`, waits until the apiserver says it is not ready, starts it again and
+    /// Kills `component`, waits until the apiserver says it is not ready, starts it again and
     /// waits until the apiserver is ready.
     pub async fn restart(&self, component: Component) -> anyhow::Result<()> {
         let admin = self.admin().await?;
-        let stopped = self.stop(component).await?;
+        let stopped = self.kill(component).await?;
         eventually(|| async { !ready(&admin).await }).await.context("the apiserver stayed ready")?;
         self.start(stopped).await?;
         eventually(|| async { ready(&admin).await }).await.context("the apiserver did not become ready again")
