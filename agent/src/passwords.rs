@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -17,6 +18,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
+use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -53,6 +55,8 @@ type OnChange = Arc<dyn Fn() + Send + Sync>;
 pub struct PasswordSecrets {
     client: Option<kube::Client>,
     on_change: OnChange,
+    /// Marked on every change, for [`PasswordSecrets::settle`].
+    changed: signal::Receiver<()>,
     reads: Arc<Mutex<BTreeMap<SecretName, Read>>>,
     watches: BTreeMap<SecretName, JoinHandle<()>>,
 }
@@ -72,7 +76,27 @@ impl Drop for PasswordSecrets {
 
 impl PasswordSecrets {
     pub fn new(client: Option<kube::Client>, on_change: impl Fn() + Send + Sync + 'static) -> Self {
-        Self { client, on_change: Arc::new(on_change), reads: Arc::default(), watches: BTreeMap::new() }
+        let (mark, changed) = signal::channel(());
+        let on_change = Arc::new(move || {
+            mark.send_modify(|_| ());
+            on_change();
+        });
+        Self { client, on_change, changed, reads: Arc::default(), watches: BTreeMap::new() }
+    }
+
+    /// Waits until no followed Secret is still to be read, at most `limit`: an agent that starts
+    /// watching then reports its networks as they are, not a moment of `Pending`.
+    pub async fn settle(&self, limit: Duration) {
+        let mut changed = self.changed.clone();
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                changed.borrow_and_update();
+                if !self.lock().values().any(|r| *r == Read::Pending) || changed.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Watches exactly `wanted` from now on: starts the missing watches, stops the others.

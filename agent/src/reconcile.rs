@@ -57,6 +57,10 @@ pub struct Agent {
     stranded: BTreeMap<String, (BTreeSet<Ipv4Addr>, Instant)>,
 }
 
+/// How long a reconcile waits for the first read of a password Secret it has just started
+/// watching before it reports the networks `Pending`.
+const PASSWORD_SETTLE: Duration = Duration::from_secs(5);
+
 /// How long a VRF's routes may go through a VTEP zebra has no router MAC for before the agent
 /// repairs it: zebra adds the next hop with the route, so more than a moment is not convergence.
 const STRANDED_GRACE: Duration = Duration::from_secs(5);
@@ -237,7 +241,7 @@ impl Agent {
         } else {
             vtep_ip
         };
-        let frr_ip = match self.passwords(&plan) {
+        let frr_ip = match self.passwords(&plan).await {
             Ok(passwords) => {
                 self.render.passwords = passwords;
                 frr_ip
@@ -425,13 +429,14 @@ impl Agent {
 
     /// The TCP MD5 passwords of the VTEP's BGP neighbors, from the watched Secrets; the
     /// Secrets watched become exactly those the plan names.
-    fn passwords(&mut self, plan: &NodePlan) -> Result<BTreeMap<String, String>, Unavailable> {
+    async fn passwords(&mut self, plan: &NodePlan) -> Result<BTreeMap<String, String>, Unavailable> {
         let neighbors = || plan.vtep.iter().flat_map(|v| v.bgp.iter()).flat_map(|b| &b.neighbors);
         let secrets = neighbors()
             .filter_map(|n| n.password_secret.as_ref())
             .map(|s| SecretName { namespace: s.namespace.clone(), name: s.name.clone() })
             .collect();
         self.password_secrets.follow(&secrets);
+        self.password_secrets.settle(PASSWORD_SETTLE).await;
         let mut passwords = BTreeMap::new();
         for n in neighbors() {
             let (Some(secret), Some(name)) = (&n.password_secret, frr::neighbor_name(n)) else { continue };

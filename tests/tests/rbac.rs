@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use evpn_agent::passwords::{PasswordSecrets, SecretName, Unavailable};
-use evpn_tests::{api_status, control_plane, eventually, unique_name};
+use evpn_tests::{DEADLINE, api_status, control_plane, eventually, unique_name};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchParams};
@@ -175,12 +175,13 @@ async fn the_agent_keeps_its_passwords_from_a_watch_and_reports_refusals() {
     });
     let at = |name: &str| SecretName { namespace: NAMESPACE.into(), name: name.into() };
     store.follow(&BTreeSet::from([at(&mine), at(&theirs)]));
-    eventually(|| async { store.value(&at(&mine), "password") == Ok("first".into()) }).await.unwrap();
+    // What a reconcile does before it reads: wait for the first answers.
+    store.settle(DEADLINE).await;
+    assert_eq!(store.value(&at(&mine), "password"), Ok("first".into()));
     // Another VTEP's Secret: refused, and the reason says so without any Secret's content.
-    eventually(|| async { matches!(store.value(&at(&theirs), "password"), Err(Unavailable::Failed(_))) })
-        .await
-        .unwrap();
-    let Err(Unavailable::Failed(why)) = store.value(&at(&theirs), "password") else { unreachable!() };
+    let Err(Unavailable::Failed(why)) = store.value(&at(&theirs), "password") else {
+        panic!("{:?}", store.value(&at(&theirs), "password"))
+    };
     assert!(why.contains("forbidden"), "{why}");
     assert!(!why.contains("not-yours"), "{why}");
     assert_eq!(store.value(&at(&mine), "other-key"), Err(Unavailable::Failed("the key is missing".into())));
