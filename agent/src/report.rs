@@ -6,6 +6,10 @@
 //! only the networks that are not applied (pending, failed, or still being removed), so a node
 //! that carries a thousand healthy networks writes a small status, and a network that left the
 //! sets stays listed until its devices and FRR configuration are gone.
+//!
+//! The status is readable through the built-in `view` role, so every message passes
+//! [`crate::frr::redact`] once more here: no path from FRR's output to the status can carry a
+//! BGP password.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +21,7 @@ use evpn_crds::nodestate::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::frr::ZebraSegment;
+use crate::frr::{ZebraSegment, redact};
 use crate::plan::NetworkPlan;
 
 /// How one network fared in this reconcile.
@@ -104,7 +108,7 @@ pub fn status(observed: &Observed, previous: Option<&EvpnNodeStateStatus>, now: 
                 applied_generation: observed.applied_generations.get(evpn).copied(),
                 phase,
                 reason: Some(reason.clone()),
-                message: Some(message.clone()),
+                message: Some(redact(message, &[])),
                 vnis,
             })
         })
@@ -195,6 +199,19 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NetworksFailed"));
         assert!(ready.message.contains("blue") && ready.message.contains("VRF red"), "{}", ready.message);
         assert_eq!(ready.last_transition_time, at(20));
+    }
+
+    #[test]
+    fn no_message_carries_a_password_line() {
+        let echo =
+            "FRR rejected the commands of network blue: % Unknown command: neighbor 198.18.1.1 password s3cret x";
+        let s = status(
+            &observed(vec![("blue", Outcome::Failed { reason: "FrrConfigFailed".into(), message: echo.into() })]),
+            None,
+            at(10),
+        );
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(!text.contains("s3cret") && text.contains(crate::frr::REDACTED), "{text}");
     }
 
     #[test]

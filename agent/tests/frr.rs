@@ -19,8 +19,7 @@ use evpn_crds::RouteTargets;
 use evpn_crds::nodestate::VrfBackend;
 use evpn_crds::vtep::{BfdProfile, Bgp, BgpNeighbor, VtepMode};
 
-const FRR_BINARIES: [&str; 5] =
-    ["/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/bfdd", "/usr/bin/vtysh", "/usr/lib/frr/frr-reload.py"];
+const FRR_BINARIES: [&str; 4] = ["/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/bfdd", "/usr/bin/vtysh"];
 const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
 const VTEP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 1));
 
@@ -329,7 +328,7 @@ async fn syncs_incrementally_isolates_failures_and_reloads_after_restart() {
     let lab = Lab::start("sync");
     let mut frr = Frr::new(Some(lab.name.clone()));
 
-    // First sync: nothing to diff against, a full reload.
+    // First sync: no baseline, a full sync against the running configuration.
     let two = || vec![l2_network("blue", 100, "65000:100"), l2_network("green", 200, "65000:200")];
     let report = frr.sync(&config(&lab, two())).await;
     assert_eq!(report.method, SyncMethod::FullReload);
@@ -550,7 +549,7 @@ async fn applies_and_removes_layer3_irb_bfd_and_passwords() {
     assert!(running.contains("router bgp 65001 vrf green\n"), "{running}");
     assert!(!frr.vrf_active("green").await.expect("show vrf"), "no VRF device, so zebra has not bound it");
 
-    // A new ASN replaces every BGP instance: a full reload.
+    // A new ASN replaces every BGP instance: a full sync, removals first.
     let mut bgp = underlay();
     bgp.asn = 65002;
     let report = frr.sync(&render(&node_with(vec![l3_network("green", 5000, Some(200))], bgp), VTEP, &opts)).await;
@@ -621,7 +620,7 @@ async fn netns_vrf_survives_removal_and_comes_back() {
     assert!(report.is_ok(), "{report:?}");
     wait_for_l3vni_up(&frr, 4000).await;
 
-    // The same removal by a full reload (e.g. after an agent restart): the binding stays too.
+    // The same removal by a full sync (e.g. after an agent restart): the binding stays too.
     frr.forget_baseline();
     let report = frr.sync(&without_red()).await;
     assert_eq!(report.method, SyncMethod::FullReload);
@@ -791,7 +790,7 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
     assert!(seen.is_empty(), "a password in a process's argv: {seen:?}");
 }
 
-/// Timing of one incremental one-VNI change against a full frr-reload.py, with ~1000 L2VNIs.
+/// Timing of one incremental one-VNI change against a full sync, with ~1000 L2VNIs.
 /// `cargo test -p evpn-agent --test frr -- --ignored --nocapture`
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "benchmark: takes about a minute"]
@@ -817,7 +816,7 @@ async fn one_vni_change_with_1000_vnis_incremental_vs_full_reload() {
     frr.forget_baseline();
     let start = Instant::now();
     let report = frr.sync(&config(&lab, networks("65000:1"))).await;
-    println!("full reload of the same 1000 VNIs, nothing to change: {:?}", start.elapsed());
+    println!("full sync of the same 1000 VNIs, nothing to change: {:?}", start.elapsed());
     assert!(report.is_ok(), "{report:?}");
 
     let rounds = 5;
@@ -862,7 +861,7 @@ async fn one_vni_change_with_1000_vnis_incremental_vs_full_reload() {
         incremental[rounds / 2],
         incremental[rounds - 1]
     );
-    println!("  full reload:       {:?} / {:?} / {:?}", full[0], full[rounds / 2], full[rounds - 1]);
+    println!("  full sync:         {:?} / {:?} / {:?}", full[0], full[rounds / 2], full[rounds - 1]);
     println!("  bare `vtysh -c 'show version'`: {:?} / {:?} / {:?}", bare[0], bare[rounds / 2], bare[rounds - 1]);
     println!("  diff() of the two 1000-VNI configs: {diff_time:?}");
 }

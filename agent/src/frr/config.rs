@@ -4,8 +4,8 @@
 //! its plain lines and its sub-stanzas. Every stanza carries an owner: `None` for the node-wide
 //! underlay BGP, `Some(evpn)` for what one network added. A network's `vni` block lives inside the
 //! node-wide `router bgp`, so ownership is per stanza, not per top-level block; lines belong to the
-//! owner of their stanza. The same tree is rendered to frr.conf text (full reload), diffed into
-//! vtysh commands, and parsed back from `show running-config` to check what FRR really took and
+//! owner of their stanza. The same tree is diffed into vtysh commands, rendered as frr.conf text
+//! (for people and the render tests), and parsed back from `show running-config` to check what FRR really took and
 //! to find, in a configuration FRR shares with the node's admin, the part that is the agent's.
 
 use std::collections::BTreeSet;
@@ -134,14 +134,13 @@ fn merge_stanzas(mine: &mut Vec<Stanza>, other: &[Stanza]) {
 /// The whole configuration the agent wants in FRR.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
-    /// Written on the `hostname` line, which frr-reload.py would otherwise remove.
+    /// Written on the `hostname` line of [`Config::text`].
     pub hostname: String,
     /// Top-level stanzas in the order FRR needs them (VRFs first, see [`Config::sort`]).
     pub stanzas: Vec<Stanza>,
 }
 
-/// Where a top-level stanza goes. frr-reload.py sends lines without exits and vtysh resolves a
-/// command in the current context or its parents, so a `vrf red` after `router bgp` would become
+/// Where a top-level stanza goes. vtysh resolves a command in the current context or its parents, so a `vrf red` after `router bgp` would become
 /// `vrf-policy red` (prefix match, seen on 8.4.4): VRFs come first, as in FRR's own output.
 fn top_level_rank(stanza: &Stanza) -> u8 {
     let words: Vec<&str> = stanza.header.split(' ').collect();
@@ -155,7 +154,7 @@ fn top_level_rank(stanza: &Stanza) -> u8 {
 }
 
 impl Config {
-    /// frr.conf text that frr-reload.py accepts: the header lines FRR needs, then the stanzas.
+    /// frr.conf text of this configuration: the header lines FRR needs, then the stanzas.
     pub fn text(&self) -> String {
         let mut out = String::from("frr defaults datacenter\n");
         let _ = writeln!(out, "hostname {}", self.hostname);

@@ -5,7 +5,7 @@
 //! Ethernet segment the `evpn mh` lines of its interface (with `evpn mh uplink` on the underlay
 //! interfaces, so a node that loses every uplink takes its segments down). The
 //! header lines (`frr defaults datacenter`, hostname, integrated config) are added by
-//! [`Config::text`] so the file suits frr-reload.py.
+//! [`Config::text`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
