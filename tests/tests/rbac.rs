@@ -17,7 +17,7 @@ use evpn_agent::passwords::{PasswordSecrets, SecretName, Unavailable};
 use evpn_tests::{DEADLINE, api_status, control_plane, eventually, unique_name};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::Role;
-use kube::api::{Api, ListParams, Patch, PatchParams, WatchParams};
+use kube::api::{Api, ListParams, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
@@ -81,26 +81,39 @@ async fn watchable(client: &Client, name: &str) -> bool {
     found["list"].is_ok() && found["watch"].is_ok()
 }
 
-async fn put_secret(admin: &Client, name: &str, password: &str) {
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NAMESPACE},
+async fn put_secret_in(admin: &Client, namespace: &str, name: &str, password: &str) {
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
         "stringData": {"password": password}});
-    let api: Api<Secret> = Api::namespaced(admin.clone(), NAMESPACE);
-    api.patch(name, &PatchParams::apply("rbac-test").force(), &Patch::Apply(&secret)).await.unwrap();
+    evpn_tests::apply(admin, &secret).await.unwrap();
 }
 
-/// An EVPNNodeState for `node` whose VTEP `vtep` has one neighbor with password Secret `secret`.
-async fn put_node_state(admin: &Client, node: &str, vtep: &str, secret: &str) {
+async fn put_secret(admin: &Client, name: &str, password: &str) {
+    put_secret_in(admin, NAMESPACE, name, password).await
+}
+
+/// An EVPNNodeState for `node` whose VTEP `vtep` has one neighbor with password Secret
+/// `namespace/secret`.
+async fn put_node_state_naming(admin: &Client, node: &str, vtep: &str, namespace: &str, secret: &str) {
     let state = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPNNodeState", "metadata": {"name": node},
         "spec": {"ethernetSegments": [], "vteps": [{"name": vtep, "mode": "Managed", "cidrs": ["198.18.0.0/24"], "udpPort": 4789,
             "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000,
-                "passwordSecret": {"namespace": NAMESPACE, "name": secret}}]}}]}});
+                "passwordSecret": {"namespace": namespace, "name": secret}}]}}]}});
     evpn_tests::apply(admin, &state).await.unwrap();
+}
+
+async fn put_node_state(admin: &Client, node: &str, vtep: &str, secret: &str) {
+    put_node_state_naming(admin, node, vtep, NAMESPACE, secret).await
+}
+
+/// The operator's grants, written with the operator's own service account, until aborted.
+async fn run_grants() -> tokio::task::JoinHandle<()> {
+    let operator = control_plane().await.unwrap().operator().await.unwrap();
+    tokio::spawn(evpn_operator::bgp_passwords::run(operator, NAMESPACE.into()))
 }
 
 #[tokio::test]
 async fn a_node_reads_its_own_vteps_passwords_and_no_other_secret() {
-    let cp = control_plane().await.unwrap();
-    let admin = cp.admin().await.unwrap();
+    let admin = control_plane().await.unwrap().admin().await.unwrap();
     let (red, blue) = (unique_name("red"), unique_name("blue"));
     let (red_secret, blue_secret) = (format!("{red}-tor"), format!("{blue}-tor"));
     let (one, two) = (unique_name("node"), unique_name("node"));
@@ -115,7 +128,7 @@ async fn a_node_reads_its_own_vteps_passwords_and_no_other_secret() {
 
     put_node_state(&admin, &one, &red, &red_secret).await;
     put_node_state(&admin, &two, &blue, &blue_secret).await;
-    let grants = tokio::spawn(evpn_operator::bgp_passwords::run(cp.operator().await.unwrap(), NAMESPACE.into()));
+    let grants = run_grants().await;
     eventually(|| watchable(&node_one, &red_secret)).await.unwrap();
     eventually(|| watchable(&node_two, &blue_secret)).await.unwrap();
     for (client, secret) in
@@ -156,15 +169,14 @@ async fn a_node_reads_its_own_vteps_passwords_and_no_other_secret() {
 
 #[tokio::test]
 async fn the_agent_keeps_its_passwords_from_a_watch_and_reports_refusals() {
-    let cp = control_plane().await.unwrap();
-    let admin = cp.admin().await.unwrap();
+    let admin = control_plane().await.unwrap().admin().await.unwrap();
     let (vtep, other) = (unique_name("vtep"), unique_name("other"));
     let (mine, theirs) = (format!("{vtep}-tor"), format!("{other}-tor"));
     let name = unique_name("node");
     put_secret(&admin, &mine, "first").await;
     put_secret(&admin, &theirs, "not-yours").await;
     put_node_state(&admin, &name, &vtep, &mine).await;
-    let grants = tokio::spawn(evpn_operator::bgp_passwords::run(cp.operator().await.unwrap(), NAMESPACE.into()));
+    let grants = run_grants().await;
     let client = node(&name).await;
     eventually(|| watchable(&client, &mine)).await.unwrap();
 
@@ -199,23 +211,16 @@ async fn the_agent_keeps_its_passwords_from_a_watch_and_reports_refusals() {
 
 #[tokio::test]
 async fn a_password_secret_outside_the_operators_namespace_is_granted_to_no_one() {
-    let cp = control_plane().await.unwrap();
-    let admin = cp.admin().await.unwrap();
+    let admin = control_plane().await.unwrap().admin().await.unwrap();
     let (elsewhere, here) = (unique_name("elsewhere"), unique_name("here"));
     let (one, two) = (unique_name("node"), unique_name("node"));
     let here_secret = format!("{here}-tor");
     put_secret(&admin, &here_secret, "here").await;
     // "default": the operator holds nothing there to grant.
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": elsewhere, "namespace": "default"},
-        "stringData": {"password": "elsewhere"}});
-    evpn_tests::apply(&admin, &secret).await.unwrap();
-    let mut state = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "EVPNNodeState", "metadata": {"name": one},
-        "spec": {"ethernetSegments": [], "vteps": [{"name": elsewhere, "mode": "Managed", "cidrs": ["198.18.0.0/24"], "udpPort": 4789,
-            "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000,
-                "passwordSecret": {"namespace": "default", "name": elsewhere}}]}}]}});
-    evpn_tests::apply(&admin, &state).await.unwrap();
+    put_secret_in(&admin, "default", &elsewhere, "elsewhere").await;
+    put_node_state_naming(&admin, &one, &elsewhere, "default", &elsewhere).await;
     put_node_state(&admin, &two, &here, &here_secret).await;
-    let grants = tokio::spawn(evpn_operator::bgp_passwords::run(cp.operator().await.unwrap(), NAMESPACE.into()));
+    let grants = run_grants().await;
     // The Secret nobody may have holds up no other VTEP.
     let node_two = node(&two).await;
     eventually(|| watchable(&node_two, &here_secret)).await.unwrap();
@@ -224,8 +229,7 @@ async fn a_password_secret_outside_the_operators_namespace_is_granted_to_no_one(
     assert_eq!(node_one.list(&by_name).await.map(drop).map_err(|e| api_status(&e)), Err(Some(403)));
     // Moved into the operator's namespace, the Secret is granted.
     put_secret(&admin, &elsewhere, "moved").await;
-    state["spec"]["vteps"][0]["bgp"]["neighbors"][0]["passwordSecret"]["namespace"] = json!(NAMESPACE);
-    evpn_tests::apply(&admin, &state).await.unwrap();
+    put_node_state(&admin, &one, &elsewhere, &elsewhere).await;
     let node_one = node(&one).await;
     eventually(|| watchable(&node_one, &elsewhere)).await.unwrap();
     grants.abort();
