@@ -318,32 +318,40 @@ async fn a_gitops_service_account_bound_to_evpn_admin_manages_evpns() {
 async fn a_tenant_who_may_create_udns_is_told_which_permission_is_missing() {
     let client = admin().await;
     let (theirs, other) = (world(&client, "local").await, world(&client, "local").await);
-    // A tenant may create networks and EVPNs, and manage EVPNs on one VTEP by name only.
+    // A tenant may create networks and EVPNs, and manage EVPNs on one VTEP by name only, granted
+    // apart so that grant can be revoked alone.
     let tenant = unique_name("tenant");
-    apply(&client, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": tenant},
-        "rules": [
-            {"apiGroups": ["k8s.ovn.org"], "resources": ["userdefinednetworks"], "verbs": ["create", "get", "list"]},
-            {"apiGroups": ["evpn.k8s.ovn.org"], "resources": ["evpns"], "verbs": ["create", "get", "list"]},
-            {"apiGroups": ["evpn.k8s.ovn.org"], "resources": ["vteps"], "verbs": ["manage"], "resourceNames": [theirs.vtep]}]}))
-    .await
-    .unwrap();
-    apply(
-        &client,
-        &cluster_role_binding(
+    let manage = format!("{tenant}-manage");
+    let rule = |group: &str, resource: &str, verbs: &[&str]| json!({"apiGroups": [group], "resources": [resource], "verbs": verbs});
+    let roles = [
+        (
             &tenant,
-            &tenant,
-            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tenant}),
+            vec![
+                rule("k8s.ovn.org", "userdefinednetworks", &["create", "get", "list"]),
+                rule("evpn.k8s.ovn.org", "evpns", &["create", "get", "list"]),
+            ],
         ),
-    )
-    .await
-    .unwrap();
+        (
+            &manage,
+            vec![
+                json!({"apiGroups": ["evpn.k8s.ovn.org"], "resources": ["vteps"], "verbs": ["manage"], "resourceNames": [theirs.vtep]}),
+            ],
+        ),
+    ];
+    for (name, rules) in roles {
+        apply(&client, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules}))
+            .await
+            .unwrap();
+        let user = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tenant});
+        apply(&client, &cluster_role_binding(name, name, user)).await.unwrap();
+    }
     let as_tenant = client_as(|auth| {
         auth.impersonate = Some(tenant.clone());
         auth.impersonate_groups = Some(vec!["system:authenticated".into()]);
     })
     .await;
 
-    // Its own VTEP: allowed, once RBAC has the binding.
+    // Its own VTEP: allowed, once RBAC has the bindings.
     create_once_bound(&as_tenant, &evpn_json(&unique_name("own"), &theirs.vtep, l2(&theirs.layer2, None)))
         .await
         .unwrap_or_else(|last| panic!("the tenant never created an EVPN on the VTEP it may manage: {last}"));
@@ -360,10 +368,20 @@ async fn a_tenant_who_may_create_udns_is_told_which_permission_is_missing() {
             &format!("resourceNames: [{:?}]", other.vtep),
         ],
     );
+    // Revoked, its own VTEP is refused too, once RBAC and the webhook's cached answer expire.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings.delete(&manage, &DeleteParams::default()).await.unwrap();
+    let revoked_at = Instant::now();
+    let again = evpn_json(&unique_name("revoked"), &theirs.vtep, l2(&theirs.layer2, None));
+    eventually(|| async { create(&as_tenant, &again).await.is_err_and(|e| e.to_string().contains("lacks")) })
+        .await
+        .expect("the revoked tenant could still create EVPNs");
+    println!("revocation took effect after {:?}", revoked_at.elapsed());
+    let cluster_roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client);
     bindings.delete(&tenant, &DeleteParams::default()).await.unwrap();
-    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client);
-    roles.delete(&tenant, &DeleteParams::default()).await.unwrap();
+    for name in [&tenant, &manage] {
+        cluster_roles.delete(name, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -587,13 +605,21 @@ fn tls_client(fx: &Fixture, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// A webhook of its own with short limits, judging from the fixture's state.
+/// A webhook of its own with short limits, judging from the fixture's state. It runs on a
+/// runtime of its own, as in the operator, so the test's clients do not share its scheduler.
 async fn limited_webhook(limits: Limits) -> std::net::SocketAddr {
     let fx = fixture();
-    let webhook = Webhook::bind(&webhook_args(&fx.cert, &fx.key, limits), fx.state.clone()).await.unwrap();
-    let addr = webhook.local_addr().unwrap();
-    tokio::spawn(webhook.serve());
-    addr
+    let (args, state) = (webhook_args(&fx.cert, &fx.key, limits), fx.state.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let webhook = Webhook::bind(&args, state).await.unwrap();
+            tx.send(webhook.local_addr().unwrap()).unwrap();
+            webhook.serve().await.unwrap();
+        });
+    });
+    rx.await.unwrap()
 }
 
 /// The soft limit on this process's open files, from /proc/self/limits.
