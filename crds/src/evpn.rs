@@ -98,6 +98,15 @@ pub struct MultiHoming {
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub ethernet_segments: Vec<EthernetSegment>,
+    /// The type-3 ESI the operator derived for each segment whose esi is `auto`, by segment
+    /// name, recorded here (as a Service's clusterIP is recorded in its spec) so the segment
+    /// keeps it through a restore without status, even into a cluster whose system MAC differs.
+    /// A map beside the list rather than a field of each segment: a client-side `kubectl apply`
+    /// sends the segments list whole whenever it differs, and would drop a field in it that the
+    /// user's YAML does not have; a map is merged key by key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty", rename = "derivedESIs")]
+    #[schemars(length(max = 64))]
+    pub derived_esis: std::collections::BTreeMap<String, String>,
 }
 
 /// A link bundle from one external device to several nodes, presented to the fabric as one
@@ -114,14 +123,13 @@ pub struct EthernetSegment {
     pub interface: String,
     /// Nodes attached to the segment.
     pub node_selector: LabelSelector,
-    /// The Ethernet segment identifier: `auto` or ten colon-separated hex bytes of a type-0
-    /// (`00:...`) or type-3 (`03:...`) ESI. The operator replaces `auto` with the type-3 ESI it
-    /// derives from a cluster-wide system MAC and a discriminator, recorded here so the segment
-    /// keeps it through a restore (even into a cluster whose system MAC differs).
+    /// The Ethernet segment identifier: `auto` (type-3, derived by the operator from a
+    /// cluster-wide system MAC and a discriminator, and recorded in derivedESIs) or ten
+    /// colon-separated hex bytes of a type-0 ESI (`00:...`).
     #[serde(default = "default_esi")]
     #[schemars(regex(pattern = ESI_PATTERN))]
-    #[x_kube(validation = Rule::new("self == 'auto' || self.startsWith('00:') || self.startsWith('03:')")
-        .message("an explicit ESI must be type 0 (first byte 00) or type 3 (03); use auto for a derived type-3 ESI"))]
+    #[x_kube(validation = Rule::new("self == 'auto' || self.startsWith('00:')")
+        .message("an explicit ESI must be type 0 (first byte 00); use auto for a derived type-3 ESI"))]
     pub esi: String,
     /// Redundancy mode of the segment.
     #[serde(default)]

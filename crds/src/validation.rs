@@ -148,10 +148,8 @@ impl fmt::Display for RouteTarget {
 /// Parses `ASN:NN` (2- or 4-byte ASN) or `A.B.C.D:NN`, checking every range.
 pub fn parse_route_target(s: &str) -> Result<RouteTarget, String> {
     let q = quote(s);
-    let (admin, number) =
-        s.rsplit_once(':').ok_or_else(|| format!("route target {q} is not ASN:NN or A.B.C.D:NN"))?;
-    let number: u64 =
-        number.parse().map_err(|_| format!("route target {q}: the part after ':' is not a number"))?;
+    let (admin, number) = s.rsplit_once(':').ok_or_else(|| format!("route target {q} is not ASN:NN or A.B.C.D:NN"))?;
+    let number: u64 = number.parse().map_err(|_| format!("route target {q}: the part after ':' is not a number"))?;
     if admin.contains('.') {
         let addr: Ipv4Addr =
             admin.parse().map_err(|_| format!("route target {q}: the part before ':' is not an IPv4 address"))?;
@@ -159,8 +157,9 @@ pub fn parse_route_target(s: &str) -> Result<RouteTarget, String> {
             .map_err(|_| format!("route target {q}: with an IPv4 address the number must be at most 65535"))?;
         return Ok(RouteTarget::Ipv4 { addr, number });
     }
-    let asn: u64 =
-        admin.parse().map_err(|_| format!("route target {q}: the part before ':' is not an AS number or IPv4 address"))?;
+    let asn: u64 = admin
+        .parse()
+        .map_err(|_| format!("route target {q}: the part before ':' is not an AS number or IPv4 address"))?;
     if asn == 0 {
         return Err(format!("route target {q}: AS number 0 is reserved"));
     }
@@ -330,12 +329,19 @@ fn check_segments(segments: &[EthernetSegment], errors: &mut Vec<FieldError>) {
     for (i, seg) in segments.iter().enumerate() {
         let field = format!("spec.multiHoming.ethernetSegments[{i}]");
         if segments[..i].iter().any(|s| s.name == seg.name) {
-            errors.push(FieldError::new(format!("{field}.name"), format!("segment name {} is used twice", quote(&seg.name))));
+            errors.push(FieldError::new(
+                format!("{field}.name"),
+                format!("segment name {} is used twice", quote(&seg.name)),
+            ));
         }
         if let Err(e) = check_interface_name(&seg.interface) {
             errors.push(FieldError::new(format!("{field}.interface"), e));
         }
         match parse_esi(&seg.esi) {
+            Ok(EsiSpec::Explicit([3, ..])) => errors.push(FieldError::new(
+                format!("{field}.esi"),
+                "an explicit ESI must be type 0 (first byte 00); use auto for a derived type-3 ESI",
+            )),
             Ok(EsiSpec::Explicit(esi)) => {
                 if let Some((_, other)) = explicit.iter().find(|(e, _)| *e == esi) {
                     errors.push(FieldError::new(
@@ -391,6 +397,12 @@ impl EvpnSpec {
         }
         if let Some(mh) = &self.multi_homing {
             check_segments(&mh.ethernet_segments, &mut errors);
+            for (segment, esi) in &mh.derived_esis {
+                let field = format!("spec.multiHoming.derivedESIs[{}]", quote(segment));
+                if !matches!(parse_esi(esi), Ok(EsiSpec::Explicit([3, ..]))) {
+                    errors.push(FieldError::new(field, format!("{} is not a type-3 ESI", quote(esi))));
+                }
+            }
             if self.mac_vrf.is_none() && !mh.ethernet_segments.is_empty() {
                 errors.push(FieldError::new(
                     "spec.multiHoming",
@@ -416,10 +428,16 @@ impl EvpnSpec {
                 format!("is immutable (was {}): delete and recreate the EVPN to move it", quote(&old.vtep)),
             ));
         }
-        for (field, new, old) in [("spec.macVRF", &self.mac_vrf, &old.mac_vrf), ("spec.ipVRF", &self.ip_vrf, &old.ip_vrf)]
+        for (field, new, old) in
+            [("spec.macVRF", &self.mac_vrf, &old.mac_vrf), ("spec.ipVRF", &self.ip_vrf, &old.ip_vrf)]
         {
             let kept = [
-                ("vni", "FRR cannot change a VRF's VNI in place", new.as_ref().and_then(|v| v.vni), old.as_ref().and_then(|v| v.vni)),
+                (
+                    "vni",
+                    "FRR cannot change a VRF's VNI in place",
+                    new.as_ref().and_then(|v| v.vni),
+                    old.as_ref().and_then(|v| v.vni),
+                ),
                 (
                     "routeDistinguisherIndex",
                     "the fabric knows the VRF's routes by it",
@@ -442,8 +460,8 @@ impl EvpnSpec {
     }
 
     /// Whether `self` is `old` with allocations recorded: VNIs and route-distinguisher indexes
-    /// that `old` left out, type-3 ESIs where `old` said `auto`, and nothing else changed. The
-    /// operator's writes of an EVPN spec are exactly these.
+    /// that `old` left out, derived ESIs of `auto` segments that had none, and nothing else
+    /// changed. The operator's writes of an EVPN spec are exactly these.
     pub fn records_allocations_of(&self, old: &EvpnSpec) -> bool {
         let mut unrecorded = self.clone();
         for (vrf, old_vrf) in [(&mut unrecorded.mac_vrf, &old.mac_vrf), (&mut unrecorded.ip_vrf, &old.ip_vrf)] {
@@ -456,12 +474,13 @@ impl EvpnSpec {
                 }
             }
         }
-        let old_segments = old.multi_homing.iter().flat_map(|m| &m.ethernet_segments);
-        let segments = unrecorded.multi_homing.iter_mut().flat_map(|m| &mut m.ethernet_segments);
-        for (seg, old_seg) in segments.zip(old_segments) {
-            if old_seg.esi == AUTO_ESI && matches!(parse_esi(&seg.esi), Ok(EsiSpec::Explicit([3, ..]))) {
-                seg.esi = AUTO_ESI.into();
-            }
+        if let (Some(mh), Some(old_mh)) = (unrecorded.multi_homing.as_mut(), &old.multi_homing) {
+            // Only ESIs of `auto` segments that had none recorded are new records.
+            let is_new_record = |segment: &String| {
+                !old_mh.derived_esis.contains_key(segment)
+                    && old_mh.ethernet_segments.iter().any(|s| &s.name == segment && s.esi == AUTO_ESI)
+            };
+            mh.derived_esis.retain(|segment, _| !is_new_record(segment));
         }
         unrecorded == *old
     }
@@ -498,7 +517,10 @@ fn check_bgp(bgp: &Bgp, errors: &mut Vec<FieldError>) {
         match (&n.address, &n.interface) {
             (Some(addr), None) => {
                 if addr.parse::<IpAddr>().is_err() {
-                    errors.push(FieldError::new(format!("{field}.address"), format!("{} is not an IP address", quote(addr))));
+                    errors.push(FieldError::new(
+                        format!("{field}.address"),
+                        format!("{} is not an IP address", quote(addr)),
+                    ));
                 }
             }
             (None, Some(interface)) => {
@@ -556,7 +578,8 @@ fn check_node_addresses(spec: &VtepSpec, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(format!("{field}.ip"), format!("{ip} is inside none of spec.cidrs")));
         }
         if let Some((other, _)) = seen.iter().find(|(_, other_ip)| *other_ip == ip) {
-            errors.push(FieldError::new(format!("{field}.ip"), format!("{ip} is also node {}'s address", quote(other))));
+            errors
+                .push(FieldError::new(format!("{field}.ip"), format!("{ip} is also node {}'s address", quote(other))));
         }
         seen.push((&entry.node, ip));
     }

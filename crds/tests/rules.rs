@@ -114,12 +114,23 @@ fn evpn_segment_rules() {
     check_evpn("auto ESI", with_segments(json!([seg("a", "auto")])), None, Accepts, Accepts);
     check_evpn("type-0 ESI", with_segments(json!([seg("a", "00:11:22:33:44:55:66:77:88:99")])), None, Accepts, Accepts);
     check_evpn(
-        "type-3 ESI given explicitly (recorded by the operator, or restored)",
+        "type-3 ESI given explicitly",
         with_segments(json!([seg("a", "03:11:22:33:44:55:66:77:88:99")])),
         None,
+        Rejects,
+        Rejects,
+    );
+    let mut derived = with_segments(json!([seg("a", "auto")]));
+    derived["multiHoming"]["derivedESIs"] = json!({"a": "03:02:aa:00:00:00:01:00:00:01"});
+    check_evpn(
+        "derived ESI recorded",
+        derived.clone(),
+        Some(with_segments(json!([seg("a", "auto")]))),
         Accepts,
         Accepts,
     );
+    derived["multiHoming"]["derivedESIs"] = json!({"a": "00:11:22:33:44:55:66:77:88:99"});
+    check_evpn("derived ESI of type 0", derived, None, Rejects, Accepts);
     check_evpn(
         "type-1 ESI given explicitly",
         with_segments(json!([seg("a", "01:11:22:33:44:55:66:77:88:99")])),
@@ -174,7 +185,10 @@ fn hostile_names_are_refused() {
     let parsed: Vtep = serde_json::from_value(vtep(bfd)).unwrap();
     let message = evpn_crds::validation::join(&parsed.spec.validate());
     assert!(message.contains("spec.bgp.bfdProfiles[0].name"), "{message}");
-    assert!(!message.contains('\n') && !message.contains("remote-as 1"), "the value is quoted, escaped and cut: {message}");
+    assert!(
+        !message.contains('\n') && !message.contains("remote-as 1"),
+        "the value is quoted, escaped and cut: {message}"
+    );
     let mut unnumbered = direct_vtep();
     unnumbered["bgp"]["neighbors"] = json!([{"interface": "eth0\n!", "asn": 65000}]);
     let parsed: Vtep = serde_json::from_value(vtep(unnumbered)).unwrap();
@@ -237,9 +251,34 @@ fn patterns_agree() {
     use evpn_crds::common::{FRR_NAME_PATTERN, INTERFACE_NAME_PATTERN, NAMESPACE_PATTERN, OBJECT_NAME_PATTERN};
     use evpn_crds::validation::{check_frr_name, check_interface_name, check_object_name};
     let samples = [
-        "eth0", "bond0.100", "enp1s0f0", "_x", "a-b_c.d", ".", "..", "-x", ".x", "a/b", "a b", "a:b", "a\nb", "a\rb",
-        "a\u{0}b", "a!", "#a", "a\u{2028}b", "é", "", "abcdefghijklmno", "abcdefghijklmnop", "blue", "Blue", "a.b.c",
-        "a..b", "a-", "x\nrouter bgp 65099",
+        "eth0",
+        "bond0.100",
+        "enp1s0f0",
+        "_x",
+        "a-b_c.d",
+        ".",
+        "..",
+        "-x",
+        ".x",
+        "a/b",
+        "a b",
+        "a:b",
+        "a\nb",
+        "a\rb",
+        "a\u{0}b",
+        "a!",
+        "#a",
+        "a\u{2028}b",
+        "é",
+        "",
+        "abcdefghijklmno",
+        "abcdefghijklmnop",
+        "blue",
+        "Blue",
+        "a.b.c",
+        "a..b",
+        "a-",
+        "x\nrouter bgp 65099",
     ];
     let long = "a".repeat(64);
     let checks: [(&str, &dyn Fn(&str) -> bool); 4] = [

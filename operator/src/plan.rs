@@ -15,8 +15,7 @@
 //! Statuses and node states do not survive everything: a restore without status (what common
 //! backup tools do by default) or a re-created cluster loses them. So every allocation is also
 //! recorded in the spec field the user left empty, the way a Service's clusterIP is: the EVPN's
-//! `vni`, `routeDistinguisherIndex` and `esi` (a type-3 ESI in place of `auto`), the VTEP's
-//! `nodeAddresses`. A re-apply of the user's YAML, which leaves those fields out, keeps them (a
+//! `vni`, `routeDistinguisherIndex` and `multiHoming.derivedESIs`, the VTEP's `nodeAddresses`. A re-apply of the user's YAML, which leaves those fields out, keeps them (a
 //! field no apply ever set is not removed), and the pools are rebuilt from specs first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -338,7 +337,6 @@ impl Planner {
         self.rd_indexes.retain(|o| wanted(o, evpns));
         self.owned_vni.retain(|o, _| wanted(o, evpns));
         self.owned_rd.retain(|o, _| wanted(o, evpns));
-        let mac = self.system_mac;
         self.esis.retain(|(e, seg)| {
             evpns.iter().any(|x| {
                 name(&x.metadata) == e
@@ -346,7 +344,7 @@ impl Planner {
                         .multi_homing
                         .iter()
                         .flat_map(|m| &m.ethernet_segments)
-                        .any(|s| &s.name == seg && (s.esi == AUTO_ESI || discriminator_of(&s.esi, mac).is_some()))
+                        .any(|s| &s.name == seg && s.esi == AUTO_ESI)
             })
         });
 
@@ -376,9 +374,9 @@ impl Planner {
                     }
                 }
             }
-            for seg in evpn.spec.multi_homing.iter().flat_map(|m| &m.ethernet_segments) {
-                if let Some(d) = self.discriminator_of(&seg.esi) {
-                    let _ = self.esis.claim(d, &(n.to_owned(), seg.name.clone()));
+            for (seg, esi) in evpn.spec.multi_homing.iter().flat_map(|m| &m.derived_esis) {
+                if let Some(d) = self.discriminator_of(esi) {
+                    let _ = self.esis.claim(d, &(n.to_owned(), seg.clone()));
                 }
             }
         }
@@ -489,7 +487,8 @@ impl Planner {
             }
             for seg in evpn.spec.multi_homing.iter().flat_map(|m| &m.ethernet_segments) {
                 let owner = (n.to_owned(), seg.name.clone());
-                if seg.esi == AUTO_ESI && !self.esis.iter().any(|(_, o)| o == &owner) {
+                let recorded = evpn.spec.multi_homing.as_ref().is_some_and(|m| m.derived_esis.contains_key(&seg.name));
+                if seg.esi == AUTO_ESI && !recorded && !self.esis.iter().any(|(_, o)| o == &owner) {
                     let _ = self.esis.allocate(&[ESI_DISCRIMINATORS], &owner);
                 }
             }
@@ -513,12 +512,14 @@ impl Planner {
             vrf.route_distinguisher_index =
                 vrf.route_distinguisher_index.or_else(|| self.owned_rd.get(&owner).copied());
         }
-        for seg in spec.multi_homing.iter_mut().flat_map(|m| &mut m.ethernet_segments) {
-            if seg.esi != AUTO_ESI {
-                continue;
-            }
-            if let Some((d, _)) = self.esis.iter().find(|(_, o)| o.0 == n && o.1 == seg.name) {
-                seg.esi = self.type3_esi(d);
+        if let Some(mh) = spec.multi_homing.as_mut() {
+            for seg in mh.ethernet_segments.iter().filter(|s| s.esi == AUTO_ESI) {
+                if mh.derived_esis.contains_key(&seg.name) {
+                    continue;
+                }
+                if let Some((d, _)) = self.esis.iter().find(|(_, o)| o.0 == n && o.1 == seg.name) {
+                    mh.derived_esis.insert(seg.name.clone(), self.type3_esi(d));
+                }
             }
         }
         spec
@@ -744,8 +745,16 @@ impl Planner {
                 let esi = match parse_esi(&seg.esi).ok()? {
                     EsiSpec::Explicit(_) => seg.esi.to_lowercase(),
                     EsiSpec::Auto => {
-                        let (d, _) = self.esis.iter().find(|(_, o)| o.0 == n && o.1 == seg.name)?;
-                        self.type3_esi(d)
+                        // A recorded ESI stands even when built on another cluster's system MAC
+                        // (a restore into a new cluster): the fabric knows the segment by it.
+                        let recorded = evpn.spec.multi_homing.as_ref().and_then(|m| m.derived_esis.get(&seg.name));
+                        match recorded.filter(|esi| matches!(parse_esi(esi), Ok(EsiSpec::Explicit([3, ..])))) {
+                            Some(esi) => esi.to_lowercase(),
+                            None => {
+                                let (d, _) = self.esis.iter().find(|(_, o)| o.0 == n && o.1 == seg.name)?;
+                                self.type3_esi(d)
+                            }
+                        }
                     }
                 };
                 Some(ResolvedSegment { name: seg.name.clone(), esi, ..Default::default() })

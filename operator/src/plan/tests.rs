@@ -550,8 +550,8 @@ fn allocations_are_recorded_in_specs_and_come_back_after_a_restore_without_statu
         .collect();
     let blue = recorded["blue"].spec.mac_vrf.as_ref().unwrap();
     assert_eq!((blue.vni, blue.route_distinguisher_index), (Some(100), Some(RD_INDEXES.0)));
-    let esi = &recorded["blue"].spec.multi_homing.as_ref().unwrap().ethernet_segments[0].esi;
-    assert_eq!(esi, "03:02:00:00:00:00:01:00:00:01");
+    let esis = &recorded["blue"].spec.multi_homing.as_ref().unwrap().derived_esis;
+    assert_eq!(esis["s1"], "03:02:00:00:00:00:01:00:00:01");
     assert!(recorded["blue"].spec.records_allocations_of(&c.evpns[0].spec), "what the webhook lets the operator write");
     let addresses = &first.vtep_addresses["fabric"];
     assert_eq!(
