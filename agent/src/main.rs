@@ -86,8 +86,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     let agent = Agent::new(args.node_name, dataplane, frr, render, Duration::from_secs(args.resync_seconds));
     let (encode, ready) = (agent.metrics.clone(), agent.metrics.clone());
-    let endpoints =
-        serve::Endpoints { metrics: Arc::new(move || encode.encode()), ready: Arc::new(move || ready.readiness()) };
+    let endpoints = serve::Endpoints {
+        metrics: Arc::new(move || encode.encode()),
+        ready: Arc::new(move || ready.readiness()),
+        live: serve::answering(),
+    };
     tokio::select! {
         result = agent.run(client) => result,
         result = serve::serve(listener, endpoints) => result,

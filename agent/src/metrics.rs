@@ -254,8 +254,11 @@ mod tests {
         let listener = serve::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (encode, ready) = (metrics.clone(), metrics);
-        let endpoints =
-            serve::Endpoints { metrics: Arc::new(move || encode.encode()), ready: Arc::new(move || ready.readiness()) };
+        let endpoints = serve::Endpoints {
+            metrics: Arc::new(move || encode.encode()),
+            ready: Arc::new(move || ready.readiness()),
+            live: serve::answering(),
+        };
         tokio::spawn(serve::serve(listener, endpoints));
         addr
     }

@@ -287,6 +287,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>) {
                 }
                 None => dirty.notified().await,
             }
+            let _busy = metrics.progress.busy();
             debounce(&dirty, config.debounce, config.max_delay).await;
             if !world.synced() {
                 // Deciding from half a picture could hand out a VNI that is taken.

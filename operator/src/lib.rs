@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod bgp_passwords;
 pub mod controller;
 pub mod frrk8s;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
@@ -16,14 +17,15 @@ use std::sync::Arc;
 
 /// Runs the controllers whenever this replica holds the leader lease, until dropped.
 pub async fn run_controllers(
-    client: kube::Client,
+    connection: impl Into<leader::Connection>,
     election: leader::Election,
     config: controller::Config,
     metrics: Arc<metrics::Metrics>,
 ) {
-    let work = || {
-        let controllers = controller::run(client.clone(), config.clone(), metrics.clone());
-        let grants = bgp_passwords::run(client.clone(), election.namespace.clone());
+    // The leader's client is fenced: it refuses every request once leadership has lapsed.
+    let work = |fenced: kube::Client| {
+        let controllers = controller::run(fenced.clone(), config.clone(), metrics.clone());
+        let grants = bgp_passwords::run(fenced, election.namespace.clone());
         async move {
             futures::join!(controllers, grants);
         }
@@ -31,7 +33,7 @@ pub async fn run_controllers(
     let record = |leading: bool| {
         metrics.leader.set(i64::from(leading));
     };
-    election.lead(client.clone(), work, record).await;
+    election.lead(connection.into(), work, record).await;
 }
 
 /// A cluster-wide system MAC for type-3 ESIs: locally administered, derived from the UID of

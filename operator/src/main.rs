@@ -33,9 +33,17 @@ struct Args {
     /// This replica's identity in the Lease (defaults to the pod name, else host and PID).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Seconds a leader may go without renewing before another replica takes over.
-    #[arg(long, default_value_t = 15)]
-    lease_seconds: u64,
+    /// How long a standby waits after the leader's last renewal before taking the Lease over
+    /// (whole seconds). Leader election needs lease duration > renew deadline > retry period.
+    #[arg(long, value_parser = leader::parse_duration, default_value = "15s")]
+    lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal.
+    #[arg(long, value_parser = leader::parse_duration, default_value = "10s")]
+    renew_deadline: Duration,
+    /// How often the leader renews and a standby looks at the Lease: at most this long after a
+    /// leader releases the Lease on SIGTERM, a standby leads.
+    #[arg(long, value_parser = leader::parse_duration, default_value = "1s")]
+    retry_period: Duration,
     /// Namespace where frr-k8s reads FRRConfigurations (VTEPs in frr-k8s mode).
     #[arg(long, default_value = "frr-k8s-system")]
     frr_k8s_namespace: String,
@@ -46,6 +54,10 @@ struct Args {
     /// installers that cannot apply a DaemonSet themselves, such as OLM).
     #[arg(long, env = "EVPN_AGENT_IMAGE")]
     agent_image: Option<String>,
+    /// How long one round of the controllers may take before /healthz fails (a wedged loop); a
+    /// loop waiting for changes is healthy however long it waits.
+    #[arg(long, value_parser = leader::parse_duration, default_value = "2m")]
+    round_stall_limit: Duration,
     #[command(flatten)]
     telemetry: evpn_telemetry::Args,
 }
@@ -64,8 +76,22 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let election = leader::Election {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity,
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    election.validate()?;
     let listener = serve::bind(args.metrics_listen).await?;
-    let client = kube::Client::try_default().await?;
+    let kube_config = kube::Config::infer().await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let webhook_state = (!args.no_webhook).then(|| Arc::new(args.webhook.state(client.clone())));
     let mut metrics = Metrics::default();
     if let Some(state) = &webhook_state {
@@ -86,20 +112,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Some(mac) => mac,
             None => evpn_operator::system_mac(&client).await?,
         };
-        let identity = args.identity.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        });
-        let election = leader::Election {
-            namespace: args.lease_namespace.clone(),
-            name: args.lease_name.clone(),
-            identity,
-            duration: Duration::from_secs(args.lease_seconds),
-            renew: Duration::from_secs((args.lease_seconds / 3).max(1)),
-        };
         let config =
             controller::Config { system_mac, frr_namespace: args.frr_k8s_namespace.clone(), ..Default::default() };
-        evpn_operator::run_controllers(client.clone(), election, config, metrics.clone()).await;
+        // The configuration, not a client: the leader's connections are fenced at the socket.
+        evpn_operator::run_controllers(kube_config, election.clone(), config, metrics.clone()).await;
         anyhow::Ok(())
     };
     let agents = async {
@@ -108,31 +124,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let (encode, readiness) = (metrics.clone(), webhook_state.clone());
+    let (encode, readiness, progress) = (metrics.clone(), webhook_state.clone(), metrics.clone());
     // Ready means able to admit: the webhook serves and its caches have listed. Leadership does
     // not count, so the replica that is not leading still takes admission requests.
     let endpoints = serve::Endpoints {
         metrics: Arc::new(move || encode.encode()),
         ready: Arc::new(move || readiness.as_ref().map_or(Ok(()), |state| state.readiness())),
+        live: Arc::new(move || progress.progress.check(args.round_stall_limit)),
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = webhook => result,
         result = controllers => result,
         result = serve::serve(listener, endpoints) => result,
         () = agents => Ok(()),
-        signal = stop() => {
-            signal?;
-            tracing::info!("stopping");
-            Ok(())
-        }
+        () = evpn_telemetry::shutdown_signal() => Ok(()),
+    };
+    // The controllers' future is dropped by now: their work has stopped, so the Lease can go to a
+    // standby at once instead of after it expires (every rollout would wait that long).
+    if !args.no_controllers
+        && let Err(e) = election.release(client).await
+    {
+        tracing::warn!(error = format!("{e:#}"), "the Lease stays ours until it expires");
     }
-}
-
-/// SIGTERM (what Kubernetes sends) or Ctrl-C.
-async fn stop() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => Ok(()),
-        signal = tokio::signal::ctrl_c() => signal,
-    }
+    result
 }

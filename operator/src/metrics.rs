@@ -38,6 +38,8 @@ pub struct Metrics {
     pub ips_in_use: Gauge,
     pub leader: Gauge,
     pub evpn_conditions: Family<ConditionLabels, Gauge>,
+    /// Whether the control loop is in a round, and since when: what `/healthz` judges.
+    pub progress: crate::health::Progress,
 }
 
 impl Default for Metrics {
@@ -53,6 +55,7 @@ impl Default for Metrics {
             ips_in_use: Gauge::default(),
             leader: Gauge::default(),
             evpn_conditions: Family::default(),
+            progress: crate::health::Progress::default(),
         };
         registry.register("reconcile_rounds", "Planning rounds run", m.rounds.clone());
         registry.register("reconcile_round_seconds", "Time to plan and write one round", m.round_seconds.clone());

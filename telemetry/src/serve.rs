@@ -1,5 +1,6 @@
-//! The plain-HTTP endpoint of both binaries: `/metrics` (Prometheus), `/healthz` (the process
-//! answers) and `/readyz` (what "ready" means is the binary's to say).
+//! The plain-HTTP endpoint of both binaries: `/metrics` (Prometheus), `/healthz` and `/readyz`.
+//! What "alive" and "ready" mean is each binary's to say; both answer `503` with the reason when
+//! not, which is what a probe acts on and a person reads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,24 +20,33 @@ pub struct Endpoints {
     /// The metrics, encoded as OpenMetrics text.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// `Ok` when ready, else why not (served with 503).
-    pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    pub ready: Check,
+    /// `Ok` while alive, else why not (served with 503): a liveness probe restarts the process.
+    pub live: Check,
+}
+
+/// A probe's check: `Ok`, or why not.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A check that always passes: the process answering is all it says.
+pub fn answering() -> Check {
+    Arc::new(|| Ok(()))
 }
 
 /// The routes, for serving or for calling directly.
 pub fn router(endpoints: Endpoints) -> axum::Router {
-    let Endpoints { metrics, ready } = endpoints;
+    let Endpoints { metrics, ready, live } = endpoints;
     axum::Router::new()
         .route("/metrics", get(move || async move { ([(header::CONTENT_TYPE, OPENMETRICS)], metrics()) }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                match ready() {
-                    Ok(()) => "ok".into_response(),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-                }
-            }),
-        )
+        .route("/healthz", get(move || async move { probe(&live) }))
+        .route("/readyz", get(move || async move { probe(&ready) }))
+}
+
+fn probe(check: &Check) -> axum::response::Response {
+    match check() {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 /// Binds `addr`, naming it in the error (a port taken by another host-network pod shows here).

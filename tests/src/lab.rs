@@ -318,8 +318,9 @@ pub fn operator(client: &Client) -> Operator {
         namespace: "evpn-system".into(),
         name: unique_name("lab-lease"),
         identity: "lab".into(),
-        duration: Duration::from_secs(5),
-        renew: Duration::from_secs(1),
+        lease_duration: Duration::from_secs(5),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_secs(1),
     };
     let config =
         Config { debounce: Duration::from_millis(20), max_delay: Duration::from_millis(200), ..Config::default() };

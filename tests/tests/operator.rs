@@ -48,8 +48,9 @@ fn replica(client: &Client, lease: &str, identity: &str) -> Replica {
         namespace: "evpn-system".into(),
         name: lease.into(),
         identity: identity.into(),
-        duration: Duration::from_secs(2),
-        renew: Duration::from_millis(500),
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(500),
     };
     let config =
         Config { debounce: Duration::from_millis(50), max_delay: Duration::from_millis(500), ..Config::default() };
