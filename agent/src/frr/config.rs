@@ -8,7 +8,7 @@
 //! (for people and the render tests), and parsed back from `show running-config` to check what FRR really took and
 //! to find, in a configuration FRR shares with the node's admin, the part that is the agent's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -229,9 +229,15 @@ impl Config {
 
     /// The lines of `owner` that `running` lacks, each with its context (`a > b > line`).
     pub fn missing_from(&self, running: &RunningConfig, owner: &Option<String>) -> Vec<String> {
-        let mut missing = Vec::new();
+        self.missing_by_owner(running).remove(owner).unwrap_or_default()
+    }
+
+    /// [`Config::missing_from`] for every owner at once, in one walk: with a thousand networks,
+    /// a walk per owner would compare a thousand times a thousand contexts.
+    pub fn missing_by_owner(&self, running: &RunningConfig) -> BTreeMap<Option<String>, Vec<String>> {
+        let mut missing = BTreeMap::new();
         for stanza in &self.stanzas {
-            missing_lines(stanza, (&[], &running.stanzas), &mut Vec::new(), owner, &mut missing);
+            missing_lines(stanza, (&[], &running.stanzas), &mut Vec::new(), &mut missing);
         }
         missing
     }
@@ -243,21 +249,21 @@ fn missing_lines<'a>(
     stanza: &'a Stanza,
     (running_lines, running_stanzas): (&[String], &[Stanza]),
     path: &mut Vec<&'a str>,
-    owner: &Option<String>,
-    missing: &mut Vec<String>,
+    missing: &mut BTreeMap<Option<String>, Vec<String>>,
 ) {
     path.push(&stanza.header);
     let found = running_stanzas.iter().find(|r| r.header == stanza.header);
-    if &stanza.owner == owner {
-        let lines = stanza.lines.iter().filter(|l| found.is_none_or(|r| !r.lines.contains(l)));
-        missing.extend(lines.map(|l| format!("{} > {l}", path.join(" > "))));
-        if found.is_none() && stanza.lines.is_empty() && !running_lines.contains(&stanza.header) {
-            missing.push(path.join(" > "));
-        }
+    let lines = stanza.lines.iter().filter(|l| found.is_none_or(|r| !r.lines.contains(l)));
+    let mut lost: Vec<String> = lines.map(|l| format!("{} > {l}", path.join(" > "))).collect();
+    if found.is_none() && stanza.lines.is_empty() && !running_lines.contains(&stanza.header) {
+        lost.push(path.join(" > "));
+    }
+    if !lost.is_empty() {
+        missing.entry(stanza.owner.clone()).or_default().extend(lost);
     }
     let inside = found.map(|r| (r.lines.as_slice(), r.children.as_slice())).unwrap_or_default();
     for child in &stanza.children {
-        missing_lines(child, inside, path, owner, missing);
+        missing_lines(child, inside, path, missing);
     }
     path.pop();
 }

@@ -277,9 +277,8 @@ impl Frr {
         if baseline.is_some() {
             match self.running_config().await {
                 Ok(running) => {
-                    for owner in desired.owners() {
-                        let missing = desired.missing_from(&running, &owner);
-                        if missing.is_empty() || failed.iter().any(|(o, _)| *o == owner) {
+                    for (owner, missing) in desired.missing_by_owner(&running) {
+                        if failed.iter().any(|(o, _)| *o == owner) {
                             continue;
                         }
                         baseline = match owner {
@@ -302,6 +301,9 @@ impl Frr {
     /// Runs `groups`; returns the owners whose group failed, each logged.
     async fn run_changes(&self, groups: &[CommandGroup]) -> Failures {
         let mut failed = Vec::new();
+        if groups.is_empty() {
+            return failed;
+        }
         for (group, outcome) in groups.iter().zip(self.run_groups(groups).await) {
             if let Err(e) = outcome {
                 tracing::warn!(owner = ?group.owner, error = %e, "FRR command group failed; retried next sync");
