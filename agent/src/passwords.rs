@@ -131,7 +131,8 @@ impl PasswordSecrets {
             Read::Failed(e) => Err(Unavailable::Failed(e)),
             Read::Found(data) => {
                 let value = data.get(key).ok_or_else(|| Unavailable::Failed("the key is missing".into()))?;
-                String::from_utf8(value.0.clone()).map_err(|_| Unavailable::Failed("not UTF-8".into()))
+                // Checked before it can reach FRR's configuration, without quoting it.
+                crate::plan::bgp_password(value.0.clone()).map_err(Unavailable::Failed)
             }
         }
     }
