@@ -158,7 +158,7 @@ fn serve(kind: &str, dir: &str, evpns: &str) {
             while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
         });
         tokio::select! {
-            () = serve_tls(listener, certs.server_config().unwrap(), app, Default::default()) => {}
+            () = serve_tls(listener, certs.server_config().unwrap(), app, Default::default(), Default::default()) => {}
             _ = parent_gone => {}
         }
     });

@@ -368,6 +368,8 @@ async fn a_tenant_who_may_create_udns_is_told_which_permission_is_missing() {
             &format!("resourceNames: [{:?}]", other.vtep),
         ],
     );
+    let metrics = fixture().state.metrics.encode();
+    assert!(metrics.contains(r#"evpn_webhook_access_checks_total{result="denied"}"#), "{metrics}");
     // Revoked, its own VTEP is refused too, once RBAC and the webhook's cached answer expire.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
     bindings.delete(&manage, &DeleteParams::default()).await.unwrap();
@@ -788,6 +790,11 @@ async fn slow_and_idle_clients_do_not_hold_the_webhook() {
         cut += lifetimes.len();
     }
     println!("{cut} attacking connections cut");
+    let metrics = fixture().state.metrics.encode();
+    for limit in ["handshake", "idle", "request"] {
+        let counted = format!(r#"evpn_webhook_limit_hits_total{{limit="{limit}"}}"#);
+        assert!(metrics.contains(&counted), "{counted} missing: {metrics}");
+    }
     configs.delete(&config_name, &DeleteParams::default()).await.unwrap();
 }
 
@@ -813,4 +820,6 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     drop(held.pop());
     let served = tokio::time::timeout(Duration::from_secs(3), fifth).await;
     assert!(matches!(served, Ok(Ok(_))), "the fifth connection was not served once a slot freed: {served:?}");
+    let metrics = fixture().state.metrics.encode();
+    assert!(metrics.contains(r#"evpn_webhook_limit_hits_total{limit="connections"}"#), "{metrics}");
 }

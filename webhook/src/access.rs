@@ -26,7 +26,10 @@ use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::Resource as _;
 use kube::api::{Api, PostParams};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
+use crate::metrics::ResultLabel;
 use crate::rules::{Operation, Policy, Request};
 
 /// The verb on `vteps` that lets a subject manage EVPNs on that VTEP.
@@ -86,30 +89,38 @@ impl Reviews {
 }
 
 /// Decides [`Need`]s: admin groups first, then a SubjectAccessReview.
-#[derive(Default)]
 pub struct Access {
     /// `None` where no apiserver is at hand (tests of the HTTP surface): only admin groups pass.
     reviews: Option<Reviews>,
+    /// Checks by how they were settled.
+    settled: Family<ResultLabel, Counter>,
 }
 
 impl Access {
-    /// Asks the apiserver through `reviews`.
-    pub fn new(reviews: Reviews) -> Self {
-        Self { reviews: Some(reviews) }
+    /// Asks the apiserver through `reviews`, counting checks in `settled`.
+    pub fn new(reviews: Option<Reviews>, settled: Family<ResultLabel, Counter>) -> Self {
+        Self { reviews, settled }
     }
 
     /// `Ok` when `user` holds `need`; otherwise the denial, naming the missing permission.
     pub async fn check(&self, policy: &Policy, user: &UserInfo, need: &Need) -> Result<(), String> {
+        let (result, outcome) = self.settle(policy, user, need).await;
+        self.settled.get_or_create(&ResultLabel { result }).inc();
+        outcome
+    }
+
+    async fn settle(&self, policy: &Policy, user: &UserInfo, need: &Need) -> (&'static str, Result<(), String>) {
         if policy.is_admin(user) {
-            return Ok(());
+            return ("admin_group", Ok(()));
         }
         let username = user.username.as_deref().unwrap_or_default();
         let Some(reviews) = &self.reviews else {
-            return Err(format!(
+            let denial = format!(
                 "{} needs {}, and this webhook has no API client to ask whether user {username:?} holds it",
                 need.action,
                 permission(need)
-            ));
+            );
+            return ("no_client", Err(denial));
         };
         let key = Key {
             user: username.to_owned(),
@@ -125,7 +136,7 @@ impl Access {
             .get(&key)
             .is_some_and(|t| t.elapsed() < reviews.cache_ttl)
         {
-            return Ok(());
+            return ("cached", Ok(()));
         }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
@@ -147,10 +158,12 @@ impl Access {
         let api: Api<SubjectAccessReview> = Api::all(reviews.client.clone());
         let answer = match tokio::time::timeout(reviews.timeout, api.create(&PostParams::default(), &review)).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(unanswered(need, username, &format!("the SubjectAccessReview failed: {e}"))),
+            Ok(Err(e)) => {
+                return ("failed", Err(unanswered(need, username, &format!("the SubjectAccessReview failed: {e}"))));
+            }
             Err(_) => {
                 let late = format!("the apiserver did not answer the SubjectAccessReview within {:?}", reviews.timeout);
-                return Err(unanswered(need, username, &late));
+                return ("failed", Err(unanswered(need, username, &late)));
             }
         };
         let status = answer.status.unwrap_or_default();
@@ -163,7 +176,7 @@ impl Access {
                 }
             }
             allowed.insert(key, Instant::now());
-            return Ok(());
+            return ("allowed", Ok(()));
         }
         let detail = [status.reason, status.evaluation_error]
             .into_iter()
@@ -172,13 +185,14 @@ impl Access {
             .collect::<Vec<_>>()
             .join("; ");
         let detail = if detail.is_empty() { String::new() } else { format!(" (the apiserver says: {detail})") };
-        Err(format!(
+        let denial = format!(
             "{} needs {}, which user {username:?} lacks{detail}: bind the ClusterRole {GRANTING_ROLE}, \
              or a role with that verb{}",
             need.action,
             permission(need),
             need.vtep.as_ref().map(|v| format!(" and resourceNames: [{v:?}]")).unwrap_or_default()
-        ))
+        );
+        ("denied", Err(denial))
     }
 }
 

@@ -30,7 +30,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::metrics::ReloadLabels;
+use crate::metrics::ResultLabel;
 use crate::rules::{Policy, UnknownGatewayMode};
 use crate::server::State;
 
@@ -154,11 +154,20 @@ impl Webhook {
                 Ok(false) => return,
                 Err(_) => "failed",
             };
-            state.metrics.tls_reloads.get_or_create(&ReloadLabels { result }).inc();
+            state.metrics.tls_reloads.get_or_create(&ResultLabel { result }).inc();
         });
         tracing::info!(addr = %self.listener.local_addr()?, "admission webhook listening");
         self.state.mark_serving();
-        tokio::join!(reloads, server::serve_tls(self.listener, config, server::router(self.state), self.limits));
+        tokio::join!(
+            reloads,
+            server::serve_tls(
+                self.listener,
+                config,
+                server::router(self.state.clone()),
+                self.limits,
+                self.state.metrics.connections.clone(),
+            )
+        );
         Ok(())
     }
 }
@@ -220,5 +229,32 @@ pub fn configuration(
                 &["CREATE", "UPDATE"],
             ),
         ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        webhook: WebhookArgs,
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_servers() {
+        let cli = Cli::try_parse_from(["evpn-operator"]).unwrap();
+        assert_eq!(cli.webhook.limits(), server::Limits::default());
+        assert_eq!(cli.webhook.admin_groups, ["system:masters"]);
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("-1s").is_err());
     }
 }

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -23,11 +24,25 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
-/// Labels of a certificate reload attempt.
+/// Labels of an attempt with an outcome: a certificate reload (`reloaded`, `failed`), an access
+/// check (`admin_group`, `cached`, `allowed`, `denied`, `failed`, `no_client`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    /// `reloaded` or `failed`.
+pub struct ResultLabel {
     pub result: &'static str,
+}
+
+/// Labels of a client cut short by one of the server's limits.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `handshake`, `idle`, `request` (answered 503) or `connections` (a client had to wait).
+    pub limit: &'static str,
+}
+
+/// What the HTTPS server reports about its connections.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub limited: Family<LimitLabel, Counter>,
 }
 
 type HistogramFamily = Family<KindLabel, Histogram, fn() -> Histogram>;
@@ -37,7 +52,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistogramFamily,
-    pub tls_reloads: Family<ReloadLabels, Counter>,
+    pub tls_reloads: Family<ResultLabel, Counter>,
+    pub access_checks: Family<ResultLabel, Counter>,
+    pub connections: ConnectionMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -52,6 +69,8 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             tls_reloads: Family::default(),
+            access_checks: Family::default(),
+            connections: ConnectionMetrics::default(),
         };
         let mut registry = Registry::default();
         m.register(&mut registry);
@@ -76,6 +95,17 @@ impl Metrics {
             self.latency.clone(),
         );
         registry.register("tls_reloads", "Attempts to load a changed TLS certificate", self.tls_reloads.clone());
+        registry.register(
+            "access_checks",
+            "Checks of the manage verb on a VTEP, by how they were settled",
+            self.access_checks.clone(),
+        );
+        registry.register("connections", "Open HTTPS connections", self.connections.open.clone());
+        registry.register(
+            "limit_hits",
+            "Clients cut short or made to wait by one of the server's limits",
+            self.connections.limited.clone(),
+        );
     }
 
     /// The text exposition format.

@@ -34,7 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::access::{self, Access, Need, Reviews};
 use crate::index::Index;
-use crate::metrics::{KindLabel, Metrics, RequestLabels};
+use crate::metrics::{ConnectionMetrics, KindLabel, LimitLabel, Metrics, RequestLabels};
 use crate::review::{self, DecodeError};
 use crate::rules::{self, Policy, Request, Verdict};
 
@@ -97,11 +97,12 @@ impl State {
     /// A state whose caches still have to sync. Without [`State::with_reviews`], only members
     /// of the policy's admin groups may manage EVPNs.
     pub fn new(policy: Policy) -> Self {
+        let metrics = Metrics::default();
         Self {
             index: RwLock::default(),
             policy,
-            metrics: Metrics::default(),
-            access: Access::default(),
+            access: Access::new(None, metrics.access_checks.clone()),
+            metrics,
             synced: AtomicU8::new(0),
             serving: AtomicBool::new(false),
         }
@@ -114,7 +115,7 @@ impl State {
 
     /// Asks the apiserver (SubjectAccessReviews) who may manage EVPNs on a VTEP.
     pub fn with_reviews(self, reviews: Reviews) -> Self {
-        Self { access: Access::new(reviews), ..self }
+        Self { access: Access::new(Some(reviews), self.metrics.access_checks.clone()), ..self }
     }
 
     /// Records that a cache listed its objects.
@@ -287,13 +288,21 @@ async fn metrics(Extract(st): Extract<Arc<State>>) -> Response {
 }
 
 /// Serves `app` over TLS on `listener` until the task is dropped. HTTP/1.1 and HTTP/2 (ALPN).
-pub async fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Router, limits: Limits) {
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    limits: Limits,
+    metrics: ConnectionMetrics,
+) {
+    let limited = |limit| metrics.limited.get_or_create(&LimitLabel { limit }).inc();
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
+                limited("connections");
                 tracing::warn!(limit = limits.max_connections, "connection limit reached: new connections wait");
                 match slots.clone().acquire_owned().await {
                     Ok(slot) => slot,
@@ -314,14 +323,18 @@ pub async fn serve_tls(listener: TcpListener, tls: rustls::ServerConfig, app: Ro
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, metrics) = (acceptor.clone(), app.clone(), metrics.clone());
+        metrics.open.inc();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            serve_connection(tls, app, limits, peer).await;
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_connection(tls, app, limits, &metrics, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    metrics.limited.get_or_create(&LimitLabel { limit: "handshake" }).inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+            metrics.open.dec();
             drop(slot);
         });
     }
@@ -363,20 +376,28 @@ impl Drop for InFlight {
 }
 
 /// Serves one TLS connection until the client closes it or it idles past the limit.
-async fn serve_connection(tls: TlsStream<TcpStream>, app: Router, limits: Limits, peer: SocketAddr) {
+async fn serve_connection(
+    tls: TlsStream<TcpStream>,
+    app: Router,
+    limits: Limits,
+    metrics: &ConnectionMetrics,
+    peer: SocketAddr,
+) {
     let activity = Arc::new(Activity { state: Mutex::new((0, Instant::now())) });
     let service = {
-        let (activity, app) = (activity.clone(), TowerToHyperService::new(app));
+        let (activity, app, timed_out) = (activity.clone(), TowerToHyperService::new(app), metrics.limited.clone());
         hyper::service::service_fn(move |request| {
             let in_flight = activity.begin();
-            let answer = app.call(request);
+            let (answer, timed_out) = (app.call(request), timed_out.clone());
             async move {
                 let response = match tokio::time::timeout(limits.request_timeout, answer).await {
                     Ok(response) => response,
-                    Err(_) => Ok(json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("the request was not read and answered within {:?}", limits.request_timeout),
-                    )),
+                    Err(_) => {
+                        timed_out.get_or_create(&LimitLabel { limit: "request" }).inc();
+                        let message =
+                            format!("the request was not read and answered within {:?}", limits.request_timeout);
+                        Ok(json_error(StatusCode::SERVICE_UNAVAILABLE, &message))
+                    }
                 };
                 drop(in_flight);
                 response
@@ -398,6 +419,7 @@ async fn serve_connection(tls: TlsStream<TcpStream>, app: Router, limits: Limits
                 if closing {
                     break Ok(()); // dropping the connection cuts it
                 }
+                metrics.limited.get_or_create(&LimitLabel { limit: "idle" }).inc();
                 tracing::debug!(%peer, "closing an idle connection");
                 // HTTP/2 says GOAWAY and still answers the requests the client sent before it
                 // heard, each within the request timeout; HTTP/1.1 closes at once between

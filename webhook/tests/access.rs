@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 
 fn access(url: &str) -> Access {
     let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    Access::new(Reviews::new(client, TIMEOUT, Duration::from_secs(10)))
+    Access::new(Some(Reviews::new(client, TIMEOUT, Duration::from_secs(10))), Default::default())
 }
 
 fn user(groups: &[&str]) -> UserInfo {
