@@ -281,7 +281,8 @@ fn patterns_agree() {
         "x\nrouter bgp 65099",
     ];
     let long = "a".repeat(64);
-    let checks: [(&str, &dyn Fn(&str) -> bool); 4] = [
+    type Check<'a> = &'a dyn Fn(&str) -> bool;
+    let checks: [(&str, Check); 4] = [
         (INTERFACE_NAME_PATTERN, &|s| check_interface_name(s).is_ok()),
         (FRR_NAME_PATTERN, &|s| check_frr_name(s).is_ok()),
         (OBJECT_NAME_PATTERN, &|s| check_object_name(s).is_ok()),

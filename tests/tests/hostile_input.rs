@@ -1,10 +1,10 @@
 //! A name that would become an FRR command is refused at `kubectl` time.
 //!
-//! The attack tried on the demo: a BFD profile named `x` + newline + `router bgp 65099` + newline
-//! + ` neighbor 1.2.3.4 remote-as 1`, written with `kubectl patch`. The CRD schema's patterns
-//! refuse it on every apiserver that runs them; the webhook's rules refuse the same object for
-//! CRDs installed without them (an older bundle); the agent's plan refuses what got past both
-//! (agent/tests/hostile_strings.rs).
+//! The attack tried on the demo, written with `kubectl patch`: a BFD profile named `x`, a
+//! newline, `router bgp 65099`, a newline and ` neighbor 1.2.3.4 remote-as 1`. The CRD schema's
+//! patterns refuse it on every apiserver that runs them; the webhook's rules refuse the same
+//! object for CRDs installed without them (an older bundle); the agent's plan refuses what got
+//! past both (agent/tests/hostile_strings.rs).
 
 #![allow(clippy::unwrap_used, reason = "a test that cannot build its input should panic")]
 

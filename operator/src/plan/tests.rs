@@ -534,7 +534,7 @@ fn restored(recorded: &BTreeMap<String, Arc<Evpn>>, order: &[&str], vtep: &Vtep)
 fn allocations_are_recorded_in_specs_and_come_back_after_a_restore_without_status() {
     let mut with_segment = l2("blue", None);
     with_segment["multiHoming"] = json!({"ethernetSegments": [{"name": "s1", "interface": "bond1", "nodeSelector": {"matchLabels": {"evpn": "on"}}}]});
-    let mut c = Cluster::new(vec![evpn("blue", 0, with_segment), evpn("red", 1, l2("red", None))]);
+    let c = Cluster::new(vec![evpn("blue", 0, with_segment), evpn("red", 1, l2("red", None))]);
     let mac = [2, 0, 0, 0, 0, 1];
     let mut planner = Planner::new(mac);
     let first = c.plan(&mut planner);
