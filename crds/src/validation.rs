@@ -52,36 +52,30 @@ pub fn quote(value: &str) -> String {
     if more == 0 { format!("{head:?}") } else { format!("{head:?} (and {more} more characters)") }
 }
 
-/// Whether `name` is `first` followed by up to `max - 1` of `rest`, over ASCII letters, digits
-/// and the given punctuation: the one shape [`crate::common::INTERFACE_NAME_PATTERN`] and
-/// [`crate::common::FRR_NAME_PATTERN`] describe.
-fn is_word(name: &str, max: usize) -> bool {
+/// Whether `name` is 1 to `max` ASCII letters, digits, `_`, `.` or `-`, not starting with `.` or
+/// `-`: the one shape [`crate::common::INTERFACE_NAME_PATTERN`] and
+/// [`crate::common::FRR_NAME_PATTERN`] describe; the error says so of `what`.
+fn check_word(name: &str, max: usize, what: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    first_ok && name.len() <= max && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    if first_ok && name.len() <= max && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a usable {what}: 1-{max} letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+        quote(name)
+    ))
 }
 
 /// A Linux interface name that FRR's configuration and the kernel take verbatim (see
 /// [`crate::common::INTERFACE_NAME_PATTERN`]).
 pub fn check_interface_name(name: &str) -> Result<(), String> {
-    if is_word(name, 15) {
-        return Ok(());
-    }
-    Err(format!(
-        "{} is not a usable interface name: 1-15 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-        quote(name)
-    ))
+    check_word(name, 15, "interface name")
 }
 
 /// A name FRR's configuration takes as one word (see [`crate::common::FRR_NAME_PATTERN`]).
 pub fn check_frr_name(name: &str) -> Result<(), String> {
-    if is_word(name, 63) {
-        return Ok(());
-    }
-    Err(format!(
-        "{} is not a usable name: 1-63 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-        quote(name)
-    ))
+    check_word(name, 63, "name")
 }
 
 /// The longest TCP MD5 key the kernel takes (`TCP_MD5SIG_MAXKEYLEN`).

@@ -356,22 +356,13 @@ impl Planner {
             for side in [VrfSide::Mac, VrfSide::Ip] {
                 let owner = (n.to_owned(), side);
                 let Some(want) = vrf(evpn, side).and_then(|v| v.route_distinguisher_index) else { continue };
-                if self.owned_rd.get(&owner).is_some_and(|held| *held != want) {
-                    self.rd_indexes.retain(|o| o != &owner);
-                    self.owned_rd.remove(&owner);
-                }
-                match self.rd_indexes.claim(want, &owner) {
-                    Ok(()) => {
-                        self.owned_rd.insert(owner, want);
-                    }
-                    Err((holder, _)) => {
-                        rejections.entry(n.to_owned()).or_insert_with(|| {
-                            Rejection::Conflict(format!(
-                                "spec.{}.routeDistinguisherIndex {want} is held by EVPN {holder:?}; leave it empty to have one allocated",
-                                side.field()
-                            ))
-                        });
-                    }
+                if let Err((holder, _)) = claim_for(&mut self.rd_indexes, &mut self.owned_rd, owner, want) {
+                    rejections.entry(n.to_owned()).or_insert_with(|| {
+                        Rejection::Conflict(format!(
+                            "spec.{}.routeDistinguisherIndex {want} is held by EVPN {holder:?}; leave it empty to have one allocated",
+                            side.field()
+                        ))
+                    });
                 }
             }
             for (seg, esi) in evpn.spec.multi_homing.iter().flat_map(|m| &m.derived_esis) {
@@ -410,10 +401,10 @@ impl Planner {
         // 2. Explicit VNIs: a VNI somebody holds stays theirs; the loser is told who holds it.
         for evpn in evpns {
             let n = name(&evpn.metadata);
-            let errors = evpn.spec.validate();
             if rejections.contains_key(n) {
                 continue;
             }
+            let errors = evpn.spec.validate();
             if !errors.is_empty() {
                 rejections.insert(n.to_owned(), Rejection::InvalidSpec(evpn_crds::validation::join(&errors)));
                 continue;
@@ -421,25 +412,14 @@ impl Planner {
             for side in [VrfSide::Mac, VrfSide::Ip] {
                 let Some(want) = vrf(evpn, side).and_then(|v| v.vni) else { continue };
                 let owner = (n.to_owned(), side);
-                if let Some(&held) = self.owned_vni.get(&owner)
-                    && held != want
-                {
-                    self.vnis.retain(|o| o != &owner);
-                    self.owned_vni.remove(&owner);
-                }
-                match self.vnis.claim(want, &owner) {
-                    Ok(()) => {
-                        self.owned_vni.insert(owner, want);
-                    }
-                    Err((holder, holder_side)) => {
-                        rejections.entry(n.to_owned()).or_insert_with(|| {
-                            Rejection::Conflict(format!(
-                                "spec.{}.vni {want} is held by EVPN {holder:?} ({}); choose another VNI or leave it empty",
-                                side.field(),
-                                holder_side.field()
-                            ))
-                        });
-                    }
+                if let Err((holder, holder_side)) = claim_for(&mut self.vnis, &mut self.owned_vni, owner, want) {
+                    rejections.entry(n.to_owned()).or_insert_with(|| {
+                        Rejection::Conflict(format!(
+                            "spec.{}.vni {want} is held by EVPN {holder:?} ({}); choose another VNI or leave it empty",
+                            side.field(),
+                            holder_side.field()
+                        ))
+                    });
                 }
             }
         }
@@ -1100,6 +1080,23 @@ fn selected_nodes<'a>(vtep: &'a Vtep, nodes: &'a [NodeInfo]) -> impl Iterator<It
 
 fn name(meta: &kube::api::ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or_default()
+}
+
+/// Claims `want` for `owner` in `pool`, giving up what `owned` says it held before; `Err(holder)`
+/// when another owner holds it.
+fn claim_for(
+    pool: &mut Pool<VrfOwner>,
+    owned: &mut HashMap<VrfOwner, u32>,
+    owner: VrfOwner,
+    want: u32,
+) -> Result<(), VrfOwner> {
+    if owned.get(&owner).is_some_and(|held| *held != want) {
+        pool.retain(|o| o != &owner);
+        owned.remove(&owner);
+    }
+    pool.claim(want, &owner)?;
+    owned.insert(owner, want);
+    Ok(())
 }
 
 /// The discriminator of a type-3 ESI built on `system_mac`.
