@@ -757,6 +757,15 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
     assert_eq!((report.method, report.is_ok()), (SyncMethod::Incremental, true), "{report:?}");
     assert!(lab.running_config().contains(&format!(" neighbor 198.18.1.1 password {}\n", secrets[1])));
     foreign_intact("after a network was added and the password changed");
+    // A line break in a value from outside would smuggle in a command of its own: not sent.
+    let mut smuggling = opts.clone();
+    smuggling.passwords.insert("198.18.1.1".into(), "x\nno router bgp 65001 vrf admin".into());
+    let report = sync(&mut frr, blue(), &smuggling).await;
+    let refused = report.result(None).and_then(|r| r.as_ref().err()).map(ToString::to_string).unwrap_or_default();
+    assert!(refused.contains("control character; not sent"), "{report:?}");
+    foreign_intact("after a password with a line break");
+    let report = sync(&mut frr, blue(), &opts).await;
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::FullReload, true), "{report:?}");
     let report = sync(&mut frr, Vec::new(), &opts).await;
     assert!(report.is_ok(), "{report:?}");
     assert!(!lab.running_config().contains("vni 100"), "{}", lab.running_config());
