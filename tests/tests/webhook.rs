@@ -387,6 +387,23 @@ async fn a_tenant_who_may_create_udns_is_told_which_permission_is_missing() {
 }
 
 #[tokio::test]
+async fn the_operator_records_an_allocated_vni_without_manage() {
+    let cp = control_plane().await.unwrap();
+    let client = admin().await;
+    let w = world(&client, "local").await;
+    let name = unique_name("allocated");
+    create(&client, &evpn_json(&name, &w.vtep, l2(&w.layer2, None))).await.unwrap();
+    let state = &fixture().state;
+    eventually(|| async { state.index.read().unwrap().evpn(&name).is_some() }).await.unwrap();
+    // Its RBAC has patch on evpns and no manage on any VTEP: the webhook knows it by name.
+    let vni = 300_000 + std::process::id() % 100_000;
+    let operator: Api<Evpn> = Api::all(cp.operator().await.unwrap());
+    let recorded = json!({"spec": {"macVRF": {"vni": vni}}});
+    let patched = operator.patch(&name, &PatchParams::default(), &Patch::Merge(&recorded)).await.unwrap();
+    assert_eq!(patched.spec.mac_vrf.and_then(|v| v.vni), Some(vni));
+}
+
+#[tokio::test]
 async fn shared_gateway_mode_is_denied() {
     let client = admin().await;
     let w = world(&client, "shared").await;

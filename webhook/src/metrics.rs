@@ -25,7 +25,7 @@ pub struct KindLabel {
 }
 
 /// Labels of an attempt with an outcome: a certificate reload (`reloaded`, `failed`), an access
-/// check (`admin_group`, `cached`, `allowed`, `denied`, `failed`, `no_client`).
+/// check (`admin_group`, `operator`, `cached`, `allowed`, `denied`, `failed`, `no_client`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,

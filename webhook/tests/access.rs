@@ -70,6 +70,16 @@ async fn a_refusing_apiserver_denies_saying_the_review_failed() {
 }
 
 #[tokio::test]
+async fn the_operator_records_its_allocations_without_asking() {
+    let access = access(&silent_apiserver().await);
+    let operator = UserInfo { username: Some(Policy::default().operator_user), ..Default::default() };
+    access
+        .check(&no_admins(), &operator, &Need { action: "changing an EVPN", vtep: Some("fabric".into()) })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn admin_groups_pass_without_asking() {
     let access = access(&silent_apiserver().await);
     let started = Instant::now();
