@@ -17,9 +17,8 @@ const SIGINT: u32 = 2;
 /// it once, early: it decides from the disposition in force when it is first polled.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let interrupt_ignored = std::fs::read_to_string("/proc/self/status")
-        .map(|status| ignored(&status, SIGINT))
-        .unwrap_or_else(|e| {
+    let interrupt_ignored =
+        std::fs::read_to_string("/proc/self/status").map(|status| ignored(&status, SIGINT)).unwrap_or_else(|e| {
             warn!("cannot read /proc/self/status ({e}); stopping on SIGINT too");
             false
         });
@@ -72,7 +71,8 @@ mod tests {
     #[test]
     fn reads_the_ignored_mask() {
         // As a background job of a non-interactive bash shows it: SIGINT (2) and SIGQUIT (3).
-        let background = "Name:\tevpn-agent\nSigPnd:\t0000000000000000\nSigIgn:\t0000000000000006\nSigCgt:\t0000000000000000\n";
+        let background =
+            "Name:\tevpn-agent\nSigPnd:\t0000000000000000\nSigIgn:\t0000000000000006\nSigCgt:\t0000000000000000\n";
         assert!(ignored(background, SIGINT));
         assert!(ignored(background, 3));
         assert!(!ignored(background, 15));

@@ -307,7 +307,6 @@ pub fn without_cargo_test_env(cmd: &mut std::process::Command) -> &mut std::proc
     cmd
 }
 
-/// The status code of a failed API call, if the apiserver answered.
 /// The binary of workspace package `package` (named like it) next to this test binary, brought
 /// up to date first, once per test binary: `cargo test` builds another package's tests but not
 /// its binaries. A benchmark runs from target/release and gets a release build.
@@ -331,6 +330,7 @@ pub fn workspace_binary(package: &str) -> PathBuf {
     dir.join(package)
 }
 
+/// The status code of a failed API call, if the apiserver answered.
 pub fn api_status(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),
