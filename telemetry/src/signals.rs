@@ -61,7 +61,7 @@ fn ignored(status: &str, signal: u32) -> bool {
         .lines()
         .find_map(|line| line.strip_prefix("SigIgn:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| signal >= 1 && signal <= 64 && mask & (1 << (signal - 1)) != 0)
+        .is_some_and(|mask| (1..=64).contains(&signal) && mask & (1 << (signal - 1)) != 0)
 }
 
 #[cfg(test)]
