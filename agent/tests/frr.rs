@@ -331,7 +331,7 @@ async fn syncs_incrementally_isolates_failures_and_reloads_after_restart() {
     // First sync: no baseline, a full sync against the running configuration.
     let two = || vec![l2_network("blue", 100, "65000:100"), l2_network("green", 200, "65000:200")];
     let report = frr.sync(&config(&lab, two())).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     let running = lab.running_config();
     for line in [
@@ -389,7 +389,7 @@ async fn syncs_incrementally_isolates_failures_and_reloads_after_restart() {
     // FRR restarted: the baseline is stale, the next sync reloads fully.
     lab.restart_daemons();
     let report = frr.sync(&config(&lab, without_bad())).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     let running = lab.running_config();
     assert!(vni_block(&running, 200).contains("route-target import 65000:201"), "{running}");
@@ -444,7 +444,7 @@ async fn applies_and_removes_ethernet_segments() {
     };
     let both = || vec![type_0("bond1", "00:11:22:33:44:55:66:77:88:99"), type_3.clone()];
     let report = frr.sync(&render(&node(vec![multihomed("blue", 100, both())]), VTEP, &opts)).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     let running = lab.running_config();
     for expected in [
@@ -521,7 +521,7 @@ async fn applies_and_removes_layer3_irb_bfd_and_passwords() {
     opts.passwords.insert("198.18.1.1".into(), "s3cret".into());
     let both = || vec![l3_network("red", 4000, None), l3_network("green", 5000, Some(200))];
     let report = frr.sync(&render(&node_with(both(), bgp.clone()), VTEP, &opts)).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     let running = lab.running_config();
     for expected in [
@@ -553,7 +553,7 @@ async fn applies_and_removes_layer3_irb_bfd_and_passwords() {
     let mut bgp = underlay();
     bgp.asn = 65002;
     let report = frr.sync(&render(&node_with(vec![l3_network("green", 5000, Some(200))], bgp), VTEP, &opts)).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     let running = lab.running_config();
     assert!(running.contains("router bgp 65002\n") && running.contains("router bgp 65002 vrf green\n"), "{running}");
@@ -623,7 +623,7 @@ async fn netns_vrf_survives_removal_and_comes_back() {
     // The same removal by a full sync (e.g. after an agent restart): the binding stays too.
     frr.forget_baseline();
     let report = frr.sync(&without_red()).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     assert_removed(frr.vrf_active("red").await.expect("show vrf"));
 
@@ -745,7 +745,7 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
     opts.passwords.insert("198.18.1.1".into(), secrets[0].into());
     let blue = || vec![l2_network("blue", 100, "65000:100")];
     let report = sync(&mut frr, Vec::new(), &opts).await;
-    assert_eq!(report.method, SyncMethod::FullReload);
+    assert_eq!(report.method, SyncMethod::Full);
     assert!(report.is_ok(), "{report:?}");
     foreign_intact("after the agent's first sync");
     assert!(lab.running_config().contains(&format!(" neighbor 198.18.1.1 password {}\n", secrets[0])));
@@ -765,7 +765,7 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
     assert!(refused.contains("control character; not sent"), "{report:?}");
     foreign_intact("after a password with a line break");
     let report = sync(&mut frr, blue(), &opts).await;
-    assert_eq!((report.method, report.is_ok()), (SyncMethod::FullReload, true), "{report:?}");
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::Full, true), "{report:?}");
     let report = sync(&mut frr, Vec::new(), &opts).await;
     assert!(report.is_ok(), "{report:?}");
     assert!(!lab.running_config().contains("vni 100"), "{}", lab.running_config());
@@ -775,14 +775,14 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
     lab.restart_daemons();
     sh("vtysh", &["-N", &lab.name, "-b"]).expect("FRR loads its saved file");
     let report = sync(&mut frr, blue(), &opts).await;
-    assert_eq!((report.method, report.is_ok()), (SyncMethod::FullReload, true), "{report:?}");
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::Full, true), "{report:?}");
     foreign_intact("after FRR restarted");
     assert!(lab.running_config().contains("  vni 100\n"), "{}", lab.running_config());
 
     // The agent restarts; meanwhile the network went away. Its lines are still the agent's.
     let mut frr = Frr::new(Some(lab.name.clone()));
     let report = sync(&mut frr, Vec::new(), &opts).await;
-    assert_eq!((report.method, report.is_ok()), (SyncMethod::FullReload, true), "{report:?}");
+    assert_eq!((report.method, report.is_ok()), (SyncMethod::Full, true), "{report:?}");
     assert!(!lab.running_config().contains("vni 100"), "{}", lab.running_config());
     foreign_intact("after the agent restarted");
 
@@ -803,7 +803,7 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
 /// `cargo test -p evpn-agent --test frr -- --ignored --nocapture`
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "benchmark: takes about a minute"]
-async fn one_vni_change_with_1000_vnis_incremental_vs_full_reload() {
+async fn one_vni_change_with_1000_vnis_incremental_vs_full_sync() {
     if let Some(reason) = skip_reason() {
         eprintln!("skipping: {reason}");
         return;
@@ -844,7 +844,7 @@ async fn one_vni_change_with_1000_vnis_incremental_vs_full_reload() {
         let start = Instant::now();
         let report = frr.sync(&config(&lab, networks(&rt))).await;
         full.push(start.elapsed());
-        assert_eq!(report.method, SyncMethod::FullReload);
+        assert_eq!(report.method, SyncMethod::Full);
         assert!(report.is_ok(), "{report:?}");
     }
     // The floor of any vtysh-based change: starting vtysh (it builds every daemon's command

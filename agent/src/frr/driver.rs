@@ -84,7 +84,7 @@ pub enum SyncMethod {
     /// Only the lines changed since the baseline were sent.
     Incremental,
     /// Compared with FRR's running configuration, read first, and checked against it afterwards.
-    FullReload,
+    Full,
 }
 
 /// The outcome of one owner's part of a sync.
@@ -211,7 +211,7 @@ impl Frr {
                         let owners = effective.merged(&held).owners().into_iter();
                         let error = || FrrError::RunningConfigUnreadable { output: output.clone() };
                         let results = owners.map(|owner| OwnerResult { owner, result: Err(error()) }).collect();
-                        (SyncMethod::FullReload, results, None)
+                        (SyncMethod::Full, results, None)
                     }
                 };
                 (method, owners, applied, held, effective)
@@ -295,7 +295,7 @@ impl Frr {
                 }
             }
         }
-        (SyncMethod::FullReload, owner_results(desired, &groups, failed), baseline)
+        (SyncMethod::Full, owner_results(desired, &groups, failed), baseline)
     }
 
     /// Runs `groups`; returns the owners whose group failed, each logged.
