@@ -67,7 +67,7 @@ pub struct ResultLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds() -> Histogram {
-    // 1 ms to about 65 s: a one-VNI change takes tens of ms, a full frr-reload.py seconds.
+    // 1 ms to about 65 s: a one-VNI change takes tens of ms, a full sync hundreds of ms.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
