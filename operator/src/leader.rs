@@ -15,10 +15,10 @@
 //! it would finish whatever it was doing before any check of the lease ran. The controllers
 //! therefore get a [`Fence`]d client, and the election drops their work at that instant. A check
 //! in front of the client's request queue is not enough: requests queued before a freeze (a
-//! round has dozens in flight) would still reach the socket after it. So, given a
-//! [`kube::Config`], the fence sits on the connections themselves: every task that writes to an
-//! apiserver socket checks the clock each time it runs and closes its connection once the fence
-//! has passed. What can still escape is a write already in the kernel's socket buffer, which the
+//! round has dozens in flight) would still reach the socket after it. So the binary's fence
+//! ([`Connection::fenced_at_the_socket`]) sits on the connections themselves: every task that
+//! writes to an apiserver socket checks the clock each time it runs and closes its connection
+//! once the fence has passed. What can still escape is a write already in the kernel's socket buffer, which the
 //! apiserver receives whether or not the process is frozen; only fencing by the apiserver could
 //! do better, and the Kubernetes API has none.
 //!
@@ -82,16 +82,8 @@ impl Election {
         F: Fn(kube::Client) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let fence = Fence::default();
-        let (client, fenced) = match connection.clients(&fence) {
-            Ok(clients) => clients,
-            Err(e) => {
-                // The same configuration has already made a client that works: this does not happen.
-                tracing::error!(error = %e, "cannot make the leader's client; not competing for the lease");
-                return std::future::pending().await;
-            }
-        };
-        let api: Api<Lease> = Api::namespaced(client, &self.namespace);
+        let Connection { lease, work: fenced, fence } = connection;
+        let api: Api<Lease> = Api::namespaced(lease, &self.namespace);
         let mut observed = None;
         loop {
             let started = Instant::now();
@@ -295,39 +287,31 @@ impl Fence {
     }
 }
 
-/// How the leader's work reaches the apiserver.
-pub enum Connection {
-    /// A configuration: the fence sits on the connections (what the binary uses).
-    Config(Box<kube::Config>),
-    /// A client made elsewhere: the fence can only sit in front of its request queue, which is
-    /// enough where nothing freezes the process (the in-process tests).
-    Client(kube::Client),
-}
-
-impl From<kube::Config> for Connection {
-    fn from(config: kube::Config) -> Self {
-        Connection::Config(Box::new(config))
-    }
-}
-
-impl From<kube::Client> for Connection {
-    fn from(client: kube::Client) -> Self {
-        Connection::Client(client)
-    }
+/// How the election and the leader's work reach the apiserver: a client for the Lease, and one
+/// for the work that the fence stops.
+pub struct Connection {
+    lease: kube::Client,
+    work: kube::Client,
+    fence: Fence,
 }
 
 impl Connection {
-    /// A client for the Lease, and one for the leader's work that `fence` stops.
-    fn clients(self, fence: &Fence) -> Result<(kube::Client, kube::Client), kube::Error> {
-        match self {
-            Connection::Config(config) => {
-                let plain = kube::Client::try_from((*config).clone())?;
-                let fenced = kube::client::ClientBuilder::try_from((*config, FencedExecutor(fence.clone())))?.build();
-                // The check in front as well: it refuses at once, with a clear error.
-                Ok((plain, fence.client(fenced)))
-            }
-            Connection::Client(client) => Ok((client.clone(), fence.client(client))),
-        }
+    /// From a configuration, with the fence on the connections themselves: what the binary uses.
+    pub fn fenced_at_the_socket(config: kube::Config) -> Result<Self, kube::Error> {
+        let fence = Fence::default();
+        let lease = kube::Client::try_from(config.clone())?;
+        let work = kube::client::ClientBuilder::try_from((config, FencedExecutor(fence.clone())))?.build();
+        // The check in front as well: it refuses at once, with a clear error.
+        Ok(Connection { lease, work: fence.client(work), fence })
+    }
+}
+
+/// From a client made elsewhere: the fence can only sit in front of its request queue, which is
+/// enough where nothing freezes the process (the in-process tests).
+impl From<kube::Client> for Connection {
+    fn from(client: kube::Client) -> Self {
+        let fence = Fence::default();
+        Connection { work: fence.client(client.clone()), lease: client, fence }
     }
 }
 

@@ -114,8 +114,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         let config =
             controller::Config { system_mac, frr_namespace: args.frr_k8s_namespace.clone(), ..Default::default() };
-        // The configuration, not a client: the leader's connections are fenced at the socket.
-        evpn_operator::run_controllers(kube_config, election.clone(), config, metrics.clone()).await;
+        let connection = leader::Connection::fenced_at_the_socket(kube_config)?;
+        evpn_operator::run_controllers(connection, election.clone(), config, metrics.clone()).await;
         anyhow::Ok(())
     };
     let agents = async {
