@@ -128,11 +128,12 @@ async fn frr_shared_with_the_admin() {
     // change on both nodes, watched for the password in any process's argv.
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_argv(PASSWORD, stop.clone());
-    let namespace = "evpn-lab-passwords";
+    // The operator's namespace: the only one whose password Secrets it lets agents read.
+    let namespace = "evpn-system";
     apply(&f.client, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await.unwrap();
     apply(
         &f.client,
-        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tor", "namespace": namespace},
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sharing-tor", "namespace": namespace},
             "stringData": {"password": PASSWORD}}),
     )
     .await
@@ -140,7 +141,7 @@ async fn frr_shared_with_the_admin() {
     configure("evl-tor", &format!("router bgp 65000\nneighbor nodes password {PASSWORD}\nexit\n")).await;
     let vteps: Api<evpn_crds::Vtep> = Api::all(f.client.clone());
     let mut spec = without_nulls(serde_json::to_value(vteps.get(&f.vtep).await.unwrap().spec).unwrap());
-    spec["bgp"]["neighbors"][0]["passwordSecret"] = json!({"namespace": namespace, "name": "tor"});
+    spec["bgp"]["neighbors"][0]["passwordSecret"] = json!({"namespace": namespace, "name": "sharing-tor"});
     apply_vtep(&f.client, &f.vtep, &spec).await;
     for (lab_node, _) in NODES {
         until(&format!("{lab_node}: the password in FRR"), || async {
