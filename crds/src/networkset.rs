@@ -69,8 +69,11 @@ pub struct SetNetwork {
 }
 
 impl SetNetwork {
-    /// Whether two entries ask the nodes for the same thing, whatever revision each was written in.
+    /// Whether two entries ask the nodes for the same thing, whatever revision each was written
+    /// in and whatever EVPN generation each reflects: a spec change that changes nothing for the
+    /// nodes (the operator recording an allocation the status already held) needs no new
+    /// revision, so no node has to apply the network again.
     pub fn same_content(&self, other: &SetNetwork) -> bool {
-        SetNetwork { revision: other.revision, ..self.clone() } == *other
+        SetNetwork { revision: other.revision, generation: other.generation, ..self.clone() } == *other
     }
 }

@@ -518,8 +518,12 @@ impl Writer {
                 finalizers.push(FINALIZER.into());
             }
             // resourceVersion makes this a compare-and-swap on the finalizer list; finalizers go
-            // first in a round, while the observed version is still current.
-            let body = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+            // first in a round, while the observed version is still current. A new EVPN's
+            // allocations are recorded in the same write (see `record`).
+            let mut body = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+            if let Some(spec) = plan.evpn_specs.get(name).filter(|_| add) {
+                body["spec"] = json!(spec);
+            }
             let (evpns, name) = (evpns.clone(), name.clone());
             writes.push(self.write("EVPN/finalizer", name.clone(), async move {
                 evpns.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map(drop)

@@ -766,8 +766,8 @@ impl Planner {
                     .and_then(|o| o.networks.iter().find(|old| old.evpn == net.evpn && old.same_content(net)))
                     .map_or(next, |old| old.revision);
             }
-            let unchanged = observed
-                .is_some_and(|o| o.networks.len() == networks.len() && networks.iter().all(|n| n.revision < next));
+            // An entry whose generation alone moved keeps its revision, but the set still changes.
+            let unchanged = observed.is_some_and(|o| o.networks == networks);
             let revision = if unchanged { next - 1 } else { next };
             sets.insert(
                 (*vtep_name).to_owned(),

@@ -6,6 +6,12 @@
 //! fail (and the next round plan again from the edit), never undoes the edit. The writes run
 //! beside the status writes and gate nothing: statuses still record every allocation before a
 //! node is told it, so a spec that cannot be written yet delays only its own record.
+//!
+//! A new EVPN's record goes in the same write as its finalizer (made first in its first round),
+//! not in one of its own: two writes in a round with one observed `resourceVersion` would make
+//! the second fail, and the record would lag the EVPN's first `Ready`, bumping its generation
+//! later, when every node must apply it again (a node whose agent is gone then holds up every
+//! deletion, as `released_everywhere` waits for each node to catch up).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +37,10 @@ pub fn spec_writes(
     let mut writes: Vec<SpecWrite> = Vec::new();
     let evpn_api: Api<Evpn> = Api::all(client.clone());
     for (name, spec) in &plan.evpn_specs {
+        // A new EVPN's record rides on the write that adds its finalizer.
+        if plan.add_finalizer.contains(name) {
+            continue;
+        }
         let Some(observed) = evpns.get(name) else { continue };
         let body = json!({"metadata": {"resourceVersion": observed.resource_version()}, "spec": spec});
         let (api, object) = (evpn_api.clone(), name.clone());
