@@ -9,9 +9,9 @@
 //!
 //! A new EVPN's record goes in the same write as its finalizer (made first in its first round),
 //! not in one of its own: two writes in a round with one observed `resourceVersion` would make
-//! the second fail, and the record would lag the EVPN's first `Ready`, bumping its generation
-//! later, when every node must apply it again (a node whose agent is gone then holds up every
-//! deletion, as `released_everywhere` waits for each node to catch up).
+//! the second fail and the record lag behind the EVPN's first `Ready`. Either way the record
+//! changes nothing the nodes act on, so their network set entry keeps its revision
+//! ([`evpn_crds::networkset::SetNetwork::same_content`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
