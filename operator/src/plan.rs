@@ -18,7 +18,7 @@
 //! `vni`, `routeDistinguisherIndex` and `multiHoming.derivedESIs`, the VTEP's `nodeAddresses`. A re-apply of the user's YAML, which leaves those fields out, keeps them (a
 //! field no apply ever set is not removed), and the pools are rebuilt from specs first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -299,7 +299,7 @@ impl Planner {
             if evpn.metadata.deletion_timestamp.is_none() && !has_finalizer {
                 plan.add_finalizer.push(n.to_owned());
             }
-            if evpn.metadata.deletion_timestamp.is_some() && has_finalizer && released_everywhere(n, snap) {
+            if evpn.metadata.deletion_timestamp.is_some() && has_finalizer && released_everywhere(evpn, snap) {
                 plan.remove_finalizer.push(n.to_owned());
             }
         }
@@ -988,20 +988,23 @@ fn carried_networks<'a>(
 }
 
 /// The EVPN is gone from every node: no network set lists it any more, no agent lists it as
-/// still being removed, and every agent that acts on a set has caught up with the set's current
-/// revision, which no longer has it. Agents that never reported hold nothing, so a node whose
-/// agent never ran does not hold up the release.
-fn released_everywhere(evpn: &str, snap: &Snapshot<'_>) -> bool {
-    let listed = snap.network_sets.values().any(|s| s.spec.networks.iter().any(|n| n.evpn == evpn));
+/// still being removed, and every agent that acts on its VTEP's set has caught up with the set's
+/// current revision, which no longer has it. Only nodes that could hold it count: agents that
+/// never reported hold nothing, a node that is gone has no agent left to wait for (its state
+/// waits for the garbage collector), and a node of another VTEP never had it (the VTEP is
+/// immutable), so one stuck node cannot hold up the deletions of every tenant.
+fn released_everywhere(evpn: &Evpn, snap: &Snapshot<'_>) -> bool {
+    let (name, vtep) = (name(&evpn.metadata), evpn.spec.vtep.as_str());
+    let listed = snap.network_sets.values().any(|s| s.spec.networks.iter().any(|n| n.evpn == name));
+    let existing: HashSet<&str> = snap.nodes.iter().map(|n| n.name.as_str()).collect();
     !listed
-        && snap.node_states.values().all(|state| {
-            !state.unapplied.contains_key(evpn)
+        && snap.node_states.iter().filter(|(node, _)| existing.contains(node.as_str())).all(|(_, state)| {
+            !state.unapplied.contains_key(name)
                 && (!state.reporting
+                    || !state.spec.vteps.iter().any(|v| v.name == vtep)
+                    || !state.applied_sets.contains_key(vtep)
                     || state.caught_up
-                        && state.spec.vteps.iter().all(|v| {
-                            !state.applied_sets.contains_key(&v.name)
-                                || snap.network_sets.get(&v.name).is_some_and(|s| state.has_applied(s, s.spec.revision))
-                        }))
+                        && snap.network_sets.get(vtep).is_some_and(|s| state.has_applied(s, s.spec.revision)))
         })
 }
 

@@ -298,6 +298,47 @@ fn deletion_waits_for_every_node_to_let_go() {
 }
 
 #[test]
+fn deletion_is_held_by_no_node_that_is_gone_or_serves_another_vtep() {
+    let mut c = Cluster::new(vec![evpn("blue", 0, l2("blue", None))]);
+    // A second VTEP with a node of its own.
+    let mut other = json!({"apiVersion": "evpn.k8s.ovn.org/v1alpha1", "kind": "VTEP",
+        "metadata": {"name": "other", "generation": 1, "uid": "other-uid"},
+        "spec": {"cidrs": ["198.18.1.0/29"], "mode": "Managed", "vniRanges": [{"start": 300, "end": 399}],
+                 "nodeSelector": {"matchLabels": {"evpn": "other"}},
+                 "bgp": {"asn": 65001, "neighbors": [{"address": "198.18.255.1", "asn": 65000}]}}});
+    c.vteps.push(Arc::new(serde_json::from_value(other.take()).unwrap()));
+    let mut n9 = node("n9");
+    n9.labels.insert("evpn".into(), "other".into());
+    c.nodes.push(n9);
+    let mut on_other = l2("green", None);
+    on_other["vtep"] = json!("other");
+    c.evpns.push(evpn("green", 1, on_other.clone()));
+    let mut p = Planner::default();
+    for _ in 0..2 {
+        let plan = c.plan(&mut p);
+        c.apply(&plan, true);
+    }
+    // n9's agent stops acting: the other VTEP's set moves on without it.
+    on_other["network"]["name"] = json!("red");
+    c.evpns.push(evpn("red", 2, on_other));
+    let plan = c.plan(&mut p);
+    c.apply(&plan, false);
+    // n2 is deleted; with no garbage collector yet, its node state stays, its agent gone.
+    c.nodes.retain(|n| n.name != "n2");
+    let lagging: Vec<(String, EvpnNodeState)> =
+        ["n2", "n9"].iter().map(|n| ((*n).to_owned(), c.node_states[*n].clone())).collect();
+
+    Arc::make_mut(&mut c.evpns[0]).metadata.deletion_timestamp = Some(at(50));
+    let plan = c.plan(&mut p);
+    c.apply(&plan, true);
+    c.node_states.extend(lagging);
+    let n2 = &c.node_states["n2"].status.as_ref().unwrap().network_sets[0];
+    assert!(n2.revision < c.set().revision, "n2 never saw the set without blue");
+    let plan = c.plan(&mut p);
+    assert_eq!(plan.remove_finalizer, ["blue"], "neither a deleted node nor another VTEP's node holds blue");
+}
+
+#[test]
 fn auto_esis_are_type_3_from_the_system_mac() {
     let mut spec = l2("blue", None);
     spec["multiHoming"] = json!({"ethernetSegments": [{"name": "s1", "interface": "eth1", "nodeSelector": {"matchLabels": {"evpn": "on"}}}]});
