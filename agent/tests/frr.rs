@@ -18,6 +18,7 @@ use evpn_agent::report::segment_states;
 use evpn_crds::RouteTargets;
 use evpn_crds::nodestate::VrfBackend;
 use evpn_crds::vtep::{BfdProfile, Bgp, BgpNeighbor, VtepMode};
+use evpn_tests::admin_frr::{ADMIN_COMMANDS, ArgvWatch, FOREIGN, configure};
 
 const FRR_BINARIES: [&str; 4] = ["/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "/usr/lib/frr/bfdd", "/usr/bin/vtysh"];
 const DAEMONS: [&str; 3] = ["zebra", "bgpd", "bfdd"];
@@ -657,46 +658,8 @@ async fn reattaches_an_l3vni() {
     assert_eq!(report.method, SyncMethod::NoChange, "the baseline still holds: {report:?}");
 }
 
-/// The admin's configuration on a node whose FRR the agent drives: prefix lists, a route map,
-/// a BFD peer, another BGP instance, and a neighbor (with its address-family lines) in the very
-/// instance the agent runs the underlay in.
-const FOREIGN: [&str; 6] = [
-    "ip prefix-list ADMIN seq 5 permit 10.99.0.0/16\n",
-    "route-map ADMIN-IN permit 10\n match ip address prefix-list ADMIN\nexit\n",
-    "bfd\n peer 198.18.9.9\n exit\n",
-    "router bgp 65001 vrf admin\n bgp router-id 10.99.0.1\n neighbor 10.99.0.2 remote-as 65099\nexit\n",
-    " neighbor 198.18.255.99 remote-as 65099\n",
-    "  neighbor 198.18.255.99 route-map ADMIN-IN in\n",
-];
-
-/// Sends configuration `lines` to the lab's FRR the way an admin's tool would, on vtysh's stdin.
-fn configure(lab: &Lab, lines: &str) {
-    use std::io::Write as _;
-    let mut vtysh = Command::new("vtysh")
-        .args(["-N", &lab.name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("vtysh");
-    let mut stdin = vtysh.stdin.take().expect("stdin");
-    stdin.write_all(format!("configure terminal\n{lines}end\n").as_bytes()).expect("commands");
-    drop(stdin);
-    let out = vtysh.wait_with_output().expect("vtysh ran");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("% "), "{}", String::from_utf8_lossy(&out.stdout));
-}
-
 async fn sync(frr: &mut Frr, networks: Vec<NetworkPlan>, opts: &RenderOptions) -> evpn_agent::frr::SyncReport {
     frr.sync(&render(&node(networks), VTEP, opts)).await
-}
-
-/// Every process's argv that holds `secret`.
-fn argv_holding(secret: &str) -> Vec<String> {
-    let commands = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-    commands
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .map(|argv| String::from_utf8_lossy(&argv).replace('\0', " "))
-        .filter(|argv| argv.contains(secret))
-        .collect()
 }
 
 /// FRR shared with the admin: the admin's configuration stays byte for byte through the
@@ -710,14 +673,7 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
         return;
     }
     let lab = Lab::start("share");
-    configure(
-        &lab,
-        "ip prefix-list ADMIN seq 5 permit 10.99.0.0/16\nroute-map ADMIN-IN permit 10\n\
-         match ip address prefix-list ADMIN\nexit\nbfd\npeer 198.18.9.9\nexit\nexit\n\
-         router bgp 65001 vrf admin\nbgp router-id 10.99.0.1\nneighbor 10.99.0.2 remote-as 65099\nexit\n\
-         router bgp 65001\nneighbor 198.18.255.99 remote-as 65099\naddress-family ipv4 unicast\n\
-         neighbor 198.18.255.99 route-map ADMIN-IN in\nexit-address-family\nexit\n",
-    );
+    configure(&lab.name, ADMIN_COMMANDS);
     sh("vtysh", &["-N", &lab.name, "-c", "write memory"]).expect("the admin saves");
     let foreign_intact = |when: &str| {
         let running = lab.running_config();
@@ -729,17 +685,7 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
 
     // A neighbor with a password; a watcher reads every process's argv while the agent works.
     let secrets = ["s3cret-first", "s3cret-second"];
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                seen.extend(secrets.iter().flat_map(|s| argv_holding(s)));
-            }
-            seen
-        })
-    };
+    let watcher = ArgvWatch::start(&secrets);
     let mut frr = Frr::new(Some(lab.name.clone()));
     let mut opts = options(&lab);
     opts.passwords.insert("198.18.1.1".into(), secrets[0].into());
@@ -789,13 +735,12 @@ async fn shares_frr_with_the_admin_and_passes_no_password_in_argv() {
     // The node leaves the VTEP: the agent takes out all of its own, the admin's stays.
     let report = frr.sync(&Config::default()).await;
     assert!(report.is_ok(), "{report:?}");
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let running = lab.running_config();
     for ours in ["198.18.1.1", "advertise-all-vni", "198.18.0.1"] {
         assert!(!running.contains(ours), "the agent's {ours} stayed:\n{running}");
     }
     foreign_intact("after the agent removed its configuration");
-    let seen = watcher.join().expect("watcher");
+    let (seen, _) = watcher.finish();
     assert!(seen.is_empty(), "a password in a process's argv: {seen:?}");
 }
 

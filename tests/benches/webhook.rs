@@ -22,6 +22,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use evpn_crds::common::NetworkKind;
 use evpn_crds::{Evpn, Vtep};
+use evpn_tests::TestCa;
 use evpn_webhook::index::{GatewayMode, Index, NetworkFacts, NodeFacts};
 use evpn_webhook::rules::Policy;
 use evpn_webhook::server::{State, router, serve_tls};
@@ -41,7 +42,7 @@ fn main() {
     let rounds: u32 = env_or("EVPN_BENCH_ROUNDS", 2);
     let dir = std::env::temp_dir().join(format!("evpn-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ca = evpn_tests::TestCa::new().unwrap();
+    let ca = TestCa::new().unwrap();
     let (cert, key) = ca.serving_pair().unwrap();
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
@@ -70,7 +71,7 @@ fn main() {
             for (i, server) in [&null, &webhook].into_iter().enumerate() {
                 let r = runtime.block_on(load(
                     server.port,
-                    &ca.cert_pem,
+                    &ca,
                     protocol,
                     shape,
                     body.clone(),
@@ -279,20 +280,11 @@ impl RunResult {
     }
 }
 
-async fn connect(port: u16, ca_pem: &str, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()).next().unwrap().unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
+async fn connect(port: u16, ca: &TestCa, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap()
+    ca.connector(alpn).unwrap().connect(name, tcp).await.unwrap()
 }
 
 fn request(body: Bytes) -> http::Request<Full<Bytes>> {
@@ -324,12 +316,12 @@ impl Sender {
 
 /// Drives one server for `duration` with `shape` requests in flight (HTTP/1.1 has one stream per
 /// keep-alive connection; the apiserver multiplexes HTTP/2 over few connections).
-async fn load(port: u16, ca_pem: &str, protocol: Protocol, shape: Shape, body: Bytes, duration: Duration) -> RunResult {
+async fn load(port: u16, ca: &TestCa, protocol: Protocol, shape: Shape, body: Bytes, duration: Duration) -> RunResult {
     let mut senders = Vec::new();
     match protocol {
         Protocol::Http1 => {
             for _ in 0..shape.connections {
-                let io = hyper_util::rt::TokioIo::new(connect(port, ca_pem, b"http/1.1").await);
+                let io = hyper_util::rt::TokioIo::new(connect(port, ca, b"http/1.1").await);
                 let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
                 tokio::spawn(conn);
                 senders.push(Sender::Http1(sender));
@@ -337,7 +329,7 @@ async fn load(port: u16, ca_pem: &str, protocol: Protocol, shape: Shape, body: B
         }
         Protocol::Http2 => {
             for _ in 0..shape.connections {
-                let io = hyper_util::rt::TokioIo::new(connect(port, ca_pem, b"h2").await);
+                let io = hyper_util::rt::TokioIo::new(connect(port, ca, b"h2").await);
                 let (sender, conn) =
                     hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
                 tokio::spawn(conn);

@@ -25,6 +25,7 @@ use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Client, Config, Resource};
 use tokio::sync::OnceCell;
 
+pub mod admin_frr;
 pub mod faults;
 pub mod frrk8s;
 pub mod lab;
@@ -406,6 +407,21 @@ impl TestCa {
         params.distinguished_name.push(rcgen::DnType::CommonName, "evpn-operator test CA");
         let cert_pem = params.self_signed(&key)?.pem();
         Ok(Self { issuer: rcgen::Issuer::new(params, key), cert_pem })
+    }
+
+    /// A TLS client that trusts this CA and offers `alpn` (`b"h2"`, `b"http/1.1"`), as the
+    /// apiserver calls a webhook.
+    pub fn connector(&self, alpn: &[u8]) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())?)?;
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
     }
 
     /// A new serving certificate and key (PEM) for 127.0.0.1 and localhost.

@@ -9,70 +9,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test that cannot build its input should panic")]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use evpn_crds::{Evpn, EvpnNodeState};
+use evpn_tests::admin_frr::{ADMIN_COMMANDS, ArgvWatch, FOREIGN, configure};
 use evpn_tests::apply;
 use evpn_tests::lab::{BgpDriver, Fabric, Lab, NODES, apply_vtep, mac_vni, ping, session_established, until};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::Api;
 use serde_json::json;
-use tokio::io::AsyncWriteExt as _;
 
 /// The node whose FRR the admin configured.
 const ADMIN_NODE: &str = "evl-n1";
 
-/// What the admin put into `ADMIN_NODE`'s FRR, as `show running-config` prints it: whole
-/// contexts, and lines inside the agent's underlay instance.
-const FOREIGN: [&str; 6] = [
-    "ip prefix-list ADMIN seq 5 permit 10.99.0.0/16\n",
-    "route-map ADMIN-IN permit 10\n match ip address prefix-list ADMIN\nexit\n",
-    "bfd\n peer 198.18.9.9\n exit\n",
-    "router bgp 65001 vrf admin\n bgp router-id 10.99.0.1\n neighbor 10.99.0.2 remote-as 65099\nexit\n",
-    " neighbor 198.18.255.99 remote-as 65099\n",
-    "  neighbor 198.18.255.99 route-map ADMIN-IN in\n",
-];
-
-/// The admin's commands that make [`FOREIGN`].
-const ADMIN_COMMANDS: &str = "ip prefix-list ADMIN seq 5 permit 10.99.0.0/16
-route-map ADMIN-IN permit 10
-match ip address prefix-list ADMIN
-exit
-bfd
-peer 198.18.9.9
-exit
-exit
-router bgp 65001 vrf admin
-bgp router-id 10.99.0.1
-neighbor 10.99.0.2 remote-as 65099
-exit
-router bgp 65001
-neighbor 198.18.255.99 remote-as 65099
-address-family ipv4 unicast
-neighbor 198.18.255.99 route-map ADMIN-IN in
-exit-address-family
-exit
-";
-
 const PASSWORD: &str = "lab-md5-Zq81v";
-
-/// Sends configuration `lines` to the FRR of lab namespace `ns` on vtysh's standard input, as an
-/// admin's tool would (a password on the command line would be visible to every user).
-async fn configure(ns: &str, lines: &str) {
-    let mut vtysh = tokio::process::Command::new("vtysh")
-        .args(["-N", ns])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = vtysh.stdin.take().unwrap();
-    stdin.write_all(format!("configure terminal\n{lines}end\n").as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = vtysh.wait_with_output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("% "), "{ns} rejected the configuration:\n{text}");
-}
 
 async fn foreign_intact(lab: &Lab, when: &str) {
     let running = lab.vtysh(ADMIN_NODE, "show running-config").await;
@@ -80,25 +28,6 @@ async fn foreign_intact(lab: &Lab, when: &str) {
         assert!(running.contains(block), "{when}: the admin's {block:?} is gone from {ADMIN_NODE}:\n{running}");
     }
     eprintln!("ok   {when}: the admin's configuration is intact");
-}
-
-/// Every process argv holding `secret`, read while `stop` is unset: the agents' vtysh runs
-/// are short, so the watcher reads all of /proc in a loop.
-fn watch_argv(secret: &'static str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Vec<String>, usize)> {
-    std::thread::spawn(move || {
-        let (mut seen, mut rounds) = (Vec::new(), 0);
-        while !stop.load(Ordering::Relaxed) {
-            rounds += 1;
-            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Ok(argv) = std::fs::read(entry.path().join("cmdline")) else { continue };
-                let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
-                if argv.contains(secret) {
-                    seen.push(argv);
-                }
-            }
-        }
-        (seen, rounds)
-    })
 }
 
 /// `value` without null fields: v1.20's server-side apply would keep them as nulls.
@@ -117,7 +46,7 @@ async fn frr_shared_with_the_admin() {
     evpn_tests::require_lab!();
     let _turn = evpn_tests::lab::TURN.lock().await;
     let lab = Lab::up("frr", NODES.len()).await;
-    configure(ADMIN_NODE, ADMIN_COMMANDS).await;
+    configure(ADMIN_NODE, ADMIN_COMMANDS);
     lab.ok(&["vtysh", ADMIN_NODE, "write memory"]).await;
     foreign_intact(&lab, "before the agent").await;
 
@@ -126,8 +55,7 @@ async fn frr_shared_with_the_admin() {
 
     // The sessions to the TOR get a password, from a Secret the VTEP names: an incremental
     // change on both nodes, watched for the password in any process's argv.
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_argv(PASSWORD, stop.clone());
+    let watcher = ArgvWatch::start(&[PASSWORD]);
     // The operator's namespace: the only one whose password Secrets it lets agents read.
     let namespace = "evpn-system";
     apply(&f.client, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})).await.unwrap();
@@ -138,7 +66,7 @@ async fn frr_shared_with_the_admin() {
     )
     .await
     .unwrap();
-    configure("evl-tor", &format!("router bgp 65000\nneighbor nodes password {PASSWORD}\nexit\n")).await;
+    configure("evl-tor", &format!("router bgp 65000\nneighbor nodes password {PASSWORD}\nexit\n"));
     let vteps: Api<evpn_crds::Vtep> = Api::all(f.client.clone());
     let mut spec = without_nulls(serde_json::to_value(vteps.get(&f.vtep).await.unwrap().spec).unwrap());
     spec["bgp"]["neighbors"][0]["passwordSecret"] = json!({"namespace": namespace, "name": "sharing-tor"});
@@ -181,8 +109,7 @@ async fn frr_shared_with_the_admin() {
     foreign_intact(&f.lab, "FRR restarted").await;
 
     // Nothing the cluster or the agents write holds the password.
-    stop.store(true, Ordering::Relaxed);
-    let (in_argv, rounds) = watcher.join().unwrap();
+    let (in_argv, rounds) = watcher.finish();
     assert!(in_argv.is_empty(), "the password in a process's argv: {in_argv:?}");
     eprintln!("ok   the password in no argv ({rounds} reads of every process's argv)");
     let states: Api<EvpnNodeState> = Api::all(f.client.clone());

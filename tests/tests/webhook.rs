@@ -545,7 +545,7 @@ async fn agents_write_only_their_own_node_state() {
 async fn served_certificate(fx: &Fixture) -> Vec<u8> {
     let tcp = tokio::net::TcpStream::connect(fx.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tls_client(fx, b"h2").connect(name, tcp).await.unwrap();
+    let tls = fx.ca.connector(b"h2").unwrap().connect(name, tcp).await.unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -608,20 +608,6 @@ async fn certificate_rotates_on_disk_while_requests_keep_succeeding() {
     assert!(ok > 0, "no request ran during the rotation");
     let metrics = fx.state.metrics.encode();
     assert!(metrics.contains(r#"evpn_webhook_tls_reloads_total{result="reloaded"}"#), "{metrics}");
-}
-
-/// A TLS client configuration that trusts the test CA, speaking `alpn`.
-fn tls_client(fx: &Fixture, alpn: &[u8]) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::pem_slice_iter(fx.ca.cert_pem.as_bytes()).next().unwrap().unwrap();
-    roots.add(ca).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// A webhook of its own with short limits, judging from the fixture's state. It runs on a
@@ -763,7 +749,7 @@ async fn slow_and_idle_clients_do_not_hold_the_webhook() {
     let mut attackers = Vec::new();
     for attack in [Attack::SilentTcp, Attack::IdleTls, Attack::Slowloris, Attack::SlowBody] {
         for _ in 0..per_kind {
-            let (stop, tls, bound) = (stop.clone(), tls_client(fixture(), b"http/1.1"), bound(attack));
+            let (stop, tls, bound) = (stop.clone(), fixture().ca.connector(b"http/1.1").unwrap(), bound(attack));
             attackers.push(tokio::spawn(async move {
                 let mut lifetimes = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -819,7 +805,7 @@ async fn slow_and_idle_clients_do_not_hold_the_webhook() {
 async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let limits = Limits { max_connections: 4, idle_timeout: Duration::from_secs(30), ..Limits::default() };
     let addr = limited_webhook(limits).await;
-    let tls = tls_client(fixture(), b"h2");
+    let tls = fixture().ca.connector(b"h2").unwrap();
     let name = || rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut held = Vec::new();
     for _ in 0..4 {
