@@ -100,6 +100,41 @@ impl Tenant {
     }
 }
 
+impl Tenant {
+    /// Waits until the leaf's zebra knows both nodes' router MACs for this tenant's L3VNI. The
+    /// leaf runs FRR 8.4.4 with no agent beside it, and adding another tenant's L3VNI there
+    /// sometimes leaves this one with its next hops but without the remote router MACs (`show
+    /// evpn rmac vni` empty, no VXLAN FDB entry for them): routes stay, routed traffic from the
+    /// leaf stops. After 5 s in that state the test does what docs/troubleshooting.md tells a
+    /// network engineer, detach and re-attach the L3VNI, and says so.
+    pub async fn leaf_knows_the_nodes(&self, f: &Fabric) {
+        let command = format!("show evpn rmac vni {}", self.ip_vni);
+        // The lab's nodes have VTEP addresses 198.18.0.1 and .2.
+        let complete = |rmacs: &str| (1..=NODES.len()).all(|n| rmacs.contains(&format!(" 198.18.0.{n} ")));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !complete(&f.lab.vtysh("evl-leaf", &command).await) {
+            if tokio::time::Instant::now() >= deadline {
+                eprintln!("repair {}: the leaf's zebra lost the nodes' router MACs; re-attaching its L3VNI", self.name);
+                let vrf = format!("vrf {}\n", self.name);
+                crate::admin_frr::configure("evl-leaf", &format!("{vrf}no vni {}\nexit-vrf\n", self.ip_vni));
+                // Attached again before zebra has let go, the VNI comes back as broken as it was.
+                let detached = format!("{}: the leaf's zebra let go of L3VNI {}", self.name, self.ip_vni);
+                until(&detached, || async {
+                    !f.lab.vtysh("evl-leaf", &format!("show evpn vni {}", self.ip_vni)).await.contains("Type: L3")
+                })
+                .await;
+                crate::admin_frr::configure("evl-leaf", &format!("{vrf}vni {}\nexit-vrf\n", self.ip_vni));
+                until(&format!("{}: the leaf knows the nodes' router MACs again", self.name), || async {
+                    complete(&f.lab.vtysh("evl-leaf", &command).await)
+                })
+                .await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// Whether every best type-2 route of `mac` at the TOR comes from `vtep`, the MAC-only one with a
 /// mobility sequence number above `above`.
 pub fn only_from(routes: &[MacRoute], vtep: &str, above: u32) -> bool {

@@ -128,6 +128,14 @@ async fn fabric_with_a_legacy_leaf() {
         until("tenants: red pod1 still -> red's legacy host", || ping(&red.pods[0], "10.30.0.20")).await;
         assert_eq!(neighbour_mac(&red.pods[0], "10.30.0.20").await.as_deref(), Some(red.legacy_mac));
         for (from, own, other) in [(&red, &red, &blue), (&blue, &blue, &red)] {
+            from.leaf_knows_the_nodes(&f).await;
+            // Blue's routes to the leaf arrive after its bridged path works: count once routed.
+            until(&format!("tenants: node 1 routes {}'s 10.40.1.0/24 to the leaf's VTEP", from.name), || async {
+                vrf_routes("evl-n1", &from.name, "10.40.1.0/24").await.contains(&format!("via {LEAF_VTEP}"))
+            })
+            .await;
+            until(&format!("tenants: {} pod1 -> 10.40.1.10, routed", from.name), || ping(&from.pods[0], "10.40.1.10"))
+                .await;
             let (own_before, other_before) =
                 (echo_requests_received(&own.routed, 4).await, echo_requests_received(&other.routed, 4).await);
             let out = in_ns(&from.pods[0], &["ping", "-c", "5", "-i", "0.1", "-W", "1", "10.40.1.10"]).await;
