@@ -318,8 +318,12 @@ pub fn operator(client: &Client) -> Operator {
         namespace: "evpn-system".into(),
         name: unique_name("lab-lease"),
         identity: "lab".into(),
-        lease_duration: Duration::from_secs(5),
-        renew_deadline: Duration::from_secs(3),
+        // The binary's defaults: under the VM tier's software emulation a Lease renewal can take
+        // seconds while the operator's writes load the apiserver, and a leader that stops at a
+        // tight renew deadline starts its work over and over. A lease of its own per operator,
+        // so no lab operator waits out another's.
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
         retry_period: Duration::from_secs(1),
     };
     let config =
